@@ -70,6 +70,9 @@ def write_section(key: str, title: str, markdown: str) -> Path:
         "the script to refresh it.\n"
     )
     pattern = re.compile(rf"<!-- {re.escape(key)}:begin -->.*?<!-- {re.escape(key)}:end -->", re.S)
-    text = pattern.sub(lambda _: body, text) if pattern.search(text) else text.rstrip() + "\n\n" + body
+    if pattern.search(text):
+        text = pattern.sub(lambda _: body, text)
+    else:
+        text = text.rstrip() + "\n\n" + body
     RESULTS_MD.write_text(text.rstrip() + "\n", encoding="utf-8")
     return RESULTS_MD
