@@ -1,0 +1,207 @@
+"""Tests for the TFT Enforcer (SPEC L9). Training runs are tiny (hidden 16, ≤ 300 steps)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from ledger.consensus import yuma_epoch
+from ledger.tft import (
+    QUANTILES,
+    SERIES_FEATURES,
+    TFTEnforcer,
+    forecast_skill,
+    miner_accuracy,
+    quantile_loss,
+    tft_accuracy,
+    train_tft,
+)
+
+WINDOW = 16
+
+
+def periodic_chain(blocks: int, seed: int = 0, phase: float = 0.0) -> np.ndarray:
+    """Synthetic per-block chain series: daily-like cycles plus noise; emission constant."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(blocks) + phase
+    cycle = np.sin(2 * np.pi * t / 12)
+    return np.stack(
+        [
+            100 + 30 * cycle + rng.normal(0, 3, blocks),  # txs
+            10 + np.cos(2 * np.pi * t / 12) + rng.normal(0, 0.1, blocks),  # block_time
+            5000 + 1000 * cycle + rng.normal(0, 100, blocks),  # bytes
+            50 + 10 * np.sin(2 * np.pi * t / 6) + rng.normal(0, 1, blocks),  # active_addresses
+            np.full(blocks, 10.0),  # emission per block
+        ],
+        axis=1,
+    )
+
+
+SERIES = periodic_chain(300)
+TRAIN, HELD_OUT = SERIES[:220], SERIES[220 - WINDOW :]
+
+
+@pytest.fixture(scope="module")
+def trained() -> TFTEnforcer:
+    return train_tft(TRAIN, seed=0, window=WINDOW, steps=300)
+
+
+@pytest.fixture(scope="module")
+def untrained() -> TFTEnforcer:
+    return train_tft(TRAIN, seed=0, window=WINDOW, steps=0)
+
+
+def _standardised_windows(model: TFTEnforcer, series: np.ndarray):
+    z = (series - model.mean) / model.std
+    n = len(series) - WINDOW
+    past = np.stack([z[i : i + WINDOW] for i in range(n)])
+    target = np.stack([z[i + WINDOW : i + WINDOW + 1] for i in range(n)])
+    return past, target
+
+
+def test_series_features_order() -> None:
+    assert SERIES_FEATURES == ("txs", "block_time", "bytes", "active_addresses", "emission")
+    assert SERIES.shape[1] == len(SERIES_FEATURES)
+
+
+def test_quantile_loss_by_hand() -> None:
+    # y = 1, predictions 0 / 1 / 3 for q = 0.1 / 0.5 / 0.9:
+    #   q=0.1: e = 1 → 0.1*1 = 0.1;  q=0.5: e = 0 → 0;  q=0.9: e = −2 → (0.9−1)(−2) = 0.2
+    pred = torch.tensor([[0.0, 1.0, 3.0]])
+    target = torch.tensor([1.0])
+    assert float(quantile_loss(pred, target, QUANTILES)) == pytest.approx((0.1 + 0 + 0.2) / 3)
+
+
+def test_training_is_deterministic_given_seed() -> None:
+    a = train_tft(TRAIN, seed=3, window=WINDOW, steps=40)
+    b = train_tft(TRAIN, seed=3, window=WINDOW, steps=40)
+    sa, sb = a.model.state_dict(), b.model.state_dict()
+    assert sa.keys() == sb.keys()
+    for key in sa:
+        assert torch.equal(sa[key], sb[key]), key
+    assert a.loss_history == b.loss_history
+    assert tft_accuracy(a, HELD_OUT) == tft_accuracy(b, HELD_OUT)
+    # a different seed gives a different model
+    c = train_tft(TRAIN, seed=4, window=WINDOW, steps=40)
+    assert not all(torch.equal(sa[k], c.model.state_dict()[k]) for k in sa)
+
+
+def test_training_leaves_the_global_torch_rng_alone() -> None:
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    train_tft(TRAIN, seed=9, window=WINDOW, steps=2)
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_it_learns_held_out_loss_drops(trained: TFTEnforcer, untrained: TFTEnforcer) -> None:
+    before = untrained.quantile_loss(HELD_OUT)
+    after = trained.quantile_loss(HELD_OUT)
+    assert after < 0.5 * before
+    # the training loss went down too (first 20 vs last 20 minibatches)
+    assert np.mean(trained.loss_history[-20:]) < np.mean(trained.loss_history[:20])
+
+
+def test_accuracy_beats_naive_baselines(trained: TFTEnforcer, untrained: TFTEnforcer) -> None:
+    acc = tft_accuracy(trained, HELD_OUT)
+    assert 0.0 <= acc <= 1.0
+    past, target = _standardised_windows(trained, HELD_OUT)
+    # persistence: every quantile equals the last observed value
+    persistence = np.repeat(past[:, -1:, :, None], len(QUANTILES), axis=-1)
+    assert acc > forecast_skill(persistence, target, QUANTILES)
+    # mean of the window, same for every quantile
+    window_mean = np.repeat(past.mean(axis=1, keepdims=True)[..., None], len(QUANTILES), -1)
+    assert acc > forecast_skill(window_mean, target, QUANTILES)
+    assert acc > tft_accuracy(untrained, HELD_OUT)
+    assert acc > 0.5  # clear skill over knowing only the spread of the series
+
+
+def test_forecast_skill_extremes() -> None:
+    rng = np.random.default_rng(0)
+    target = rng.normal(size=(50, 1, 2))
+    perfect = np.repeat(target[..., None], 3, axis=-1)
+    assert forecast_skill(perfect, target, QUANTILES) == 1.0
+    # the climatological forecaster itself has skill exactly 0
+    clim = np.broadcast_to(np.quantile(target.reshape(-1, 2), QUANTILES, axis=0).T,
+                           target.shape + (3,))
+    assert forecast_skill(clim, target, QUANTILES) == pytest.approx(0.0, abs=1e-12)
+    # nothing varies -> 0
+    assert forecast_skill(np.zeros((5, 1, 2, 3)), np.ones((5, 1, 2)), QUANTILES) == 0.0
+
+
+def test_quantiles_are_ordered(trained: TFTEnforcer, untrained: TFTEnforcer) -> None:
+    rng = np.random.default_rng(1)
+    wild = rng.normal(0, 50, size=(32, WINDOW, len(SERIES_FEATURES)))
+    for model in (trained, untrained):
+        q = model.predict_standardised(wild)
+        assert q.shape == (32, 1, len(SERIES_FEATURES), len(QUANTILES))
+        assert np.all(np.diff(q, axis=-1) >= 0)
+    # in real units too, and the 80% interval brackets most held-out blocks
+    fc = trained.forecast(HELD_OUT[:-1])
+    assert fc.shape == (1, len(SERIES_FEATURES), len(QUANTILES))
+    assert np.all(np.diff(fc, axis=-1) >= 0)
+
+
+def test_held_out_interval_coverage_is_roughly_calibrated(trained: TFTEnforcer) -> None:
+    past, target = _standardised_windows(trained, HELD_OUT)
+    q = trained.predict_standardised(past)
+    inside = (target >= q[..., 0]) & (target <= q[..., -1])
+    coverage = inside[..., :4].mean()  # the four varying features
+    assert 0.5 < coverage <= 1.0
+
+
+def test_save_load_roundtrip(trained: TFTEnforcer) -> None:
+    blob = trained.to_bytes()
+    loaded = TFTEnforcer.from_bytes(blob)
+    assert loaded.config == trained.config
+    np.testing.assert_array_equal(loaded.mean, trained.mean)
+    np.testing.assert_array_equal(loaded.std, trained.std)
+    past, _ = _standardised_windows(trained, HELD_OUT)
+    np.testing.assert_array_equal(loaded.predict_standardised(past),
+                                  trained.predict_standardised(past))
+    assert tft_accuracy(loaded, HELD_OUT) == tft_accuracy(trained, HELD_OUT)
+
+
+def test_miner_accuracy_ranks_honest_above_spiky_and_noise(trained: TFTEnforcer) -> None:
+    rng = np.random.default_rng(5)
+    honest = 0.1 * periodic_chain(120, seed=1)
+    spiky = honest.copy()
+    spikes = rng.random(120) < 0.2
+    spiky[spikes, :4] *= 5  # fabricated bursts of activity on a fifth of the blocks
+    noise = rng.normal(10, 3, size=(120, len(SERIES_FEATURES)))
+    idle = np.ones((120, len(SERIES_FEATURES)))
+    acc = miner_accuracy(trained, np.stack([honest, spiky, noise, idle]))
+    assert acc.shape == (4,)
+    assert np.all((acc >= 0) & (acc <= 1))
+    assert acc[0] > acc[1] and acc[0] > acc[2]
+    assert acc[3] == 0.0
+    # u16 quantisation so nodes agree
+    np.testing.assert_allclose(acc * 65535, np.round(acc * 65535), atol=1e-6)
+
+
+def test_miner_accuracy_is_scale_free(trained: TFTEnforcer) -> None:
+    honest = 0.1 * periodic_chain(80, seed=2)
+    a = miner_accuracy(trained, honest[None])
+    b = miner_accuracy(trained, (7.0 * honest + 3.0)[None])
+    np.testing.assert_allclose(a, b, atol=2 / 65535)
+
+
+def test_miner_accuracy_feeds_the_epoch(trained: TFTEnforcer) -> None:
+    honest = 0.1 * periodic_chain(80, seed=3)
+    noise = np.random.default_rng(0).normal(10, 3, size=(80, len(SERIES_FEATURES)))
+    acc = miner_accuracy(trained, np.stack([honest, noise]))
+    # validators split their weight evenly; with β = 1 the TFT term favours the honest miner
+    res = yuma_epoch(np.ones((2, 2)), np.array([1, 1]), np.zeros((2, 2)), beta=1.0,
+                     tft_accuracy=acc)
+    assert res.incentive[0] > res.incentive[1]
+    assert res.incentive.sum() == pytest.approx(1.0)
+
+
+def test_bad_inputs_are_rejected(trained: TFTEnforcer) -> None:
+    with pytest.raises(ValueError):
+        train_tft(TRAIN[:10], window=WINDOW, steps=1)  # shorter than window + horizon
+    with pytest.raises(ValueError):
+        tft_accuracy(trained, HELD_OUT[:, :3])
+    with pytest.raises(ValueError):
+        miner_accuracy(trained, HELD_OUT)  # missing the miner axis
