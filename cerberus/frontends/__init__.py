@@ -1,0 +1,1 @@
+"""Frontends: everything the compiler accepts becomes a ``CanonicalTransformer`` (SPEC C1)."""

@@ -1,0 +1,1 @@
+"""Compiler passes: each a function graph → (graph, report), one module each."""
