@@ -38,6 +38,8 @@ Steps of :func:`yuma_epoch`, in order:
 9. **Bonds**: ``ΔB = W̄ ⊙ S`` (row i scaled by ``S_i``), column-normalised; exponential moving
    average ``B = α·ΔB + (1−α)·B_prev`` with α = 0.1 over the column-normalised previous bonds,
    column-normalised again. Bonds are validators' stake-weighted shares of each miner, in [0, 1].
+   ΔB uses the *clipped* weights (subtensor's ``bonds_penalty = 1``), so weight a validator put
+   above consensus buys it no bonds and hence no dividends.
 10. **Dividends** ``D_i = Σ_j B_ij·I_j``, normalised to sum 1 (or all zero).
 11. **Credits** (whitepaper §3.4.3, ``ΔCredits = W·S``): ``ΔCredits_j = Σ_i W_ij·stake_i``
     with the row-normalised weights of active validators and their raw stake, so the credit a

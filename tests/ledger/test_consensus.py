@@ -199,17 +199,23 @@ def test_bond_alpha_one_forgets_history() -> None:
 # --- incentive with the TFT term -------------------------------------------------------------
 
 
-def test_incentive_with_tft_accuracy_by_hand() -> None:
+def test_incentive_and_dividends_with_tft_accuracy_by_hand() -> None:
     weights = np.array([[2.0, 1.0, 1.0], [0.0, 1.0, 3.0]])
     stake = np.array([3, 1])
-    acc = np.array([0.0, 0.5, 0.5])
+    acc = np.array([0.0, 0.2, 0.6])
     res = yuma_epoch(weights, stake, np.zeros((2, 3)), beta=0.45, tft_accuracy=acc)
-    # R = (3/7, 2/7, 2/7); A = acc / Σacc = (0, 0.5, 0.5)
+    # R = (3/7, 2/7, 2/7) (see the hand-computed epoch above)
+    # A = acc / Σacc = (0, 0.2, 0.6) / 0.8 = (0, 0.25, 0.75)
     # I = (R + 0.45*A) / (1 + 0.45)
-    expected = np.array([3 / 7, 2 / 7 + 0.225, 2 / 7 + 0.225]) / 1.45
-    np.testing.assert_allclose(res.incentive, expected)
+    i0 = (3 / 7) / 1.45
+    i1 = (2 / 7 + 0.45 * 0.25) / 1.45
+    i2 = (2 / 7 + 0.45 * 0.75) / 1.45
+    np.testing.assert_allclose(res.incentive, [i0, i1, i2])
     # ranks are untouched by the TFT term
     np.testing.assert_allclose(res.ranks, [3 / 7, 2 / 7, 2 / 7])
+    # dividends use the final incentive; B = [[1, .75, .75], [0, .25, .25]]:
+    #   D0 = i0 + 0.75*(i1 + i2),  D1 = 0.25*(i1 + i2)  (they already sum to 1)
+    np.testing.assert_allclose(res.dividends, [i0 + 0.75 * (i1 + i2), 0.25 * (i1 + i2)])
 
 
 def test_beta_zero_is_pure_yuma_even_with_accuracy() -> None:
