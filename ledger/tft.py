@@ -437,7 +437,7 @@ def tft_accuracy(model: TFTEnforcer, series: np.ndarray) -> float:
 
 
 def miner_accuracy(
-    model: TFTEnforcer, per_miner_series: np.ndarray, *, max_windows: int = 64
+    model: TFTEnforcer, per_miner_series: np.ndarray, *, max_windows: int = 32
 ) -> np.ndarray:
     """Per-miner Accuracy(TFT) in [0, 1]: interval coverage of each miner's own series.
 
@@ -449,6 +449,9 @@ def miner_accuracy(
     that vary for that miner. A miner with no varying feature (idle) scores 0. The result is
     rounded to a multiple of 1/65535 so nodes agree on it; it is what
     :func:`ledger.consensus.yuma_epoch` takes as ``tft_accuracy``.
+
+    Cost: one forward pass per scored window, single-threaded for reproducibility; a full Brain
+    (1792 miners × 32 windows) takes several seconds on one core, once per epoch.
     """
     cfg = model.config
     arr = np.asarray(per_miner_series, dtype=np.float64)

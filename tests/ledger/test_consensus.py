@@ -358,6 +358,32 @@ def brains(draw):
     return weights, stake, bonds, acc, beta, np.array(perm, dtype=int)
 
 
+def _reference_median(stake: np.ndarray, column: np.ndarray) -> float:
+    """Largest weight c with Σ_{i: w_i >= c} stake_i >= κ·Σ stake, in exact integer arithmetic.
+
+    κ = 32767/65535, so "part/total >= κ" is "65535·part >= 32767·total".
+    """
+    total = int(stake.sum())
+    if total == 0:
+        return 0.0
+    for c in sorted(set(column.tolist()), reverse=True):
+        part = int(stake[column >= c].sum())
+        if 65535 * part >= 32767 * total:
+            return c
+    return 0.0
+
+
+@settings(max_examples=150, deadline=None)
+@given(brains())
+def test_vectorised_weighted_median_matches_reference(brain) -> None:
+    weights, stake, *_ = brain
+    s = stake.astype(float)
+    s = s / s.sum() if s.sum() > 0 else s
+    got = weighted_median_col(s, weights, KAPPA)
+    expected = [_reference_median(stake, weights[:, j]) for j in range(weights.shape[1])]
+    np.testing.assert_array_equal(got, expected)
+
+
 def _sums_to_one_or_zero(x: np.ndarray) -> bool:
     total = float(x.sum())
     return abs(total - 1.0) < 1e-9 or total == 0.0
