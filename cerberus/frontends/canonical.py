@@ -36,6 +36,8 @@ class TransformerConfig:
     ln_eps: float = 1e-5
     pre_ln: bool = True
     type_vocab_size: int = 0
+    # Set by the fusion pass once 1/sqrt(head_dim) is folded into the query projection.
+    attn_scale_folded: bool = False
     heads_kept: list[list[int]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -99,7 +101,10 @@ class Block(nn.Module):
         q = self.q(x).view(b, t, self.n_kept, hd).transpose(1, 2)
         k = self.k(x).view(b, t, self.n_kept, hd).transpose(1, 2)
         v = self.v(x).view(b, t, self.n_kept, hd).transpose(1, 2)
-        scores = q @ k.transpose(-1, -2) / math.sqrt(hd) + mask
+        scores = q @ k.transpose(-1, -2)
+        if not self.cfg.attn_scale_folded:
+            scores = scores / math.sqrt(hd)
+        scores = scores + mask
         ctx = torch.softmax(scores, dim=-1) @ v
         ctx = ctx * self.gates.view(1, -1, 1, 1)
         return self.o(ctx.transpose(1, 2).reshape(b, t, self.n_kept * hd))
