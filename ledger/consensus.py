@@ -46,7 +46,10 @@ Steps of :func:`yuma_epoch`, in order:
     miner accrues in an epoch is measured in stake base units.
 
 Everything is vectorised: the weighted median sorts each column once, so a full Brain
-(256 validators × 1792 miners) takes a few tens of milliseconds. This module must not import
+(256 validators × 1792 miners) takes a few tens of milliseconds. Products are written as
+elementwise products reduced along an axis rather than BLAS matmuls, so that the summation
+order, and hence every bit of the result, does not depend on the machine (see
+:func:`_stake_dot`). This module must not import
 torch; the TFT Enforcer lives in :mod:`ledger.tft`.
 """
 
@@ -129,6 +132,16 @@ def _col_normalise(m: np.ndarray) -> np.ndarray:
     return np.divide(m, sums, out=np.zeros_like(m), where=sums > 0)
 
 
+def _stake_dot(stake: np.ndarray, m: np.ndarray) -> np.ndarray:
+    """``stakeᵀ·m`` summed row by row in a fixed order.
+
+    Every node must compute bit-identical epochs (the results are paid out and stored in the
+    state root); a BLAS matrix product may change its summation order with the CPU or thread
+    count, while an elementwise product reduced over axis 0 adds the rows in index order.
+    """
+    return (stake[:, None] * m).sum(axis=0)
+
+
 def weighted_median_col(stake: np.ndarray, weights: np.ndarray, kappa: float) -> np.ndarray:
     """Per column j, the largest value c with Σ_{i: W_ij ≥ c} S_i ≥ κ (subtensor semantics).
 
@@ -197,7 +210,7 @@ def yuma_epoch(
     W = _row_normalise(np.where(active[:, None], W_raw, 0.0))
 
     # 4. Pre-ranks: support before clipping.
-    preranks = S @ W
+    preranks = _stake_dot(S, W)
 
     # 5-6. Consensus and clipping to it.
     C = weighted_median_col(S, W, kappa)
@@ -205,7 +218,7 @@ def yuma_epoch(
     validator_trust = W_clipped.sum(axis=1)
 
     # 7. Ranks and trust.
-    ranks_raw = S @ W_clipped
+    ranks_raw = _stake_dot(S, W_clipped)
     trust = np.divide(ranks_raw, preranks, out=np.zeros(n_min), where=preranks > 0)
     R = _normalise(ranks_raw)
 
@@ -226,10 +239,10 @@ def yuma_epoch(
     bonds = _col_normalise(bond_alpha * bonds_delta + (1.0 - bond_alpha) * B_prev)
 
     # 10. Dividends: validators are paid for the incentive of the miners they hold bonds in.
-    dividends = _normalise(bonds @ incentive)
+    dividends = _normalise((bonds * incentive[None, :]).sum(axis=1))
 
     # 11. Credits: ΔCredits = W·S in stake base units.
-    credits = stake_active @ W
+    credits = _stake_dot(stake_active, W)
 
     return EpochResult(
         active=active,
