@@ -1,0 +1,129 @@
+"""``Chain``: the object a node runs (SPEC L2, L10). Small API, documented in README.md.
+
+It owns one ``State`` in memory and one ``Store``; ``apply_block`` checks a block fully,
+applies it, and persists block + state changes in one store transaction. There is no
+mempool here: the network layer keeps txs and hands a list to ``produce_block``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ledger.block import Block, Header, sign_header, tx_root
+from ledger.genesis import Genesis, genesis_state
+from ledger.keys import Wallet
+from ledger.rules import Ctx, InvalidBlock, TxRejected, apply_block_in_place, apply_tx, execute
+from ledger.state import State
+from ledger.storage import MemoryStore, SqliteStore, Store
+from ledger.tx import Tx
+
+
+class Chain:
+    """A chain of blocks over a genesis, backed by a store."""
+
+    def __init__(self, genesis: Genesis, store: Store | None = None) -> None:
+        self.genesis = genesis
+        self.store: Store = store if store is not None else MemoryStore()
+        stored = self.store.genesis()
+        if stored is None:
+            self.state = genesis_state(genesis)
+            self.store.init_genesis(genesis.to_dict(), dict(self.state.encoded_items()))
+            self.state.take_dirty()
+            self.head_hash = genesis.genesis_hash()
+            return
+        if Genesis.from_dict(stored).genesis_hash() != genesis.genesis_hash():
+            raise ValueError("store was initialised with a different genesis")
+        self.state = State.from_encoded(self.store.state_rows())
+        head = self.store.head()
+        self.head_hash = genesis.genesis_hash() if head is None else head[1]
+        if head is not None:
+            if head[0] != self.state.height:
+                raise RuntimeError("store corrupt: state height differs from the last block")
+            block = self.store.block(head[0])
+            assert block is not None
+            if block.header.state_root != self.state.state_root():
+                raise RuntimeError("store corrupt: state root differs from the last header")
+
+    @classmethod
+    def open_sqlite(cls, path: str | Path, genesis: Genesis | None = None,
+                    synchronous: str = "FULL") -> Chain:
+        """Open (or create, when ``genesis`` is given) a chain in a SQLite file."""
+        store = SqliteStore(path, synchronous=synchronous)
+        stored = store.genesis()
+        if genesis is None:
+            if stored is None:
+                raise ValueError("new database: a genesis is required")
+            genesis = Genesis.from_dict(stored)
+        return cls(genesis, store)
+
+    # ---- reading ---------------------------------------------------------------------------
+    @property
+    def height(self) -> int:
+        return self.state.height
+
+    def state_root(self) -> str:
+        return self.state.state_root()
+
+    def block(self, height: int) -> Block | None:
+        return self.store.block(height)
+
+    def balance(self, address: str) -> int:
+        return self.state.balance(address)
+
+    def nonce(self, address: str) -> int:
+        """The nonce the account's next tx must carry."""
+        return self.state.nonce(address)
+
+    # ---- writing ---------------------------------------------------------------------------
+    def validate_tx(self, tx: Tx) -> str | None:
+        """None if ``tx`` would apply on top of the current head now, else the reason."""
+        mark = self.state.checkpoint()
+        try:
+            apply_tx(self.state, tx, Ctx(self.genesis, self.height + 1, None))
+        except TxRejected as e:
+            return str(e)
+        finally:
+            self.state.rollback(mark)
+        return None
+
+    def produce_block(self, txs: list[Tx], proposer: Wallet, time: int
+                      ) -> tuple[Block, list[tuple[Tx, str]]]:
+        """Build and sign the next block from ``txs`` (bad ones skipped and returned with
+        reasons). Does NOT apply it: call ``apply_block`` (e.g. once it is final)."""
+        height = self.height + 1
+        if time <= self.state.meta("time"):
+            raise ValueError("block time must be after the parent's")
+        mark = self.state.checkpoint()
+        try:
+            rejected = execute(self.state, txs, self.genesis, height, proposer.address, time,
+                               strict=False)
+            root = self.state.state_root()
+        finally:
+            self.state.rollback(mark)
+        bad = {id(t) for t, _ in rejected}
+        kept = tuple(t for t in txs if id(t) not in bad)
+        header = Header(height, self.head_hash, root, tx_root(kept), time, proposer.address)
+        return Block(sign_header(header, proposer, self.genesis.chain_id), kept), rejected
+
+    def apply_block(self, block: Block) -> None:
+        """Validate and apply ``block``, then persist it atomically; raises ``InvalidBlock``
+        (state and store unchanged) if anything is wrong."""
+        mark = self.state.checkpoint()
+        apply_block_in_place(self.state, block, self.genesis, self.head_hash)
+        upserts, deletes = self.state.take_dirty()
+        try:
+            self.store.commit_block(block, upserts, deletes)
+        except BaseException:
+            self.state.rollback(mark)
+            self.state.take_dirty()
+            raise
+        self.state.commit()
+        self.head_hash = block.block_hash()
+
+    def close(self) -> None:
+        close = getattr(self.store, "close", None)
+        if close is not None:
+            close()
+
+
+__all__ = ["Chain", "InvalidBlock", "TxRejected"]

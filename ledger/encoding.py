@@ -1,0 +1,39 @@
+"""Canonical bytes for hashing and signing.
+
+Compact JSON with sorted keys, ASCII only, no floats: the same value always yields the same
+bytes on every node and every Python version, which is all a hash or a signature needs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+
+def _check(value: Any) -> None:
+    """Refuse floats (and anything exotic) so money and roots stay integer-exact."""
+    if isinstance(value, bool) or value is None or isinstance(value, (int, str)):
+        return
+    if isinstance(value, (list, tuple)):
+        for v in value:
+            _check(v)
+        return
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise TypeError(f"canonical dict keys must be str, got {type(k).__name__}")
+            _check(v)
+        return
+    raise TypeError(f"not canonically encodable: {type(value).__name__}")
+
+
+def canonical(value: Any) -> bytes:
+    """Canonical JSON bytes of ``value`` (ints, strs, bools, None, lists, str-keyed dicts)."""
+    _check(value)
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+
+
+def sha256(data: bytes) -> bytes:
+    """SHA-256 digest (one place to change if the hash ever changes)."""
+    return hashlib.sha256(data).digest()

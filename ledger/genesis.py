@@ -1,0 +1,119 @@
+"""Genesis configuration and the genesis state (SPEC L2, L3).
+
+Every chain parameter a node must agree on lives here, and the genesis hash covers all of
+them, so two nodes with different parameters can never accept each other's blocks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from ledger.encoding import canonical, sha256
+from ledger.keys import is_address
+from ledger.state import Brain, State
+from ledger.units import BLOCKS_PER_YEAR, BPS, DEFAULT_REGISTRATION_FEE, RESERVED_BRAINS
+
+DEFAULT_OWNER_BPS = 2_500  # 25% to the Brain owner (L6)
+DEFAULT_MINER_BPS = 5_000  # of the remaining 75%: half to miners, half to validators
+
+
+@dataclass(frozen=True)
+class Genesis:
+    """Chain parameters. ``balances`` are base units; addresses are hex ed25519 keys."""
+
+    chain_id: str
+    operator: str  # owns the reserved Brains #0–#6 and #47 (L3)
+    bridge: str  # signs Pepecoin burn/lock attestations (L3)
+    balances: dict[str, int] = field(default_factory=dict)
+    time: int = 0
+    block_time: int = 10  # seconds; L2 (configurable for tests)
+    tempo: int = 360  # blocks between two epochs of a Brain (L7)
+    voting_period: int = 60_480  # blocks a proposal stays open (one week at 10 s)
+    blocks_per_year: int = BLOCKS_PER_YEAR  # for β(t) and the first-year governance rule
+    stake_lock_days: int = 90
+    min_fee: int = 0
+    authorities: tuple[str, ...] = ()  # allowed proposers; empty = any valid signature
+
+    def __post_init__(self) -> None:
+        for a in (self.operator, self.bridge, *self.balances, *self.authorities):
+            if not is_address(a):
+                raise ValueError(f"not an address: {a!r}")
+        if any(not isinstance(v, int) or v < 0 for v in self.balances.values()):
+            raise ValueError("genesis balances must be non-negative ints")
+        if self.tempo < 1 or self.block_time < 1 or self.voting_period < 1:
+            raise ValueError("tempo, block_time and voting_period must be >= 1")
+
+    @property
+    def stake_lock_blocks(self) -> int:
+        """The 90-day Pepecoin stake lock, in blocks."""
+        return self.stake_lock_days * 86_400 // self.block_time
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "chain_id": self.chain_id,
+            "operator": self.operator,
+            "bridge": self.bridge,
+            "balances": dict(sorted(self.balances.items())),
+            "time": self.time,
+            "block_time": self.block_time,
+            "tempo": self.tempo,
+            "voting_period": self.voting_period,
+            "blocks_per_year": self.blocks_per_year,
+            "stake_lock_days": self.stake_lock_days,
+            "min_fee": self.min_fee,
+            "authorities": list(self.authorities),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Genesis:
+        d = dict(d)
+        d["authorities"] = tuple(d.get("authorities", ()))
+        return cls(**d)
+
+    def genesis_hash(self) -> str:
+        """Hex hash of the configuration; the parent hash of block 1."""
+        return sha256(canonical(self.to_dict())).hex()
+
+    @property
+    def supply(self) -> int:
+        return sum(self.balances.values())
+
+
+def new_brain(brain_id: int, owner: str, method: str, height: int, lock: int = 0) -> Brain:
+    """A Brain with the default owner settings (25% owner share, 100 $BASED fee)."""
+    return Brain(
+        id=brain_id,
+        owner=owner,
+        method=method,
+        acquired_at=height,
+        lock_pepecoin=lock,
+        name=f"Brain #{brain_id}",
+        task="",
+        reward_address=owner,
+        owner_bps=DEFAULT_OWNER_BPS,
+        miner_bps=DEFAULT_MINER_BPS,
+        registration_fee=DEFAULT_REGISTRATION_FEE,
+    )
+
+
+def genesis_state(g: Genesis) -> State:
+    """The state before block 1: balances, the eight reserved Brains, zeroed counters."""
+    assert DEFAULT_OWNER_BPS <= BPS
+    s = State()
+    for addr, bal in sorted(g.balances.items()):
+        s.set_account(addr, bal, 0)
+    for b in RESERVED_BRAINS:
+        s.put("brain", b, new_brain(b, g.operator, "reserved", 0))
+    for name, value in (
+        ("height", 0),
+        ("time", g.time),
+        ("genesis_supply", g.supply),
+        ("issued", 0),
+        ("burned", 0),
+        ("brains_burned", 0),
+        ("next_proposal", 0),
+    ):
+        s.put("meta", name, value)
+    s.commit()
+    return s
