@@ -276,12 +276,21 @@ class TFTEnforcer:
     std: np.ndarray  # (F,) training std per feature (1 where the feature was constant)
     loss_history: list[float] = field(default_factory=list)
 
-    def predict_standardised(self, past: np.ndarray) -> np.ndarray:
-        """Quantiles (N, horizon, F, Q) for standardised windows (N, window, F)."""
+    def predict_standardised(self, past: np.ndarray, *, chunk: int = 4096) -> np.ndarray:
+        """Quantiles (N, horizon, F, Q) for standardised windows (N, window, F).
+
+        Runs in chunks so that scoring a full Brain's miners keeps memory bounded. Windows are
+        independent, but float32 kernels may round differently for different batch shapes
+        (~1e-7), so nodes that must agree bit for bit should keep the default ``chunk``.
+        """
+        x = torch.as_tensor(np.asarray(past), dtype=torch.float32)
         self.model.eval()
         with _deterministic_torch(), torch.no_grad():
-            out = self.model(torch.as_tensor(np.asarray(past), dtype=torch.float32))
-        return out.numpy().astype(np.float64)
+            parts = [self.model(x[i : i + chunk]) for i in range(0, len(x), chunk)]
+        cfg = self.config
+        if not parts:
+            return np.zeros((0, cfg.horizon, cfg.n_features, len(cfg.quantiles)))
+        return torch.cat(parts).numpy().astype(np.float64)
 
     def predict(self, past: np.ndarray) -> np.ndarray:
         """Quantiles (N, horizon, F, Q) in the series' own units, for raw windows (N, window, F)."""

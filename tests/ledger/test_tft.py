@@ -154,6 +154,13 @@ def test_held_out_interval_coverage_is_roughly_calibrated(trained: TFTEnforcer) 
     assert 0.5 < coverage <= 1.0
 
 
+def test_prediction_does_not_depend_on_batching(trained: TFTEnforcer) -> None:
+    past, _ = _standardised_windows(trained, HELD_OUT)
+    whole = trained.predict_standardised(past)
+    np.testing.assert_allclose(trained.predict_standardised(past, chunk=7), whole, atol=1e-6)
+    np.testing.assert_allclose(trained.predict_standardised(past[5:6]), whole[5:6], atol=1e-6)
+
+
 def test_save_load_roundtrip(trained: TFTEnforcer) -> None:
     blob = trained.to_bytes()
     loaded = TFTEnforcer.from_bytes(blob)
