@@ -21,8 +21,8 @@ def _setup(extra_stake: bool = False) -> Chain:
     chain = Chain(genesis(tempo=TEMPO, balances={p.address: START_BALANCE for p in people}))
     sg = Signer(chain)
     apply_ok(chain, sg.tx(OPERATOR, "brain_config", brain=3, key="registration_fee", value="0"))
-    apply_ok(chain, *[sg.tx(w, "register", brain=3, role=r, max_fee=0)
-                      for w, r in [(V1, "validator"), (V2, "validator"), *[(m, "miner") for m in M]]])
+    roles = [(V1, "validator"), (V2, "validator"), *[(m, "miner") for m in M]]
+    apply_ok(chain, *[sg.tx(w, "register", brain=3, role=r, max_fee=0) for w, r in roles])
     txs = [sg.tx(V1, "stake", brain=3, delegate=V1.address, amount=600 * BASED),
            sg.tx(V2, "stake", brain=3, delegate=V2.address, amount=400 * BASED),
            sg.tx(V1, "set_weights", brain=3, uids=[0, 1], weights=[1000, 1000]),
