@@ -35,6 +35,7 @@ from torch import nn
 from cerberus.errors import CompileError
 from cerberus.frontends.canonical import CanonicalTransformer
 from cerberus.passes.quantize import (
+    FakeQuantModel,
     _as_batch_list,
     _check_canonical,
     check_bits,
@@ -149,6 +150,8 @@ def qat_finetune(
     fixed during training and are returned in the report. ``model`` is not modified.
     """
     _check_canonical(model)
+    if isinstance(model, FakeQuantModel):
+        raise CompileError("QAT takes the float model; it builds its own fake-quant copy")
     bits = check_bits(bits)
     if steps < 0:
         raise CompileError(f"QAT steps must be >= 0, got {steps}")

@@ -552,3 +552,49 @@ def collect_activation_scales(
             h.remove()
         model.train(was_training)
     return {k: o.scale(bits, method, percentile) for k, o in observers.items()}
+
+
+@dataclass(frozen=True)
+class LinearQuant:
+    """Integer parameters of one FHE-side Linear, exactly as ``FakeQuantLinear`` simulates.
+
+    The integer graph computes ``acc = x_int @ weight.values.T`` (exact integers) and the
+    real output ``acc · act_scale · weight.scale[None, :] + bias``; ``act_scale`` is None when
+    the input was not calibrated (then the input is not quantized in the simulation either).
+    """
+
+    weight: QuantizedTensor
+    act_scale: float | None
+    act_bits: int
+    bias: np.ndarray | None  # float64 [out]
+
+
+def quantize_linears(
+    model: CanonicalTransformer,
+    bits: int,
+    act_scales: dict[str, float] | None = None,
+    *,
+    act_bits: int | None = None,
+    weight_method: str = "maxabs",
+) -> dict[str, LinearQuant]:
+    """Integer weights and scales of every Linear in ``blocks``, keyed ``"blocks.0.q"``.
+
+    The same choices as ``fake_quantize_model`` with the same arguments, so the integer
+    lowering and the float simulation agree. Pure: reads ``model``, returns NumPy.
+    """
+    _check_canonical(model)
+    bits = check_bits(bits)
+    act_bits = check_bits(act_bits if act_bits is not None else bits)
+    act_scales = act_scales or {}
+    out: dict[str, LinearQuant] = {}
+    for i, blk in enumerate(model.blocks):
+        for sub, mod in blk.named_children():
+            if not isinstance(mod, nn.Linear):
+                continue
+            name = f"blocks.{i}.{sub}"
+            bias = None if mod.bias is None else _as_numpy(mod.bias)
+            out[name] = LinearQuant(
+                weight=quantize_weight_per_channel(mod.weight, bits, method=weight_method),
+                act_scale=act_scales.get(name), act_bits=act_bits, bias=bias,
+            )
+    return out

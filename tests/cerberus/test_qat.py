@@ -115,3 +115,5 @@ def test_qat_rejects_bad_options(tiny) -> None:
         qat_finetune(model, [], bits=4)
     with pytest.raises(CompileError):
         qat_finetune(torch.nn.Linear(2, 2), [windows[:1]], bits=4)
+    with pytest.raises(CompileError, match="float model"):
+        qat_finetune(fake_quantize_model(model, 4), [windows[:1]], bits=4)

@@ -26,6 +26,7 @@ from cerberus.passes.quantize import (
     fake_quantize_model,
     qrange,
     quantize,
+    quantize_linears,
     quantize_weight_per_channel,
     quantize_weight_per_tensor,
 )
@@ -226,16 +227,21 @@ def test_fake_quant_linear_equals_integer_matmul(tiny) -> None:
     model, windows = tiny
     scales = collect_activation_scales(model, windows[:2], 6)
     fq = fake_quantize_model(model, 6, scales)
-    lin = fq.blocks[0].fc1
-    assert isinstance(lin, FakeQuantLinear)
-    x = torch.randn(10, lin.in_features, generator=torch.Generator().manual_seed(0))
-    sx = scales["blocks.0.fc1"]
-    qw = quantize_weight_per_channel(model.blocks[0].fc1.weight, 6)
-    acc = quantize(x, sx, 6) @ qw.values.T  # exact integer accumulation
-    ref = acc * sx * qw.scale[None, :] + model.blocks[0].fc1.bias.detach().double().numpy()
-    with torch.no_grad():
-        got = lin(x).double().numpy()
-    assert np.allclose(got, ref, atol=1e-5)
+    params = quantize_linears(model, 6, scales)
+    assert set(params) == set(fq.quant_spec.quantized_linears)
+    assert len(params) == 6 * model.cfg.n_layer
+    for name in ("blocks.0.fc1", "blocks.1.o"):
+        i, sub = int(name.split(".")[1]), name.split(".")[2]
+        lin = getattr(fq.blocks[i], sub)
+        assert isinstance(lin, FakeQuantLinear)
+        p = params[name]
+        assert p.weight.values.dtype == np.int64 and np.abs(p.weight.values).max() <= 31
+        x = torch.randn(10, lin.in_features, generator=torch.Generator().manual_seed(0))
+        acc = quantize(x, p.act_scale, 6) @ p.weight.values.T  # exact integer accumulation
+        ref = acc * p.act_scale * p.weight.scale[None, :] + p.bias
+        with torch.no_grad():
+            got = lin(x).double().numpy()
+        assert np.allclose(got, ref, atol=1e-5)
 
 
 # --- the fake-quantised model ------------------------------------------------------------
