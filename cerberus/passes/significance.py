@@ -7,19 +7,16 @@ masked (ξ_h: 1 → 0) is dL/dξ_h, so
 
 * ``gradient``: S(h) = E_x |dL(x)/dξ_h|            (Michel et al., eq. 3)
 * ``fisher``:   S(h) = E_x (dL(x)/dξ_h)²           (diagonal Fisher of the gates)
+* ``ablation``: S(h) = E_x [L(x; ξ_h = 0) − L(x; ξ = 1)]  (exact leave-one-out change)
 
-**Expectation is per example**: each calibration window is its own backward pass, so the
-absolute value is taken before averaging (the average of a per-batch gradient would let
-opposite-signed examples cancel, which Michel's estimator does not).
-
-**Loss.** Where the model has an LM head, L is next-token cross-entropy (mean over the
-window). Encoders and bare LMs have no task head, and the natural loss, the output
-distortion D(ξ) = ||f(ξ) − f(1)||², has zero gradient at ξ = 1. We therefore use the
-random-projection estimator L = ⟨r, f(ξ)⟩ with r ~ N(0, I) drawn per example from the
-seeded generator. Then dL/dξ_h = ⟨r, ∂f/∂ξ_h⟩ and E_r[(dL/dξ_h)²] = ||∂f/∂ξ_h||², which is
-exactly the second-order distortion when head h is masked (½ of D's Hessian diagonal; the
-Gaussian-output Fisher). The ``gradient`` method then estimates E|·| = √(2/π)·||∂f/∂ξ_h||,
-the same ranking. Scores are divided by the output size so they do not grow with T·d.
+Why ``ablation`` exists beside SPEC C2's two: on the shipped tiny GPT-2 the absolute-value
+estimators rank highest a head whose removal changes nothing, and highly another whose
+removal *lowers* the loss (|·| discards the sign); at half the heads they select sets that
+are worse than random on held-out text. The signed first-order estimate −E[dL/dξ_h] ranks
+better but is negative for every head there (so no θ means anything). Masking each head in
+turn and measuring the loss is exact, costs one extra forward pass per head and batch (no
+backward), gives θ a unit (the loss), and θ = 0 drops heads whose removal helps. For the
+distortion loss it is the exact distortion E||f(ξ_h = 0) − f(1)||² / numel.
 
 Scores are reported both raw and normalised by their layer's L2 norm (Michel et al. §4.2
 found the normalisation necessary to compare heads across layers for global pruning).
@@ -38,7 +35,8 @@ import torch.nn.functional as F
 from cerberus.errors import CompileError
 from cerberus.frontends.canonical import CanonicalTransformer
 
-Method = Literal["gradient", "fisher"]
+Method = Literal["gradient", "fisher", "ablation"]
+METHODS = ("gradient", "fisher", "ablation")
 
 
 @dataclass
@@ -103,8 +101,8 @@ def head_significance(
     left behind. Deterministic for a given model, batches and ``seed`` (the seed only
     matters for the distortion loss's random projections).
     """
-    if method not in ("gradient", "fisher"):
-        raise CompileError(f"unknown significance method {method!r} (gradient or fisher)")
+    if method not in METHODS:
+        raise CompileError(f"unknown significance method {method!r} {METHODS}")
     if not batches:
         raise CompileError("significance needs at least one calibration batch")
     cfg = model.cfg
@@ -118,6 +116,8 @@ def head_significance(
     gated = [i for i, blk in enumerate(model.blocks) if blk.n_kept > 0]
     gates = [model.blocks[i].gates for i in gated]
 
+    if method == "ablation":
+        return _ablation(model, batches, use_lm, gated, seed)
     was_training = model.training
     saved = {id(p): p.requires_grad for p in model.parameters()}
     sums = [torch.zeros(g.shape[0], dtype=torch.float64) for g in gates]
@@ -151,17 +151,73 @@ def head_significance(
             p.requires_grad_(saved[id(p)])
         model.train(was_training)
 
+    return _report(model, method, use_lm, gated, sums, len(batches), n_examples, seed)
+
+
+def _report(
+    model: CanonicalTransformer,
+    method: str,
+    use_lm: bool,
+    gated: list[int],
+    sums: list[torch.Tensor],
+    n_batches: int,
+    n_examples: int,
+    seed: int,
+) -> SignificanceReport:
+    cfg = model.cfg
     scores: list[list[float | None]] = [[None] * cfg.n_head for _ in range(cfg.n_layer)]
     for layer, acc in zip(gated, sums, strict=True):
         for pos, head in enumerate(cfg.heads_kept[layer]):
-            scores[layer][head] = float(acc[pos] / n_examples)
+            scores[layer][head] = float(acc[pos] / max(1, n_examples))
     return SignificanceReport(
         method=method,
         loss="lm" if use_lm else "distortion",
         scores=scores,
         normalized=_normalize(scores),
         heads_kept=[list(h) for h in cfg.heads_kept],
-        n_batches=len(batches),
+        n_batches=n_batches,
         n_examples=n_examples,
         seed=seed,
     )
+
+
+def _ablation(
+    model: CanonicalTransformer,
+    batches: Sequence[torch.Tensor],
+    use_lm: bool,
+    gated: list[int],
+    seed: int,
+) -> SignificanceReport:
+    """Leave-one-out: the loss (or distortion) change when each head alone is masked.
+
+    Gates are set to 0 one at a time and put back in ``finally``; no gradients are taken.
+    The per-batch loss is a mean over the batch's tokens, weighted by the batch size.
+    """
+    sums = [torch.zeros(model.blocks[i].n_kept, dtype=torch.float64) for i in gated]
+    n_examples = 0
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            for batch in batches:
+                ids = batch.long()
+                ref = model(ids)
+                base = _lm_loss(ref, ids) if use_lm else None
+                for acc, layer in zip(sums, gated, strict=True):
+                    gates = model.blocks[layer].gates
+                    for pos in range(gates.shape[0]):
+                        old = gates[pos].item()
+                        gates[pos] = 0.0
+                        try:
+                            out = model(ids)
+                        finally:
+                            gates[pos] = old
+                        if use_lm:
+                            delta = _lm_loss(out, ids) - base
+                        else:
+                            delta = (out - ref).double().square().mean()
+                        acc[pos] += float(delta) * ids.shape[0]
+                n_examples += ids.shape[0]
+    finally:
+        model.train(was_training)
+    return _report(model, "ablation", use_lm, gated, sums, len(batches), n_examples, seed)

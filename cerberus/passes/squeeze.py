@@ -373,7 +373,7 @@ def squeeze(
     bits: int | Sequence[int],
     strategy: Strategy = "significance",
     seed: int = 0,
-    normalized: bool = True,
+    normalized: bool | None = None,
     round_bits: int = DEFAULT_ROUND_BITS,
     constants: CostConstants = DEFAULT_CONSTANTS,
 ) -> tuple[CanonicalTransformer, SqueezeReport]:
@@ -381,9 +381,11 @@ def squeeze(
 
     ``budget`` (C_max) is for the whole model as priced by :mod:`cerberus.cost`, the same
     number the report's ``cost_after_s`` shows. ``normalized`` picks Michel's per-layer
-    normalised scores (default: they compare across layers) or the raw ones; θ applies to
-    the chosen kind. Errors: stale scores (computed on other heads), a budget below the
-    non-head cost plus the cheapest head, or a θ that leaves no head.
+    normalised scores or the raw ones; θ applies to the chosen kind. Default (None): the
+    normalised ones for the gradient estimators, whose scale differs by layer, and the raw
+    ones for ``ablation``, which are already loss changes in one unit across layers.
+    Errors: stale scores (computed on other heads), a budget below the non-head cost plus
+    the cheapest head, or a θ that leaves no head.
     """
     cfg = model.cfg
     if [list(h) for h in significance.heads_kept] != [list(h) for h in cfg.heads_kept]:
@@ -391,6 +393,8 @@ def squeeze(
             "significance scores were computed for other heads "
             f"({significance.heads_kept}) than the model has ({cfg.heads_kept})"
         )
+    if normalized is None:
+        normalized = significance.method != "ablation"
     scores = significance.normalized if normalized else significance.scores
     before = model_cost(cfg, seq_len, bits, round_bits=round_bits, constants=constants)
     per_head = before.per_head()
