@@ -77,6 +77,22 @@ def consensus_inputs(s: State, brain_id: int) -> tuple[list[int], list[int], np.
     return vs, ms, W, S, B
 
 
+def tft_accuracy(s: State, brain_id: int, ms: list[int]) -> np.ndarray | None:
+    """Accuracy(TFT) in [0, 1] for the occupied miner slots, from the last ``tft_report``;
+    a slot filled after the report gets 0. None when no report exists (β(t)·A term off)."""
+    entry = s.get("tft", brain_id)
+    if entry is None:
+        return None
+    set_at, row = entry
+    b = s.brain(brain_id)
+    assert b is not None
+    acc = np.zeros(len(ms), dtype=np.float64)
+    for j, slot in enumerate(ms):
+        if slot < len(row) and b.m_reg_at[slot] <= set_at:
+            acc[j] = row[slot] / BPS
+    return acc
+
+
 def run_epoch(s: State, g: Genesis, brain_id: int, height: int, matured: bool = True) -> None:
     """Run consensus for one Brain and pay out the emission it accumulated since its last
     epoch. Mutates ``s`` through journaled puts only."""
@@ -99,7 +115,8 @@ def run_epoch(s: State, g: Genesis, brain_id: int, height: int, matured: bool = 
     vs, ms, W, S, B = consensus_inputs(s, brain_id)
     perf = 0
     if vs and ms:
-        res = yuma_epoch(W, S, B, beta=beta_schedule(height, g.blocks_per_year))
+        res = yuma_epoch(W, S, B, beta=beta_schedule(height, g.blocks_per_year),
+                         tft_accuracy=tft_accuracy(s, brain_id, ms))
         new_bonds = np.zeros((len(b.validators), len(b.miners)), dtype=np.uint16)
         new_bonds[np.ix_(vs, ms)] = np.clip(np.rint(res.bonds * U16), 0, U16).astype(np.uint16)
         new_bonds.setflags(write=False)

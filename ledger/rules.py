@@ -239,7 +239,7 @@ def _brain_deactivate(s: State, tx: Tx, ctx: Ctx) -> None:
     for table in ("reg", "wrow"):
         for key in [k for k in s.tables[table] if k[0] == brain_id]:
             s.delete(table, key)
-    for table in ("bond", "cred", "perf", "brain"):
+    for table in ("bond", "cred", "perf", "tft", "brain"):
         s.delete(table, brain_id)
     s.put("unlock", (brain_id, ctx.height), (b.owner, b.lock_pepecoin))
 
@@ -302,6 +302,31 @@ def _vote(s: State, tx: Tx, ctx: Ctx) -> None:
     s.put("vote", (pid, brain_id), approve)
 
 
+TFT_BRAIN = 2  # whitepaper 2.4.5: Brain #2 houses the TFT Enforcer model
+
+
+def _tft_report(s: State, tx: Tx, ctx: Ctx) -> None:
+    """Accuracy(TFT) per miner, reported by the owner of Brain #2 (L7, L9).
+
+    The TFT itself (torch) runs off-chain in ``ledger.tft``; only its integer output enters
+    the state, so every node computes the same epoch without running a neural network.
+    """
+    brain_id, uids, acc = (tx.payload[k] for k in ("brain", "uids", "accuracy_bps"))
+    tft_brain = s.brain(TFT_BRAIN)
+    _require(tft_brain is not None and tft_brain.owner == tx.sender,
+             "only the owner of Brain #2 (TFT Enforcer) reports Accuracy(TFT)")
+    b = _brain(s, brain_id)
+    _require(len(uids) == len(acc), "uids and accuracy_bps differ in length")
+    _require(len(set(uids)) == len(uids), "duplicate uid")
+    _require(all(u < len(b.miners) and b.miners[u] is not None for u in uids),
+             "uid is not a registered miner")
+    _require(all(a <= BPS for a in acc), "accuracy_bps must be <= 10000")
+    row = [0] * len(b.miners)
+    for u, a in zip(uids, acc, strict=True):
+        row[u] = a
+    s.put("tft", brain_id, (ctx.height, tuple(row)))
+
+
 RULES: dict[str, Callable[[State, Tx, Ctx], None]] = {
     "transfer": _transfer,
     "burn": _burn,
@@ -317,6 +342,7 @@ RULES: dict[str, Callable[[State, Tx, Ctx], None]] = {
     "bridge_lock": lambda s, t, c: _bridge(s, t, c, "stake"),
     "propose": _propose,
     "vote": _vote,
+    "tft_report": _tft_report,
 }
 
 

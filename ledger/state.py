@@ -137,6 +137,7 @@ TABLES: dict[str, tuple[tuple[type, ...], Any, Any]] = {
     "prop": ((int,), _enc_dc, _dec_dc(Proposal)),
     "vote": ((int, int), _enc_json, json.loads),  # (proposal, brain) -> approve
     "unlock": ((int, int), _enc_json, _dec_json_tuple),  # (brain, height) -> (owner, pepecoin)
+    "tft": ((int,), _enc_json, _dec_json_tuple),  # brain -> (set_at, (accuracy bps per slot))
 }
 
 

@@ -32,6 +32,8 @@ PAYLOAD_SCHEMAS: dict[str, dict[str, str]] = {
     "bridge_lock": {"eth_ref": "str", "owner": "addr", "pepecoin": "int"},  # bridge key only
     "propose": {"title": "str", "body_sha256": "hex32"},
     "vote": {"proposal": "int", "brain": "int", "approve": "bool"},
+    # Accuracy(TFT) per miner of a Brain, in bps, from the owner of Brain #2 (the TFT Brain)
+    "tft_report": {"brain": "int", "uids": "ints", "accuracy_bps": "ints"},
 }
 
 MAX_STR = 256

@@ -4,7 +4,16 @@ expected amounts worked out by hand in the comments."""
 from __future__ import annotations
 
 import numpy as np
-from ledger_helpers import OPERATOR, START_BALANCE, Signer, apply_ok, conserved, genesis, next_block
+from ledger_helpers import (
+    BRIDGE,
+    OPERATOR,
+    START_BALANCE,
+    Signer,
+    apply_ok,
+    conserved,
+    genesis,
+    next_block,
+)
 
 from ledger.chain import Chain
 from ledger.keys import Wallet
@@ -16,9 +25,10 @@ D, E = Wallet.from_seed("delegator-brain"), Wallet.from_seed("delegator-v1")
 TEMPO = 10  # Brain 3's epochs fall on heights h with (h + 3) % 10 == 0: 7, 17, 27, ...
 
 
-def _setup(extra_stake: bool = False) -> Chain:
+def _setup(extra_stake: bool = False, **genesis_args: object) -> Chain:
     people = [V1, V2, *M, D, E]
-    chain = Chain(genesis(tempo=TEMPO, balances={p.address: START_BALANCE for p in people}))
+    chain = Chain(genesis(tempo=TEMPO, balances={p.address: START_BALANCE for p in people},
+                          **genesis_args))
     sg = Signer(chain)
     apply_ok(chain, sg.tx(OPERATOR, "brain_config", brain=3, key="registration_fee", value="0"))
     roles = [(V1, "validator"), (V2, "validator"), *[(m, "miner") for m in M]]
@@ -115,4 +125,48 @@ def test_no_validators_pays_the_owner() -> None:
     chain = Chain(genesis(tempo=TEMPO))
     _run_to(chain, 10)  # Brain 0 epoch at 10: everything (100 BASED) to the operator
     assert chain.balance(OPERATOR.address) == START_BALANCE + 100 * BASED
+    assert conserved(chain.state)
+
+
+def test_tft_accuracy_enters_incentive_once_beta_is_positive() -> None:
+    # blocks_per_year = 2 → at block 17, t = 8.5 "years" > 4, so β(t) = 1.
+    chain = _setup(blocks_per_year=2)
+    _run_to(chain, 7)
+    sg = Signer(chain)
+    report = sg.tx(OPERATOR, "tft_report", brain=3, uids=[0, 1, 2], accuracy_bps=[0, 0, 10_000])
+    assert chain.validate_tx(report) is None
+    forged = Signer(chain).tx(V1, "tft_report", brain=3, uids=[2], accuracy_bps=[10_000])
+    assert chain.validate_tx(forged).startswith("only the owner of Brain #2")
+    apply_ok(chain, report)
+    _run_to(chain, 16)
+    before = {w.address: chain.balance(w.address) for w in [V1, V2, *M]}
+    _run_to(chain, 17)
+    gain = {a: chain.balance(a) - b for a, b in before.items()}
+    # I = normalise(R + β·normalise(A)) = normalise((.375, .625, 0) + (0, 0, 1))
+    #   = (.1875, .3125, .5) of the 37.5 BASED miners' part.
+    assert [gain[m.address] for m in M] == [7_031_250_000, 11_718_750_000, 18_750_000_000]
+    # dividends = bonds·I = (1·.1875 + .6·.3125, .4·.3125) = (.375, .125) → (.75, .25)
+    assert (gain[V1.address], gain[V2.address]) == (28_125_000_000, 9_375_000_000)
+    assert conserved(chain.state)
+
+
+def test_staked_brain_owner_earns_nothing_during_its_lock() -> None:
+    # Brain 7 acquired by a Pepecoin stake: for 90 days its owner share goes to the nodes.
+    owner = Wallet.from_seed("lock-owner")
+    chain = Chain(genesis(tempo=TEMPO, balances={p.address: START_BALANCE for p in [V1, *M]}))
+    sg = Signer(chain)
+    apply_ok(chain, sg.tx(BRIDGE, "bridge_lock", eth_ref="0xlock", owner=owner.address,
+                          pepecoin=100_000))
+    apply_ok(chain,
+             sg.tx(owner, "brain_config", brain=7, key="registration_fee", value="0"),
+             sg.tx(V1, "register", brain=7, role="validator", max_fee=0),
+             sg.tx(M[0], "register", brain=7, role="miner", max_fee=0),
+             sg.tx(V1, "stake", brain=7, delegate=V1.address, amount=10 * BASED),
+             sg.tx(V1, "set_weights", brain=7, uids=[0], weights=[1]))
+    _run_to(chain, 3)  # Brain 7's first epoch ((3 + 7) % 10 == 0) sets performance 10,000
+    assert chain.state.get("perf", 7) == 10_000
+    before = {w.address: chain.balance(w.address) for w in [V1, M[0], owner]}
+    _run_to(chain, 13)  # blocks 4..13 all go to Brain 7: 100 BASED, no owner part
+    gain = {a: chain.balance(a) - b for a, b in before.items()}
+    assert gain == {V1.address: 50 * BASED, M[0].address: 50 * BASED, owner.address: 0}
     assert conserved(chain.state)

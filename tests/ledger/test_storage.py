@@ -131,3 +131,21 @@ def test_sigkill_during_block_application(tmp_path: Path, kills: int) -> None:
     assert len(set(heights)) > kills // 2, f"kills did not land mid-run: {heights}"
     # and every committed height matches an independent regeneration of the chain
     assert root == _reference_roots(heights[-1])[-1]
+
+
+def test_block_series_for_the_tft() -> None:
+    from ledger.series import SERIES_COLUMNS, block_series
+
+    chain = Chain(genesis())
+    sg = Signer(chain)
+    apply_ok(chain, sg.tx(USERS[0], "transfer", to=USERS[1].address, amount=1),
+             sg.tx(USERS[0], "transfer", to=USERS[2].address, amount=1),
+             sg.tx(USERS[3], "transfer", to=USERS[1].address, amount=1))
+    apply_ok(chain)
+    x = block_series(chain)
+    assert x.shape == (2, len(SERIES_COLUMNS))
+    assert x[:, 0].tolist() == [3, 0]  # txs
+    assert x[:, 1].tolist() == [1, 1]  # times 1, 2 after genesis time 0
+    assert x[:, 3].tolist() == [2, 0]  # distinct senders
+    assert x[:, 4].tolist() == [10 * BASED, 10 * BASED]
+    assert x[0, 2] > x[1, 2] > 0  # bytes
