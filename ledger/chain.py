@@ -74,6 +74,17 @@ class Chain:
         """The nonce the account's next tx must carry."""
         return self.state.nonce(address)
 
+    def validator_set(self) -> dict[str, int]:
+        """Address → stake delegated to it, over every Brain where it is a registered
+        validator (stake > 0 only). For the network's proposer rotation and 2/3 finality."""
+        out: dict[str, int] = {}
+        for (brain_id, addr), reg in self.state.tables["reg"].items():
+            if reg.role == "validator":
+                stake = self.state.delegate_stake.get((brain_id, addr), 0)
+                if stake > 0:
+                    out[addr] = out.get(addr, 0) + stake
+        return dict(sorted(out.items()))
+
     # ---- writing ---------------------------------------------------------------------------
     def validate_tx(self, tx: Tx) -> str | None:
         """None if ``tx`` would apply on top of the current head now, else the reason."""

@@ -33,6 +33,7 @@ from ledger.units import (
 
 _ETH_REF = re.compile(r"^[0-9A-Za-z_\-.:]{1,128}$")
 ROLES = ("validator", "miner")
+MAX_BLOCK_TXS = 20_000  # bounds the work one block can demand of every node
 U16_MAX = 65_535
 
 
@@ -438,6 +439,8 @@ def check_header(state: State, block: Block, g: Genesis, parent_hash: str) -> No
         raise InvalidBlock("proposer is not an authority")
     if not h.verify_signature(g.chain_id):
         raise InvalidBlock("bad proposer signature")
+    if len(block.txs) > MAX_BLOCK_TXS:
+        raise InvalidBlock(f"more than {MAX_BLOCK_TXS} txs")
     if h.tx_root != tx_root(block.txs):
         raise InvalidBlock("tx root mismatch")
 

@@ -48,6 +48,7 @@ def test_stake_delegate_unstake() -> None:
     assert chain.state.total_stake == 15 * BASED
     assert chain.balance(A.address) == START_BALANCE - 15 * BASED
     assert conserved(chain.state)
+    assert chain.validator_set() == {B.address: 15 * BASED}
 
 
 def test_emission_follows_capped_stake_and_performance() -> None:
