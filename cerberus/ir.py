@@ -1,0 +1,249 @@
+"""The integer graph: what the FHE circuit computes, and its bit-exact clear evaluator.
+
+Every value is an integer tensor; every op maps one-to-one onto a concrete-python op:
+
+| op        | meaning                                   | FHE cost                 |
+|-----------|-------------------------------------------|--------------------------|
+| input     | encrypted input from the client           | –                        |
+| linear    | ``(x @ W) * mult + bias``, W/mult/bias clear | leveled (no PBS)      |
+| mul_const | ``x * C``, C clear                        | leveled                  |
+| add_const | ``x + C``, C clear                        | leveled                  |
+| add / sub | ``a ± b`` (both encrypted, broadcasting)  | leveled                  |
+| sum       | sum over the last axis (keepdims)         | leveled                  |
+| slice     | columns ``start:stop`` of the last axis   | free                     |
+| concat    | join along the last axis                  | free                     |
+| transpose | swap the last two axes                    | free                     |
+| lut       | ``table[round(x, lsbs) - offset]``        | 1 PBS per element        |
+| mul       | ``a * b`` elementwise (both encrypted)    | 2 PBS per element        |
+| matmul    | ``a @ b`` (both encrypted)                | 2 PBS per scalar product |
+
+A ``lut`` first rounds its input to a multiple of ``2**lsbs`` (``round_bit_pattern``,
+ties up: ``(x + 2**(lsbs-1)) >> lsbs``) so that the table index never needs more than
+the configured lookup width. Each node records the value range it was built for; the
+evaluator checks it, because an FHE circuit whose values leave that range silently
+computes garbage — the simulator must fail loudly instead.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+PBS_OPS = ("lut", "mul", "matmul")
+
+
+class RangeOverflow(ValueError):
+    """A value left the range its node was compiled for (the FHE result would be wrong)."""
+
+
+def width(lo: int, hi: int) -> int:
+    """Bits needed to hold every integer in [lo, hi] (two's complement if lo < 0)."""
+    if lo >= 0:
+        return max(1, int(hi).bit_length())
+    return max(int(-lo - 1).bit_length(), int(hi).bit_length()) + 1
+
+
+def round_lsbs(x: np.ndarray, lsbs: int) -> np.ndarray:
+    """``round_bit_pattern`` then shift: the table index of a rounded lookup input."""
+    if lsbs == 0:
+        return x
+    return (x + (1 << (lsbs - 1))) >> lsbs
+
+
+@dataclass
+class Node:
+    """One op. ``lo``/``hi`` is the integer range of its output; ``scale`` its real unit."""
+
+    name: str
+    op: str
+    inputs: list[str]
+    lo: int
+    hi: int
+    scale: float = 1.0
+    attrs: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def bits(self) -> int:
+        return width(self.lo, self.hi)
+
+    @property
+    def lookup_bits(self) -> int:
+        """Width of the table index (the PBS input width) for a ``lut``."""
+        table = self.attrs["table"]
+        return width(int(self.attrs["offset"]), int(self.attrs["offset"]) + len(table) - 1)
+
+
+@dataclass
+class IntGraph:
+    """Nodes in topological order, one input and one output."""
+
+    nodes: list[Node]
+    input: str
+    output: str
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._index = {n.name: n for n in self.nodes}
+
+    def __getitem__(self, name: str) -> Node:
+        return self._index[name]
+
+    def consumers(self, name: str) -> list[Node]:
+        return [n for n in self.nodes if name in n.inputs]
+
+    # -- statistics -----------------------------------------------------------------
+    def op_counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for n in self.nodes:
+            counts[n.op] = counts.get(n.op, 0) + 1
+        return counts
+
+    def pbs_count(self, shapes: dict[str, tuple[int, ...]]) -> int:
+        """Programmable bootstraps of one evaluation, given every node's output shape."""
+        total = 0
+        for n in self.nodes:
+            size = int(np.prod(shapes[n.name]))
+            if n.op == "lut":
+                total += size
+            elif n.op == "mul":
+                total += 2 * size
+            elif n.op == "matmul":
+                total += 2 * size * shapes[n.inputs[0]][-1]
+        return total
+
+    def lookup_widths(self) -> dict[str, int]:
+        return {n.name: n.lookup_bits for n in self.nodes if n.op == "lut"}
+
+    # -- serialisation --------------------------------------------------------------
+    def save(self, path: Path) -> None:
+        """``graph.json`` (structure) + ``graph.npz`` (integer arrays) in ``path``."""
+        path.mkdir(parents=True, exist_ok=True)
+        arrays: dict[str, np.ndarray] = {}
+        nodes = []
+        for n in self.nodes:
+            attrs = {}
+            for k, v in n.attrs.items():
+                if isinstance(v, np.ndarray):
+                    key = f"{n.name}.{k}"
+                    arrays[key] = v
+                    attrs[k] = {"array": key}
+                else:
+                    attrs[k] = v
+            nodes.append({"name": n.name, "op": n.op, "inputs": n.inputs, "lo": int(n.lo),
+                          "hi": int(n.hi), "scale": float(n.scale), "attrs": attrs})
+        doc = {"input": self.input, "output": self.output, "meta": self.meta, "nodes": nodes}
+        (path / "graph.json").write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
+        np.savez(path / "graph.npz", **arrays)
+
+    @classmethod
+    def load(cls, path: Path) -> IntGraph:
+        doc = json.loads((path / "graph.json").read_text())
+        with np.load(path / "graph.npz") as arrays:
+            nodes = []
+            for d in doc["nodes"]:
+                attrs = {
+                    k: arrays[v["array"]] if isinstance(v, dict) and "array" in v else v
+                    for k, v in d["attrs"].items()
+                }
+                nodes.append(Node(d["name"], d["op"], d["inputs"], d["lo"], d["hi"],
+                                  d["scale"], attrs))
+        return cls(nodes, doc["input"], doc["output"], doc["meta"])
+
+    def digest(self) -> str:
+        """Content hash of the graph (structure and every integer)."""
+        h = hashlib.sha256()
+        for n in self.nodes:
+            h.update(json.dumps([n.name, n.op, n.inputs, n.lo, n.hi, repr(n.scale)]).encode())
+            for k in sorted(n.attrs):
+                v = n.attrs[k]
+                h.update(k.encode())
+                h.update(np.ascontiguousarray(v).tobytes() if isinstance(v, np.ndarray)
+                         else json.dumps(v, sort_keys=True).encode())
+        return h.hexdigest()
+
+
+def apply_op(node: Node, args: list[np.ndarray]) -> np.ndarray:
+    """Compute one node on int64 arrays (NumPy reference semantics)."""
+    a = node.attrs
+    op = node.op
+    if op == "linear":
+        y = args[0] @ a["weight"]
+        if a.get("mult") is not None:
+            y = y * a["mult"]
+        if a.get("bias") is not None:
+            y = y + a["bias"]
+        return y
+    if op == "lut":
+        idx = round_lsbs(args[0], int(a["lsbs"])) - int(a["offset"])
+        table = a["table"]
+        if idx.size and (idx.min() < 0 or idx.max() >= len(table)):
+            raise RangeOverflow(
+                f"node {node.name}: lookup index {int(idx.min())}..{int(idx.max())} outside "
+                f"its table of {len(table)} entries"
+            )
+        return table[idx]
+    if op == "mul_const":
+        return args[0] * a["const"]
+    if op == "add_const":
+        return args[0] + a["const"]
+    if op == "mul":
+        return args[0] * args[1]
+    if op == "add":
+        return args[0] + args[1]
+    if op == "sub":
+        return args[0] - args[1]
+    if op == "matmul":
+        return args[0] @ args[1]
+    if op == "sum":
+        return args[0].sum(axis=-1, keepdims=True)
+    if op == "slice":
+        return args[0][..., int(a["start"]) : int(a["stop"])]
+    if op == "concat":
+        return np.concatenate(args, axis=-1)
+    if op == "transpose":
+        return np.swapaxes(args[0], -1, -2)
+    raise ValueError(f"node {node.name}: unknown op {op!r}")
+
+
+def evaluate(
+    graph: IntGraph,
+    x: np.ndarray,
+    *,
+    check_ranges: bool = True,
+    keep: Iterable[str] | None = None,
+) -> dict[str, np.ndarray]:
+    """Run the graph in the clear on int64 ``x`` (leading batch axes allowed).
+
+    Returns the output under ``"output"`` plus any node named in ``keep``. With
+    ``check_ranges`` every value must lie in its node's compiled range.
+    """
+    values: dict[str, np.ndarray] = {}
+    keep = set(keep or ())
+    remaining = {n.name: 0 for n in graph.nodes}
+    for n in graph.nodes:
+        for i in n.inputs:
+            remaining[i] += 1
+    for n in graph.nodes:
+        if n.op == "input":
+            y = np.asarray(x, dtype=np.int64)
+        else:
+            y = apply_op(n, [values[i] for i in n.inputs])
+        if check_ranges and y.size and (y.min() < n.lo or y.max() > n.hi):
+            raise RangeOverflow(
+                f"node {n.name} ({n.op}): value range {int(y.min())}..{int(y.max())} leaves "
+                f"its compiled range {n.lo}..{n.hi}"
+            )
+        values[n.name] = y
+        for i in n.inputs:  # free what no later node reads (long graphs, big batches)
+            remaining[i] -= 1
+            if remaining[i] == 0 and i not in keep and i != graph.output:
+                del values[i]
+    out = {"output": values[graph.output]}
+    out.update({k: values[k] for k in keep})
+    return out

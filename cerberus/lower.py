@@ -1,0 +1,406 @@
+"""Lower the blocks of a canonical transformer to an ``IntGraph`` (SPEC C4–C6).
+
+The miner's part of the split (SPEC C6) is every transformer block: the client embeds
+and quantizes the tokens, the miner computes the blocks on integers, the client
+dequantizes and applies the final norm and LM head.
+
+Lowering walks the model once with calibration data flowing through two paths side by
+side: the float reference (what the model computes) and the integers (what the circuit
+computes). Each quantization point takes its scale from the float path and its compiled
+range from the integer path, so every lookup is sized from values it will really see, as
+concrete-python itself sizes circuits from an input set.
+
+Non-linear maths becomes lookups on narrow, rounded inputs:
+- LayerNorm: ``c = d·x − Σx`` (clear linear), ``1/σ`` from a lookup of ``Σ lut(c)²``, then
+  one encrypted product ``c·(1/σ)``; γ and β are folded into the next linear when the
+  block is pre-LN (see ``passes.fuse``).
+- softmax: ``exp(s − m)`` lookup with a calibrated shift ``m`` (no encrypted max), a clear
+  0/1 causal mask, a reciprocal lookup of the row sum and one encrypted product.
+- GELU and every requantization: lookups.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from cerberus.errors import CompileError
+from cerberus.frontends.canonical import Block, CanonicalTransformer
+from cerberus.ir import IntGraph, Node, round_lsbs, width
+
+Fn = Callable[[np.ndarray], np.ndarray]
+
+
+def round_half_up(x: np.ndarray) -> np.ndarray:
+    """Deterministic rounding used for every table and constant: floor(x + 1/2)."""
+    return np.floor(np.asarray(x, dtype=np.float64) + 0.5)
+
+
+def qmax(bits: int, signed: bool = True) -> int:
+    return 2 ** (bits - 1) - 1 if signed else 2**bits - 1
+
+
+def gelu_tanh(x: np.ndarray) -> np.ndarray:
+    return 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3)))
+
+
+def gelu_erf(x: np.ndarray) -> np.ndarray:
+    return 0.5 * x * (1.0 + np.vectorize(math.erf)(x / math.sqrt(2.0)))
+
+
+ACTIVATION_FNS: dict[str, Fn] = {
+    "gelu_new": gelu_tanh,
+    "gelu": gelu_erf,
+    "relu": lambda x: np.maximum(x, 0.0),
+}
+
+
+@dataclass
+class Val:
+    """A value during lowering: its node, real unit, calibration integers and float reference."""
+
+    name: str
+    scale: float
+    data: np.ndarray
+    ref: np.ndarray
+    lo: int
+    hi: int
+
+
+@dataclass(frozen=True)
+class LoweringOptions:
+    bits: int = 8  # width of every value that feeds an encrypted product (q, k, v, probs…)
+    # Width of lookup outputs that feed only leveled ops (clear linears, residual adds):
+    # wider costs no bootstrap, since the next lookup rounds its input anyway.
+    wide_bits: int = 12
+    weight_bits: int = 8
+    max_lookup_bits: int = 8  # widest table index any lookup may have
+    margin: float = 0.25  # head-room on ranges observed in calibration
+    mult_bits: int = 6  # precision of per-channel rescaling multipliers
+    fuse: bool = True  # emit requantization and activation as one lookup
+    per_channel: bool = True
+    percentile: float = 100.0  # of |value| that a lookup output scale covers (100 = max)
+
+
+class Builder:
+    """Emits nodes while carrying calibration integers and float references."""
+
+    def __init__(self, opts: LoweringOptions) -> None:
+        self.opts = opts
+        self.nodes: list[Node] = []
+        self.names: set[str] = set()
+        self.vals: dict[str, Val] = {}  # every value by node name (reports and tests)
+
+    # -- plumbing -------------------------------------------------------------------
+    def _name(self, base: str) -> str:
+        name, i = base, 1
+        while name in self.names:
+            i += 1
+            name = f"{base}_{i}"
+        self.names.add(name)
+        return name
+
+    def _observed(self, data: np.ndarray) -> tuple[int, int]:
+        """Calibrated range plus margin, widened to the whole domain of its bit width.
+
+        The circuit works on ``width`` bits anyway, so a table covering that whole domain
+        costs nothing and keeps values beyond the calibration set correct.
+        """
+        mn, mx = int(data.min()), int(data.max())
+        pad = lambda v: int(math.ceil(self.opts.margin * max(abs(v), 1)))  # noqa: E731
+        w = width(mn - pad(mn), mx + pad(mx))
+        return (-(2 ** (w - 1)), 2 ** (w - 1) - 1) if mn - pad(mn) < 0 else (0, 2**w - 1)
+
+    def _emit(self, op: str, name: str, inputs: list[Val], data: np.ndarray, ref: np.ndarray,
+              scale: float, lo: int | None = None, hi: int | None = None, **attrs) -> Val:
+        if lo is None or hi is None:
+            lo, hi = self._observed(data)
+        name = self._name(name)
+        self.nodes.append(Node(name, op, [v.name for v in inputs], int(lo), int(hi), scale, attrs))
+        val = Val(name, scale, data.astype(np.int64), ref, int(lo), int(hi))
+        self.vals[name] = val
+        return val
+
+    # -- ops ------------------------------------------------------------------------
+    def input(self, ref: np.ndarray) -> Val:
+        b = self.opts.wide_bits
+        scale = float(np.abs(ref).max()) / qmax(b) or 1.0
+        data = np.clip(round_half_up(ref / scale), -qmax(b), qmax(b))
+        return self._emit("input", "input", [], data, ref, scale, -qmax(b), qmax(b))
+
+    def linear(self, name: str, x: Val, w: np.ndarray, b: np.ndarray | None) -> Val:
+        """Clear-weight linear ``x @ w.T + b`` with per-channel weight scales.
+
+        Per-channel scales are snapped to ``s_max·m_j/2**mult_bits`` with integer ``m_j``
+        before the weights are rounded, so multiplying column j of the accumulator by
+        ``m_j`` puts every column on one exact common unit (no rescaling error).
+        """
+        wq = qmax(self.opts.weight_bits)
+        s_max = float(np.abs(w).max()) / wq or 1.0
+        mult = None
+        acc_scale = x.scale * s_max
+        s_w = np.full(w.shape[0], s_max)
+        if self.opts.per_channel:
+            rows = np.abs(w).max(axis=1) / wq
+            m = np.maximum(np.ceil(2**self.opts.mult_bits * rows / s_max - 1e-9), 1)
+            if not np.all(m == 2**self.opts.mult_bits):
+                mult = m.astype(np.int64)
+                s_w = s_max * m / 2**self.opts.mult_bits
+                acc_scale = x.scale * s_max / 2**self.opts.mult_bits
+        w_int = np.clip(round_half_up(w / s_w[:, None]), -wq, wq).astype(np.int64)
+        bias = None if b is None else round_half_up(b / acc_scale).astype(np.int64)
+        data = x.data @ w_int.T
+        if mult is not None:
+            data = data * mult
+        if bias is not None:
+            data = data + bias
+        ref = x.ref @ w.T + (0.0 if b is None else b)
+        return self._emit("linear", name, [x], data, ref, acc_scale, weight=w_int.T.copy(),
+                          mult=mult, bias=bias)
+
+    def lut(self, name: str, x: Val, fn: Fn, *, signed: bool = True, scale: float | None = None,
+            bits: int | None = None) -> Val:
+        """Table lookup of ``fn`` on the rounded input, requantized to ``bits``."""
+        bits = bits or self.opts.bits
+        ref = fn(x.ref)
+        hi_q = qmax(bits, signed)
+        lo_q = -hi_q if signed else 0
+        if scale is None:
+            mag = np.abs(ref) if signed else np.maximum(ref, 0.0)
+            peak = float(np.percentile(mag, self.opts.percentile)) if mag.size else 0.0
+            scale = peak / hi_q if peak > 0 else 1.0
+        lsbs = 0
+        while width(int(round_lsbs(np.int64(x.lo), lsbs)), int(round_lsbs(np.int64(x.hi), lsbs))) \
+                > self.opts.max_lookup_bits:
+            lsbs += 1
+        offset = int(round_lsbs(np.int64(x.lo), lsbs))
+        top = int(round_lsbs(np.int64(x.hi), lsbs))
+        index = np.arange(offset, top + 1, dtype=np.int64)
+        real = fn(index.astype(np.float64) * (2**lsbs) * x.scale)
+        table = np.clip(round_half_up(real / scale), lo_q, hi_q).astype(np.int64)
+        data = table[round_lsbs(x.data, lsbs) - offset]
+        return self._emit("lut", name, [x], data, ref, scale, int(table.min()), int(table.max()),
+                          table=table, lsbs=lsbs, offset=offset)
+
+    def requant(self, name: str, x: Val, fn: Fn | None = None, **kw) -> Val:
+        """Requantize (and optionally apply ``fn``): one lookup fused, two unfused."""
+        identity: Fn = lambda v: v  # noqa: E731
+        if fn is None:
+            return self.lut(name, x, identity, **kw)
+        if self.opts.fuse:
+            return self.lut(name, x, fn, **kw)
+        signed = kw.get("signed", True)
+        return self.lut(name + ".act", self.lut(name + ".rq", x, identity), fn, signed=signed,
+                        **{k: v for k, v in kw.items() if k != "signed"})
+
+    def mul(self, name: str, a: Val, b: Val) -> Val:
+        corners = [a.lo * b.lo, a.lo * b.hi, a.hi * b.lo, a.hi * b.hi]
+        return self._emit("mul", name, [a, b], a.data * b.data, a.ref * b.ref,
+                          a.scale * b.scale, min(corners), max(corners))
+
+    def mul_const(self, name: str, x: Val, const: np.ndarray, real: np.ndarray,
+                  const_scale: float = 1.0) -> Val:
+        """``x * const`` with a clear integer ``const`` standing for ``real``."""
+        const = np.asarray(const, dtype=np.int64)
+        corners = [x.lo * int(const.min()), x.lo * int(const.max()),
+                   x.hi * int(const.min()), x.hi * int(const.max())]
+        return self._emit("mul_const", name, [x], x.data * const, x.ref * real,
+                          x.scale * const_scale, min(corners), max(corners), const=const)
+
+    def add_const(self, name: str, x: Val, real: np.ndarray) -> Val:
+        const = round_half_up(np.asarray(real) / x.scale).astype(np.int64)
+        return self._emit("add_const", name, [x], x.data + const, x.ref + real, x.scale,
+                          x.lo + int(const.min()), x.hi + int(const.max()), const=const)
+
+    def add(self, name: str, a: Val, b: Val) -> Val:
+        if not math.isclose(a.scale, b.scale, rel_tol=1e-12):
+            raise CompileError(f"node {name}: adding values of different scales")
+        return self._emit("add", name, [a, b], a.data + b.data, a.ref + b.ref, a.scale,
+                          a.lo + b.lo, a.hi + b.hi)
+
+    def sub(self, name: str, a: Val, b: Val) -> Val:
+        if not math.isclose(a.scale, b.scale, rel_tol=1e-12):
+            raise CompileError(f"node {name}: subtracting values of different scales")
+        return self._emit("sub", name, [a, b], a.data - b.data, a.ref - b.ref, a.scale,
+                          a.lo - b.hi, a.hi - b.lo)
+
+    def row_max(self, name: str, s: Val, mask: np.ndarray) -> Val:
+        """Row-wise max over the unmasked entries, as a tree of ``b + relu(a − b)`` lookups.
+
+        Masked entries are first set to the lowest representable score (a clear multiply
+        and a clear add), so a causal row's max ignores the future while the range stays
+        that of ``s``. T−1 lookups per row, no encrypted comparison. With a rounded
+        difference each level may overshoot the true max by half a rounding step, which
+        the bounds below account for; any per-row shift near the max suits softmax.
+        """
+        keep = mask.astype(np.int64)
+        cur = self.mul_const(f"{name}.keep", s, keep, mask)
+        cur = self.add_const(f"{name}.masked", cur, (1.0 - mask) * s.lo * s.scale)
+        lo, hi = s.lo, s.hi
+        level = 0
+        while cur.data.shape[-1] > 1:
+            w = cur.data.shape[-1]
+            h = w // 2
+            a = self.slice(f"{name}.l{level}.a", cur, 0, h)
+            b = self.slice(f"{name}.l{level}.b", cur, h, 2 * h)
+            d = self.sub(f"{name}.l{level}.diff", a, b)
+            r = self.lut(f"{name}.l{level}.relu", d, lambda v: np.maximum(v, 0.0),
+                         scale=s.scale, signed=False, bits=width(0, max(d.hi, 1)))
+            lsbs = int(self.nodes[-1].attrs["lsbs"])
+            hi += (1 << lsbs) // 2
+            m = self._emit("add", f"{name}.l{level}.max", [b, r], b.data + r.data,
+                           b.ref + r.ref, s.scale, lo, hi)
+            if w % 2:
+                m = self.concat(f"{name}.l{level}.carry", [m, self.slice(
+                    f"{name}.l{level}.rest", cur, 2 * h, w)])
+            cur, level = m, level + 1
+        return cur
+
+    def matmul(self, name: str, a: Val, b: Val) -> Val:
+        return self._emit("matmul", name, [a, b], a.data @ b.data, a.ref @ b.ref,
+                          a.scale * b.scale)
+
+    def sum(self, name: str, x: Val) -> Val:
+        return self._emit("sum", name, [x], x.data.sum(-1, keepdims=True),
+                          x.ref.sum(-1, keepdims=True), x.scale)
+
+    def slice(self, name: str, x: Val, start: int, stop: int) -> Val:
+        return self._emit("slice", name, [x], x.data[..., start:stop], x.ref[..., start:stop],
+                          x.scale, x.lo, x.hi, start=start, stop=stop)
+
+    def concat(self, name: str, xs: list[Val]) -> Val:
+        if len({v.scale for v in xs}) != 1:
+            raise CompileError(f"node {name}: concatenating values of different scales")
+        return self._emit("concat", name, xs, np.concatenate([v.data for v in xs], -1),
+                          np.concatenate([v.ref for v in xs], -1), xs[0].scale,
+                          min(v.lo for v in xs), max(v.hi for v in xs))
+
+    def transpose(self, name: str, x: Val) -> Val:
+        return self._emit("transpose", name, [x], np.swapaxes(x.data, -1, -2),
+                          np.swapaxes(x.ref, -1, -2), x.scale, x.lo, x.hi)
+
+    # -- transformer pieces ---------------------------------------------------------
+    def layernorm(self, name: str, x: Val, ln: torch.nn.LayerNorm) -> Val:
+        """Normalise each row; γ/β only where they were not folded into the next linear."""
+        d = x.data.shape[-1]
+        eps = ln.eps
+        center = d * np.eye(d) - 1.0
+        c = self._emit("linear", f"{name}.center", [x], x.data @ center.astype(np.int64),
+                       x.ref @ center, x.scale, weight=center.astype(np.int64), mult=None,
+                       bias=None)
+        sq = self.lut(f"{name}.square", c, np.square, signed=False)
+        ss = self.sum(f"{name}.sumsq", sq)
+        # Σ (d(x−μ))² = d³·var, so 1/σ = 1/sqrt(ss/d³ + ε)
+        inv = self.lut(f"{name}.rsqrt", ss, lambda v: 1.0 / np.sqrt(np.maximum(v, 0) / d**3 + eps),
+                       signed=False)
+        cq = self.requant(f"{name}.cq", c)
+        # c·(1/σ) = d·(x−μ)/σ: the 1/d goes into the requantization below
+        xn = self.mul(f"{name}.norm", cq, inv)
+        gamma = ln.weight.detach().double().numpy()
+        beta = ln.bias.detach().double().numpy()
+        wide = self.opts.wide_bits
+        if np.allclose(gamma, 1.0) and np.allclose(beta, 0.0):
+            return self.requant(f"{name}.out", xn, lambda v: v / d, bits=wide)
+        xn = self.requant(f"{name}.xn", xn, lambda v: v / d, bits=wide)
+        g_scale = float(np.abs(gamma).max()) / qmax(self.opts.weight_bits) or 1.0
+        g_int = round_half_up(gamma / g_scale)
+        y = self.mul_const(f"{name}.gamma", xn, g_int, gamma, g_scale)
+        y = self.add_const(f"{name}.beta", y, beta)
+        return self.requant(f"{name}.out", y, bits=wide)
+
+    def attention(self, name: str, x: Val, blk: Block, causal: bool) -> Val:
+        """Multi-head attention of the kept heads; returns the output-projection accumulator."""
+        hd = blk.cfg.head_dim
+        w = lambda lin: lin.weight.detach().double().numpy()  # noqa: E731
+        bias = lambda lin: lin.bias.detach().double().numpy()  # noqa: E731
+        if blk.n_kept == 0:
+            return None
+        q = self.requant(f"{name}.q", self.linear(f"{name}.q.lin", x, w(blk.q), bias(blk.q)))
+        k = self.requant(f"{name}.k", self.linear(f"{name}.k.lin", x, w(blk.k), bias(blk.k)))
+        v = self.requant(f"{name}.v", self.linear(f"{name}.v.lin", x, w(blk.v), bias(blk.v)))
+        t = x.data.shape[-2]
+        mask = np.tril(np.ones((t, t))) if causal else np.ones((t, t))
+        gates = blk.gates.detach().double().numpy()
+        heads = []
+        for h in range(blk.n_kept):
+            hn = f"{name}.h{blk.cfg.heads_kept[blk.layer][h]}"
+            qh = self.slice(f"{hn}.q", q, h * hd, (h + 1) * hd)
+            kh = self.transpose(f"{hn}.kT", self.slice(f"{hn}.k", k, h * hd, (h + 1) * hd))
+            vh = self.slice(f"{hn}.v", v, h * hd, (h + 1) * hd)
+            s = self.matmul(f"{hn}.scores", qh, kh)
+            scale = 1.0 if blk.cfg.attn_scale_folded else 1.0 / math.sqrt(hd)
+            s = self.requant(f"{hn}.scaled", s, lambda z, c=scale: z * c)
+            # softmax(s) = softmax(s − max): exp then only sees inputs ≤ 0
+            z = self.sub(f"{hn}.shift", s, self.row_max(f"{hn}.max", s, mask))
+            e = self.lut(f"{hn}.exp", z, lambda v: np.exp(np.minimum(v, 0.0)),
+                         signed=False, scale=1.0 / qmax(self.opts.bits, False))
+            em = self.mul_const(f"{hn}.mask", e, mask.astype(np.int64), mask)
+            z = self.sum(f"{hn}.rowsum", em)
+            inv = self.lut(f"{hn}.recip", z, lambda r: 1.0 / np.maximum(r, 1e-9), signed=False)
+            p = self.requant(f"{hn}.probs", self.mul(f"{hn}.softmax", em, inv),
+                             lambda r, g=gates[h]: r * g, signed=False)
+            heads.append(self.requant(f"{hn}.ctx", self.matmul(f"{hn}.pv", p, vh),
+                                      bits=self.opts.wide_bits))
+        if len({hh.scale for hh in heads}) > 1:  # one scale for the concatenation
+            common = max(hh.scale for hh in heads)
+            heads = [hh if hh.scale == common else self.requant(
+                f"{hh.name}.align", hh, scale=common, bits=self.opts.wide_bits) for hh in heads]
+        ctx = heads[0] if len(heads) == 1 else self.concat(f"{name}.concat", heads)
+        return self.linear(f"{name}.o", ctx, w(blk.o), bias(blk.o))
+
+    def mlp(self, name: str, x: Val, blk: Block) -> Val:
+        w = lambda lin: lin.weight.detach().double().numpy()  # noqa: E731
+        bias = lambda lin: lin.bias.detach().double().numpy()  # noqa: E731
+        h = self.linear(f"{name}.fc1", x, w(blk.fc1), bias(blk.fc1))
+        h = self.requant(f"{name}.act", h, ACTIVATION_FNS[blk.cfg.activation],
+                         bits=self.opts.wide_bits)
+        return self.linear(f"{name}.fc2", h, w(blk.fc2), bias(blk.fc2))
+
+    def residual(self, name: str, x: Val, acc: Val | None) -> Val:
+        """``x + branch``: bring the branch to x's unit, add exactly, requantize the sum."""
+        if acc is None:
+            return x
+        wide = self.opts.wide_bits
+        branch = self.lut(f"{name}.branch", acc, lambda v: v, scale=x.scale, bits=wide + 1)
+        return self.requant(f"{name}.out", self.add(f"{name}.add", x, branch), bits=wide)
+
+
+def lower_blocks(
+    model: CanonicalTransformer, calib: np.ndarray, opts: LoweringOptions | None = None
+) -> IntGraph:
+    """Lower ``model.run_blocks`` to an IntGraph using embedded calibration inputs [N, T, d]."""
+    opts = opts or LoweringOptions()
+    for b in (opts.bits, opts.weight_bits):
+        if not 2 <= b <= 8:
+            raise CompileError(f"bits must be in 2..8, got {b}")
+    if not 2 <= opts.max_lookup_bits <= 16:
+        raise CompileError(f"max lookup bits must be in 2..16, got {opts.max_lookup_bits}")
+    bld = Builder(opts)
+    x = bld.input(np.asarray(calib, dtype=np.float64))
+    in_scale = x.scale
+    causal = model.cfg.kind == "causal-lm"
+    for i, blk in enumerate(model.blocks):
+        p = f"l{i}"
+        if model.cfg.pre_ln:
+            x = bld.residual(f"{p}.res1", x, bld.attention(f"{p}.attn",
+                                                           bld.layernorm(f"{p}.ln1", x, blk.ln1),
+                                                           blk, causal))
+            x = bld.residual(f"{p}.res2", x, bld.mlp(f"{p}.mlp",
+                                                     bld.layernorm(f"{p}.ln2", x, blk.ln2), blk))
+        else:
+            x = bld.layernorm(f"{p}.ln1", bld.residual(f"{p}.res1", x,
+                                                       bld.attention(f"{p}.attn", x, blk, causal)),
+                              blk.ln1)
+            x = bld.layernorm(f"{p}.ln2", bld.residual(f"{p}.res2", x, bld.mlp(f"{p}.mlp", x, blk)),
+                              blk.ln2)
+    meta = {"input_scale": in_scale, "input_bits": opts.wide_bits,
+            "output_scale": x.scale, "bits": opts.bits, "wide_bits": opts.wide_bits,
+            "weight_bits": opts.weight_bits, "max_lookup_bits": opts.max_lookup_bits,
+            "seq_len": int(calib.shape[-2]), "d_model": int(calib.shape[-1])}
+    graph = IntGraph(bld.nodes, "input", x.name, meta)
+    graph.calibration_ref = x.ref  # float reference of the output, for reports and tests
+    return graph
