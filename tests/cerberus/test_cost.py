@@ -1,0 +1,118 @@
+"""FHE cost model (SPEC C3): the law, the counts, and monotonicity under pruning."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+
+import pytest
+
+from cerberus.cost import DEFAULT_CONSTANTS, CostConstants, head_cost, model_cost
+from cerberus.errors import CompileError
+from cerberus.frontends.canonical import TransformerConfig
+
+
+def _cfg(**kw) -> TransformerConfig:
+    base = dict(
+        kind="causal-lm", vocab_size=512, n_positions=64, d_model=64, n_layer=2, n_head=4,
+        d_ff=256,
+    )
+    base.update(kw)
+    return TransformerConfig(**base)
+
+
+def test_pbs_cost_doubles_per_bit_and_constants_are_frozen_with_provenance():
+    k = DEFAULT_CONSTANTS
+    for w in range(2, 12):
+        assert k.pbs_s(w + 1) == pytest.approx(2 * k.pbs_s(w))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        k.pbs_ref_s = 1.0  # type: ignore[misc]
+    assert "uncalibrated" in k.calibrated_on and k.date
+    # Seeded from FHE_NOTES.md: 256 PBS at 7 bits in 1.81 s, 16×16 clear linear in 0.018 s.
+    assert 256 * k.pbs_s(7) == pytest.approx(1.81)
+    assert 256 * k.clear_mac_s == pytest.approx(0.018)
+
+
+def test_head_counts_follow_the_attention_shapes():
+    """Products counted from the shapes: QKᵀ T²·h, softmax normalisation T², P·V T²·h."""
+    cfg = _cfg()
+    t, n, hd = 16, 5, cfg.head_dim
+    c = head_cost(cfg, t, n)
+    products = t * t * hd + t * t + t * t * hd
+    assert c.pbs_by_width[n + 1] == 2 * products  # two lookups per enc×enc product
+    lookups = 3 * t * hd + t * t + t + t * hd  # q/k/v requant, exp, reciprocal, ctx requant
+    assert c.pbs == 2 * products + lookups
+    assert c.clear_macs == 4 * t * cfg.d_model * hd
+
+
+def test_head_cost_grows_with_sequence_and_bits():
+    cfg = _cfg()
+    by_t = [head_cost(cfg, t, 6).total for t in (4, 8, 16, 32)]
+    assert all(a < b for a, b in zip(by_t, by_t[1:], strict=False))
+    assert by_t[-1] / by_t[-2] > 3  # attention is quadratic in the sequence
+    by_n = [head_cost(cfg, 16, n).total for n in (3, 4, 5, 6, 7)]
+    # +1 bit: products' lookups double, accumulator lookups (2n + log K bits) at most
+    # quadruple, and stop growing once rounded to 8 bits; MACs and adds do not change.
+    assert all(1.0 < b / a <= 4.0 for a, b in zip(by_n, by_n[1:], strict=False))
+
+
+@pytest.mark.parametrize("pre_ln", [True, False])
+def test_pruning_any_head_strictly_reduces_the_estimate(pre_ln):
+    cfg = _cfg(pre_ln=pre_ln, kind="causal-lm" if pre_ln else "encoder")
+    full = model_cost(cfg, 16, 6)
+    for layer in range(cfg.n_layer):
+        for head in range(cfg.n_head):
+            kept = [list(range(cfg.n_head)) for _ in range(cfg.n_layer)]
+            kept[layer].remove(head)
+            less = model_cost(cfg, 16, 6, kept)
+            assert less.total < full.total and less.pbs < full.pbs
+    one = model_cost(cfg, 16, 6, [[0], [0, 1, 2, 3]])
+    none = model_cost(cfg, 16, 6, [[], [0, 1, 2, 3]])
+    assert none.total < one.total and none.pbs < one.pbs
+
+
+def test_breakdown_table_is_consistent_and_serialisable():
+    cfg = _cfg()
+    c = model_cost(cfg, 16, [6, 4], [[0, 2], [1, 2, 3]])
+    assert c.total == pytest.approx(sum(r["seconds"] for r in c.rows))
+    assert c.pbs == sum(r["pbs"] for r in c.rows)
+    assert set(c.per_head()) == {(0, 0), (0, 2), (1, 1), (1, 2), (1, 3)}
+    # Layer 1 at 4 bits: each head is cheaper than a layer-0 head at 6 bits.
+    assert c.per_head()[(1, 1)] < c.per_head()[(0, 0)]
+    assert c.max_lookup_bits == max(r["max_bits"] for r in c.rows)
+    d = json.loads(json.dumps(c.to_dict()))
+    assert d["pbs"] == c.pbs and d["constants"]["calibrated_on"]
+
+
+def test_lookup_widths_respect_rounding():
+    cfg = _cfg()
+    for n in (3, 6, 8):
+        c = model_cost(cfg, 32, n, round_bits=8)
+        # Accumulator-fed lookups are rounded to 8 bits; products need n + 1 bits.
+        assert c.max_lookup_bits == max(8, n + 1)
+    narrow = model_cost(cfg, 32, 4, round_bits=5)
+    assert narrow.max_lookup_bits == 5
+    assert narrow.total < model_cost(cfg, 32, 4, round_bits=8).total
+
+
+def test_constants_change_the_price_not_the_counts():
+    cfg = _cfg()
+    k2 = CostConstants(pbs_ref_s=2 * DEFAULT_CONSTANTS.pbs_ref_s)
+    a, b = model_cost(cfg, 16, 6), model_cost(cfg, 16, 6, constants=k2)
+    assert a.pbs_by_width == b.pbs_by_width and b.total > a.total
+    lut_a = sum(cnt * DEFAULT_CONSTANTS.pbs_s(w) for w, cnt in a.pbs_by_width.items())
+    assert b.total - a.total == pytest.approx(lut_a)
+
+
+def test_bad_arguments():
+    cfg = _cfg()
+    with pytest.raises(CompileError, match="bits"):
+        model_cost(cfg, 16, 1)
+    with pytest.raises(CompileError, match="seq_len"):
+        model_cost(cfg, cfg.n_positions + 1, 6)
+    with pytest.raises(CompileError, match="layers"):
+        model_cost(cfg, 16, [6])
+    with pytest.raises(CompileError, match="layers"):
+        model_cost(cfg, 16, 6, [[0]])
+    assert math.isfinite(head_cost(cfg, 1, 2).total)
