@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ledger.encoding import canonical, sha256
-from ledger.keys import Wallet, verify
+from ledger.keys import Wallet, is_address, verify
 from ledger.tx import Tx
 
 ZERO_HASH = "00" * 32
@@ -51,6 +51,23 @@ class Header:
             "proposer": self.proposer,
         }
 
+    def format_problem(self) -> str | None:
+        """Why the header's fields have the wrong types/shapes (from a peer), or None."""
+        for name in ("height", "time"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+                return f"header {name} must be a non-negative int"
+        for name in ("parent", "state_root", "tx_root"):
+            v = getattr(self, name)
+            if not (isinstance(v, str) and len(v) == 64
+                    and all(c in "0123456789abcdef" for c in v)):
+                return f"header {name} must be 64 hex chars"
+        if not is_address(self.proposer):
+            return "header proposer is not an address"
+        if not isinstance(self.signature, bytes):
+            return "header signature must be bytes"
+        return None
+
     def block_hash(self) -> str:
         """Hex id of the block (hash of the unsigned header)."""
         return sha256(canonical(self.unsigned())).hex()
@@ -88,9 +105,18 @@ class Block:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Block:
-        h = dict(d["header"])
-        sig = bytes.fromhex(h.pop("sig"))
-        return cls(Header(signature=sig, **h), tuple(Tx.from_dict(t) for t in d["txs"]))
+        """Inverse of ``to_dict``; raises ``ValueError`` on malformed input (from a peer)."""
+        try:
+            h = dict(d["header"])
+            sig = bytes.fromhex(h.pop("sig"))
+            header = Header(signature=sig, **h)
+            txs = tuple(Tx.from_dict(t) for t in d["txs"])
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise ValueError(f"malformed block: {e}") from e
+        problem = header.format_problem()
+        if problem:
+            raise ValueError(problem)
+        return cls(header, txs)
 
 
 def sign_header(header: Header, wallet: Wallet, chain_id: str) -> Header:

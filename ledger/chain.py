@@ -106,15 +106,13 @@ class Chain:
             raise ValueError("block time must be after the parent's")
         mark = self.state.checkpoint()
         try:
-            rejected = execute(self.state, txs, self.genesis, height, proposer.address, time,
-                               strict=False)
+            kept, rejected = execute(self.state, txs, self.genesis, height, proposer.address,
+                                     time, strict=False)
             root = self.state.state_root()
         finally:
             self.state.rollback(mark)
-        bad = {id(t) for t, _ in rejected}
-        kept = tuple(t for t in txs if id(t) not in bad)
         header = Header(height, self.head_hash, root, tx_root(kept), time, proposer.address)
-        return Block(sign_header(header, proposer, self.genesis.chain_id), kept), rejected
+        return Block(sign_header(header, proposer, self.genesis.chain_id), tuple(kept)), rejected
 
     def apply_block(self, block: Block) -> None:
         """Validate and apply ``block``, then persist it atomically; raises ``InvalidBlock``

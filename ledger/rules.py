@@ -429,6 +429,9 @@ def end_block(state: State, g: Genesis, height: int) -> None:
 def check_header(state: State, block: Block, g: Genesis, parent_hash: str) -> None:
     """Header checks that need no tx execution."""
     h = block.header
+    problem = h.format_problem()
+    if problem:
+        raise InvalidBlock(problem)
     if h.height != state.height + 1:
         raise InvalidBlock(f"height {h.height} does not follow {state.height}")
     if h.parent != parent_hash:
@@ -464,10 +467,12 @@ def apply_block_in_place(state: State, block: Block, g: Genesis, parent_hash: st
 
 
 def execute(state: State, txs: tuple[Tx, ...] | list[Tx], g: Genesis, height: int,
-            proposer: str, time: int, strict: bool) -> list[tuple[Tx, str]]:
-    """Run txs and end-of-block work. ``strict``: the first bad tx raises; otherwise bad txs
-    are skipped and returned with their reasons (block production)."""
+            proposer: str, time: int, strict: bool) -> tuple[list[Tx], list[tuple[Tx, str]]]:
+    """Run txs and end-of-block work; return (applied txs, rejected txs with reasons).
+    ``strict``: the first bad tx raises (block validation); otherwise bad txs are skipped
+    (block production)."""
     ctx = Ctx(g, height, proposer)
+    applied: list[Tx] = []
     rejected: list[tuple[Tx, str]] = []
     for tx in txs:
         try:
@@ -476,10 +481,12 @@ def execute(state: State, txs: tuple[Tx, ...] | list[Tx], g: Genesis, height: in
             if strict:
                 raise
             rejected.append((tx, str(e)))
+        else:
+            applied.append(tx)
     end_block(state, g, height)
     state.put("meta", "height", height)
     state.put("meta", "time", time)
-    return rejected
+    return applied, rejected
 
 
 def apply_block(state: State, block: Block, g: Genesis, parent_hash: str) -> State:

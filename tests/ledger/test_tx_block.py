@@ -119,3 +119,32 @@ def test_fee_goes_to_proposer() -> None:
     apply_ok(chain, sg.tx(A, "transfer", fee=123, to=B.address, amount=1))
     assert chain.balance(PROPOSER.address) == 123
     assert chain.balance(A.address) == 10_000 * BASED - 124
+
+
+def test_duplicate_tx_in_one_batch_is_included_once() -> None:
+    chain = Chain(genesis())
+    tx = Signer(chain).tx(A, "transfer", to=B.address, amount=1)
+    block, rejected = chain.produce_block([tx, tx], PROPOSER, 1)
+    assert block.txs == (tx,)
+    assert [r for _, r in rejected] == ["bad nonce: expected 1, got 0"]
+    chain.apply_block(block)
+    assert chain.nonce(A.address) == 1
+
+
+def test_malformed_wire_blocks_raise_value_error() -> None:
+    chain = Chain(genesis())
+    block, _ = chain.produce_block([], PROPOSER, 1)
+    good = block.to_dict()
+    for mutate in (
+        lambda d: d.pop("txs"),
+        lambda d: d["header"].update(height="1"),
+        lambda d: d["header"].update(sig="zz"),
+        lambda d: d["header"].update(parent="xy"),
+        lambda d: d["header"].update(extra=1),
+        lambda d: d["txs"].append({"kind": "transfer"}),
+    ):
+        d = {"header": dict(good["header"]), "txs": list(good["txs"])}
+        mutate(d)
+        with pytest.raises(ValueError):
+            Block.from_dict(d)
+    assert Block.from_dict(good) == block
