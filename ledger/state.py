@@ -174,6 +174,7 @@ class State:
         self._dirty_root: set[tuple[str, Any]] = set()
         self._dirty_store: set[tuple[str, Any]] = set()
         self._leaves: dict[str, bytes] = {}
+        self._order: list[str] = []  # sorted keys of _leaves
         # derived indexes, rebuilt from the "stake" table; never hashed or stored
         self.delegate_stake: dict[tuple[int, str], int] = {}
         self.stakers: dict[tuple[int, str], dict[str, int]] = {}
@@ -249,18 +250,31 @@ class State:
 
     # ---- root ------------------------------------------------------------------------------
     def state_root(self) -> str:
-        """Hex sha256 over the sorted leaves sha256(key, value) of every table entry."""
+        """Hex sha256 over the sorted leaves sha256(key, value) of every table entry.
+
+        Leaf hashes are cached and only changed keys are rehashed; the sorted key order is
+        kept between calls (Timsort merges the few new keys in near-linear time).
+        """
+        added: list[str] = []
+        removed = False
         for table, key in self._dirty_root:
             skey = encode_key(table, key)
             if key in self.tables[table]:
                 kb = skey.encode()
                 val = encode_value(table, self.tables[table][key])
+                if skey not in self._leaves:
+                    added.append(skey)
                 self._leaves[skey] = sha256(len(kb).to_bytes(4, "big") + kb + val)
-            else:
-                self._leaves.pop(skey, None)
+            elif self._leaves.pop(skey, None) is not None:
+                removed = True
         self._dirty_root.clear()
-        h = sha256(b"".join(self._leaves[k] for k in sorted(self._leaves)))
-        return h.hex()
+        if removed:
+            self._order = [k for k in self._order if k in self._leaves]
+        if added:
+            self._order.extend(added)
+            self._order.sort()
+        leaves = self._leaves
+        return sha256(b"".join([leaves[k] for k in self._order])).hex()
 
     # ---- copies and loading ---------------------------------------------------------------
     def fork(self) -> State:
@@ -269,6 +283,7 @@ class State:
         s.tables = {t: dict(v) for t, v in self.tables.items()}
         s._dirty_root = set(self._dirty_root)
         s._leaves = dict(self._leaves)
+        s._order = list(self._order)
         s.delegate_stake = dict(self.delegate_stake)
         s.stakers = {k: dict(v) for k, v in self.stakers.items()}
         s.brain_stake = dict(self.brain_stake)

@@ -6,7 +6,8 @@ Invariants checked after every block:
 - nonces: each account's nonce rises by exactly its number of included txs, and within a
   block a sender's nonces strictly increase;
 - replayed txs (already included) and mis-signed txs are rejected and change nothing;
-- the pure ``apply_block`` reaches the same root as the chain.
+- the pure ``apply_block`` reaches the same root as the chain, and the incrementally
+  maintained root equals one recomputed from scratch.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from ledger_helpers import CHAIN_ID, OPERATOR, PROPOSER, USERS, conserved, genes
 from ledger.block import Block
 from ledger.chain import Chain
 from ledger.rules import apply_block
+from ledger.state import State
 from ledger.tx import Tx, make_tx
 from ledger.units import BASED, cumulative_issuance
 
@@ -92,6 +94,8 @@ def _check_invariants(chain: Chain) -> None:
         recount[(b, d)] += v
     assert {k: v for k, v in s.delegate_stake.items() if v} == dict(recount)
     assert s.total_stake == sum(recount.values())
+    # the cached, incremental root equals a root computed from scratch
+    assert State.from_encoded(s.encoded_items()).state_root() == s.state_root()
 
 
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
