@@ -7,11 +7,13 @@ non-zero exit code, so scripts and operators can rely on it.
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import sys
 from collections.abc import Callable, Sequence
 
 from cerberus import __version__
+from cerberus.errors import CompileError
 
 log = logging.getLogger("cerberus")
 
@@ -34,6 +36,17 @@ def _not_built(command: str, issue: int) -> Callable[[argparse.Namespace], int]:
     return run
 
 
+# Commands that exist, by module; each module has add_arguments(parser) and run(args).
+BUILT = {"compile": "cerberus.cli_compile"}
+
+
+def _lazy(module: str) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        return importlib.import_module(module).run(args)
+
+    return run
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The parser with every command; each subcommand module adds its own flags."""
     parser = argparse.ArgumentParser(
@@ -41,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Compile transformers into ZK-LLMs (TFHE) and serve them on a network.",
     )
     parser.add_argument("--version", action="version", version=f"cerberus {__version__}")
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv)")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     commands = [
@@ -53,7 +66,12 @@ def build_parser() -> argparse.ArgumentParser:
     ]
     for name, help_text, issue in commands:
         p = sub.add_parser(name, help=help_text, description=help_text)
-        p.set_defaults(func=_not_built(name, issue))
+        if name in BUILT:
+            module = importlib.import_module(BUILT[name])
+            module.add_arguments(p)
+            p.set_defaults(func=_lazy(BUILT[name]))
+        else:
+            p.set_defaults(func=_not_built(name, issue))
     return parser
 
 
@@ -61,13 +79,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script; returns the process exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    level = [logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)]
+    # Long work (compilation) reports progress at INFO, so that is the default level.
+    level = [logging.INFO, logging.DEBUG][min(args.verbose, 1)]
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         return int(args.func(args) or 0)
     except CLIError as e:
         print(f"cerberus: {e}", file=sys.stderr)
         return e.code
+    except CompileError as e:
+        print(f"cerberus: {e}", file=sys.stderr)
+        return EXIT_ERROR
     except KeyboardInterrupt:
         print("cerberus: interrupted", file=sys.stderr)
         return 130

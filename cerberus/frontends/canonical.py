@@ -38,6 +38,8 @@ class TransformerConfig:
     type_vocab_size: int = 0
     # Set by the fusion pass once 1/sqrt(head_dim) is folded into the query projection.
     attn_scale_folded: bool = False
+    # Set when the final LayerNorm's β is folded into the LM head (which then has a bias).
+    lm_head_bias: bool = False
     heads_kept: list[list[int]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -128,13 +130,17 @@ class CanonicalTransformer(nn.Module):
         self.cfg = cfg
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.pos_emb = nn.Embedding(cfg.n_positions, cfg.d_model)
-        self.type_emb = nn.Embedding(cfg.type_vocab_size, cfg.d_model) if cfg.type_vocab_size else None
+        self.type_emb = (
+            nn.Embedding(cfg.type_vocab_size, cfg.d_model) if cfg.type_vocab_size else None
+        )
         # Post-LN encoders (BERT) normalise the embeddings; pre-LN LMs (GPT-2) the output.
         self.emb_ln = None if cfg.pre_ln else nn.LayerNorm(cfg.d_model, eps=cfg.ln_eps)
         self.blocks = nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layer))
         self.ln_f = nn.LayerNorm(cfg.d_model, eps=cfg.ln_eps) if cfg.pre_ln else None
         self.lm_head = (
-            nn.Linear(cfg.d_model, cfg.vocab_size, bias=False) if cfg.kind == "causal-lm" else None
+            nn.Linear(cfg.d_model, cfg.vocab_size, bias=cfg.lm_head_bias)
+            if cfg.kind == "causal-lm"
+            else None
         )
 
     def attention_mask(self, t: int, device: torch.device | None = None) -> torch.Tensor:

@@ -1,0 +1,163 @@
+"""The artefact (SPEC C8): a content-addressed ``NAME.cerb/`` folder.
+
+Layout::
+
+    manifest.json       source model + hash, pass reports, head mask, quantization, cost,
+                        fidelity, versions
+    graph/graph.json    the integer graph the miner runs under FHE (structure)
+    graph/graph.npz     its integer weights and tables
+    client.safetensors  the float parts the client runs: embeddings, final norm, LM head
+                        (the whole squeezed, folded canonical model, for the simulator)
+    model.onnx          the quantized integer graph as ONNX (runs in onnxruntime)
+    tokenizer/          tokenizer files, when the source has a tokenizer
+
+The artefact's id is the sha256 over every file's relative path and sha256 except
+``artefact.sha256`` itself, so any change to any byte gives a new id; the ledger records
+it as a Brain's task.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from cerberus.errors import CompileError
+from cerberus.frontends.canonical import CanonicalTransformer, TransformerConfig
+from cerberus.ir import IntGraph, evaluate
+
+HASH_FILE = "artefact.sha256"
+FORMAT_VERSION = 1
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def artefact_hash(folder: Path) -> str:
+    """sha256 over ``relative path NUL file sha256 LF`` of every file, sorted by path."""
+    h = hashlib.sha256()
+    for p in sorted(q for q in folder.rglob("*") if q.is_file() and q.name != HASH_FILE):
+        h.update(f"{p.relative_to(folder).as_posix()}\0{file_sha256(p)}\n".encode())
+    return h.hexdigest()
+
+
+@dataclass
+class Artefact:
+    """A loaded artefact: enough to run the integer model in the clear (the simulator)."""
+
+    path: Path
+    manifest: dict[str, Any]
+    graph: IntGraph
+    model: CanonicalTransformer
+    tokenizer: Any | None
+
+    @property
+    def sha256(self) -> str:
+        return self.manifest.get("sha256") or artefact_hash(self.path)
+
+    # -- the client/miner split ---------------------------------------------------------
+    def encode_input(self, input_ids: torch.Tensor) -> np.ndarray:
+        """Client: tokens → embeddings → integers the miner receives (encrypted)."""
+        meta = self.graph.meta
+        with torch.no_grad():
+            x = self.model.embed(input_ids).double().numpy()
+        if self.manifest["quantization"].get("adaptive"):
+            from cerberus.passes.quantize import adaptive_dynamic_quantize
+
+            flat = x.reshape(-1, x.shape[-1])
+            x = adaptive_dynamic_quantize(flat, **self.manifest["quantization"]["adaptive_params"]
+                                          ).x_hat.reshape(x.shape)
+        top = 2 ** (int(meta["input_bits"]) - 1) - 1
+        return np.clip(np.floor(x / meta["input_scale"] + 0.5), -top, top).astype(np.int64)
+
+    def run_graph(self, x: np.ndarray) -> np.ndarray:
+        """Miner (simulated in the clear): the integer graph, bit-exact with the circuit."""
+        return evaluate(self.graph, x)["output"]
+
+    def decode_output(self, y: np.ndarray) -> torch.Tensor:
+        """Client: integers back from the miner → final norm and LM head (or hidden states)."""
+        h = torch.tensor(y * self.graph.meta["output_scale"], dtype=torch.float32)
+        with torch.no_grad():
+            return self.model.head(h)
+
+    def logits(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """The whole integer path for ``[B, T]`` tokens (T = the compiled sequence length)."""
+        return self.decode_output(self.run_graph(self.encode_input(input_ids)))
+
+
+def write_artefact(
+    out: Path,
+    *,
+    manifest: dict[str, Any],
+    graph: IntGraph,
+    model: CanonicalTransformer,
+    tokenizer: Any | None,
+    force: bool = False,
+    extra: dict[str, Any] | None = None,
+) -> str:
+    """Write the folder atomically (temp dir, then rename) and return its sha256."""
+    out = Path(out)
+    if out.exists() and not force:
+        raise CompileError(f"output {out} already exists (use --force to replace it)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        graph.save(tmp / "graph")
+        state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+        save_file(state, str(tmp / "client.safetensors"))
+        if tokenizer is not None:
+            tokenizer.save_pretrained(str(tmp / "tokenizer"))
+        for name, writer in (extra or {}).items():
+            writer(tmp / name)
+        manifest = dict(manifest, format=FORMAT_VERSION, model_config=model.cfg.to_dict(),
+                        graph_digest=graph.digest())
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        digest = artefact_hash(tmp)
+        (tmp / HASH_FILE).write_text(digest + "\n")
+        tmp.chmod(0o755)
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return digest
+
+
+def load_artefact(path: Path, *, verify: bool = True) -> Artefact:
+    """Load an artefact folder; with ``verify`` its content must match its recorded hash."""
+    path = Path(path)
+    if not (path / "manifest.json").is_file():
+        raise CompileError(f"{path} is not a Cerberus artefact (no manifest.json)")
+    manifest = json.loads((path / "manifest.json").read_text())
+    recorded = (path / HASH_FILE).read_text().strip() if (path / HASH_FILE).exists() else None
+    if verify:
+        actual = artefact_hash(path)
+        if recorded != actual:
+            raise CompileError(f"artefact {path} is corrupted: sha256 {actual} != {recorded}")
+    manifest["sha256"] = recorded
+    cfg = TransformerConfig(**manifest["model_config"])
+    model = CanonicalTransformer(cfg)
+    state = load_file(str(path / "client.safetensors"))
+    if "lm_head.weight" not in state:
+        model.lm_head = None
+    model.load_state_dict(state)
+    tokenizer = None
+    if (path / "tokenizer").is_dir():
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(str(path / "tokenizer"))
+    return Artefact(path, manifest, IntGraph.load(path / "graph"), model.eval(), tokenizer)

@@ -1,0 +1,71 @@
+"""``cerberus compile``: flags, progress and the one-screen summary."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from cerberus.compile import CompileOptions, compile_model
+
+DEFAULTS = CompileOptions()
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="Hugging Face id or folder (offline), .onnx file")
+    p.add_argument("-o", "--output", type=Path, help="artefact folder (default: NAME.cerb)")
+    p.add_argument("--force", action="store_true", help="replace an existing output folder")
+    q = p.add_argument_group("quantization (C4)")
+    q.add_argument("--bits", type=int, default=DEFAULTS.bits,
+                   help="width of values entering encrypted products, 2..8 (default 8)")
+    q.add_argument("--weight-bits", type=int, help="weight width, 2..8 (default: --bits)")
+    q.add_argument("--wide-bits", type=int, default=DEFAULTS.wide_bits,
+                   help="width of lookup outputs that feed only leveled ops (default 12)")
+    q.add_argument("--max-lookup-bits", type=int, default=DEFAULTS.max_lookup_bits,
+                   help="widest table-lookup input after round_bit_pattern (default 8)")
+    q.add_argument("--adaptive", action="store_true",
+                   help="paper §5 adaptive dynamic quantization of the client's input "
+                        "(L=256, T=0.1, α=0.5)")
+    q.add_argument("--qat-steps", type=int, default=0,
+                   help="quantization-aware fine-tuning steps (paper §7.2.2; default 0 = off)")
+    q.add_argument("--qat-lr", type=float, default=DEFAULTS.qat_lr, help="QAT learning rate")
+    s = p.add_argument_group("squeezing (C2, C3)")
+    s.add_argument("--theta", type=float, default=DEFAULTS.theta,
+                   help="keep only heads with significance S(h) > θ (default 0)")
+    s.add_argument("--budget", type=float, metavar="C_MAX",
+                   help="FHE cost budget in estimated seconds per sequence (default: none)")
+    s.add_argument("--significance", choices=("gradient", "fisher", "ablation"),
+                   default=DEFAULTS.significance,
+                   help="head score: masked-loss change (ablation, default), Michel |dL/dξ| "
+                        "(gradient) or Fisher E[(dL/dξ)²]")
+    s.add_argument("--strategy", choices=("significance", "random", "magnitude"),
+                   default=DEFAULTS.strategy, help="head selection (baselines for ablations)")
+    c = p.add_argument_group("calibration")
+    c.add_argument("--calibration", type=Path, metavar="FILE",
+                   help="text file for significance and ranges (default: built-in prose)")
+    c.add_argument("--seq-len", type=int, default=DEFAULTS.seq_len,
+                   help="sequence length the circuit is compiled for (default 16)")
+    c.add_argument("--seed", type=int, default=DEFAULTS.seed, help="seed (default 0)")
+
+
+def run(args: argparse.Namespace) -> int:
+    opts = CompileOptions(
+        bits=args.bits, weight_bits=args.weight_bits, wide_bits=args.wide_bits,
+        max_lookup_bits=args.max_lookup_bits, seq_len=args.seq_len, theta=args.theta,
+        budget=args.budget, significance=args.significance, strategy=args.strategy,
+        qat_steps=args.qat_steps, qat_lr=args.qat_lr, adaptive=args.adaptive,
+        calibration=args.calibration, seed=args.seed,
+    )
+    path, digest, m = compile_model(args.model, args.output, opts, force=args.force)
+    fuse = m["fusion"]
+    kept = m["squeeze"]["heads_kept"]
+    print(f"wrote {path}")
+    print(f"  sha256         {digest}")
+    cfg, sq = m["model_config"], m["squeeze"]
+    print(f"  heads kept     {sum(map(len, kept))}/{cfg['n_layer'] * cfg['n_head']}  {kept}")
+    print(f"  cost estimate  {sq['cost_before_s']:.4g} s → {sq['cost_after_s']:.4g} s per sequence")
+    print(f"  FHE ops        {fuse['before']['fhe_ops']} → {fuse['after']['fhe_ops']} "
+          f"(lookups {fuse['before']['lookups']} → {fuse['after']['lookups']}, "
+          f"PBS {fuse['before']['pbs']} → {fuse['after']['pbs']})")
+    print(f"  lookup widths  {fuse['after']['lookup_width_histogram']} (bits: count)")
+    print(f"  fidelity       {m['fidelity']}")
+    return 0
