@@ -1,0 +1,249 @@
+"""ONNX frontend (SPEC C1): ONNX files become torch.fx graphs that compute what
+onnxruntime computes, and Cerberus-exported transformer files round-trip to the canonical
+model the compiler works on.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+import transformers
+from onnx import TensorProto, helper
+from torch import fx, nn
+
+from cerberus.errors import CompileError
+from cerberus.frontends.canonical import CanonicalTransformer, TransformerConfig
+from cerberus.frontends.huggingface import from_hf_module, load_pretrained
+from cerberus.frontends.onnx_import import (
+    canonical_from_onnx,
+    export_canonical_onnx,
+    import_onnx,
+)
+
+
+class _HFOutput(nn.Module):
+    """Plain-tensor forward of an HF model, so the TorchScript exporter can trace it."""
+
+    def __init__(self, model: nn.Module, key: str, causal: bool) -> None:
+        super().__init__()
+        self.model, self.key, self.causal = model, key, causal
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        kw = {"input_ids": ids, "return_dict": True}
+        if self.causal:  # explicit mask/positions avoid aten::diff in HF's mask utilities
+            kw.update(use_cache=False, attention_mask=torch.ones_like(ids),
+                      position_ids=torch.arange(ids.shape[1]).unsqueeze(0).expand_as(ids))
+        return getattr(self.model(**kw), self.key)
+
+
+def _export_hf(module: nn.Module, path: Path, ids: torch.Tensor, opset: int) -> Path:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, (ids,), str(path), dynamo=False, opset_version=opset,
+                          input_names=["input_ids"], output_names=["out"],
+                          dynamic_axes={"input_ids": {0: "batch", 1: "seq"}})
+    module.eval()  # the exporter restores the *wrapper's* mode recursively
+    return path
+
+
+def _ort(path: Path, ids: torch.Tensor) -> np.ndarray:
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return sess.run(None, {"input_ids": ids.numpy()})[0]
+
+
+@pytest.fixture(scope="module")
+def tiny_gpt():
+    model, _ = load_pretrained("models/tiny-gpt")
+    return model, from_hf_module(model)
+
+
+@pytest.fixture(scope="module")
+def random_bert() -> nn.Module:
+    torch.manual_seed(0)
+    cfg = transformers.BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2,
+                                  num_attention_heads=4, intermediate_size=64,
+                                  max_position_embeddings=32)
+    return transformers.BertModel(cfg, add_pooling_layer=False).eval()
+
+
+def _ids(vocab: int, batch: int, t: int, seed: int = 0) -> torch.Tensor:
+    return torch.randint(0, vocab, (batch, t), generator=torch.Generator().manual_seed(seed))
+
+
+def test_canonical_tiny_gpt_fx_matches_onnxruntime(tiny_gpt, tmp_path: Path) -> None:
+    _, c = tiny_gpt
+    path = export_canonical_onnx(c, tmp_path / "tiny.onnx", seq_len=8)
+    gm = import_onnx(path)
+    assert isinstance(gm, fx.GraphModule)
+    ops = {n.op for n in gm.graph.nodes}
+    assert {"placeholder", "get_attr", "call_function", "output"} <= ops
+    assert "blocks.0.q.weight" in gm.onnx_initializer_names  # initializers → buffers
+    for t in (8, 5):  # dynamic sequence length too
+        ids = _ids(512, 3, t)
+        with torch.no_grad():
+            got = gm(ids).numpy()
+        want = _ort(path, ids)
+        assert got.shape == want.shape == (3, t, 512)
+        assert np.allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("opset", [17, 18])
+def test_hf_bert_fx_matches_onnxruntime(random_bert, tmp_path: Path, opset: int) -> None:
+    ids = _ids(100, 2, 8)
+    wrapper = _HFOutput(random_bert, "last_hidden_state", causal=False).eval()
+    path = _export_hf(wrapper, tmp_path / "bert.onnx", ids, opset)
+    gm = import_onnx(path)
+    for t in (8, 6):
+        x = ids[:, :t]
+        with torch.no_grad():
+            got = gm(x)
+            ref = wrapper(x)
+        assert np.allclose(got.numpy(), _ort(path, x), rtol=1e-5, atol=1e-5)
+        assert torch.allclose(got, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_hf_gpt2_fx_matches_onnxruntime(tiny_gpt, tmp_path: Path) -> None:
+    model, _ = tiny_gpt
+    ids = _ids(512, 2, 8, seed=3)
+    wrapper = _HFOutput(model, "logits", causal=True).eval()
+    path = _export_hf(wrapper, tmp_path / "gpt2.onnx", ids, 18)
+    op_types = {n.op_type for n in onnx.load(str(path)).graph.node}
+    assert {"Gemm", "Split", "Where", "Expand", "Range"} <= op_types  # a different op mix
+    gm = import_onnx(path)
+    with torch.no_grad():
+        got = gm(ids)
+    assert np.allclose(got.numpy(), _ort(path, ids), rtol=1e-5, atol=1e-5)
+
+
+def test_canonical_round_trip_tiny_gpt(tiny_gpt, tmp_path: Path) -> None:
+    _, c = tiny_gpt
+    path = export_canonical_onnx(c, tmp_path / "tiny.onnx", seq_len=8)
+    back = canonical_from_onnx(path)
+    assert isinstance(back, CanonicalTransformer)
+    assert back.cfg == c.cfg
+    ids = _ids(512, 2, 8, seed=1)
+    with torch.no_grad():
+        assert torch.equal(back(ids), c(ids))
+        assert torch.equal(back.run_blocks(back.embed(ids)), c.run_blocks(c.embed(ids)))
+
+
+def test_canonical_round_trip_bert_and_pruned(random_bert, tmp_path: Path) -> None:
+    """An encoder (type embeddings, post-LN, no LM head) and a model with pruned heads."""
+    enc = from_hf_module(random_bert)
+    torch.manual_seed(1)
+    pruned = CanonicalTransformer(TransformerConfig(
+        kind="causal-lm", vocab_size=50, n_positions=16, d_model=24, n_layer=2, n_head=3,
+        d_ff=48, activation="relu", heads_kept=[[0, 2], [1]])).eval()
+    for name, model, vocab in (("enc", enc, 100), ("pruned", pruned, 50)):
+        path = export_canonical_onnx(model, tmp_path / f"{name}.onnx", seq_len=6)
+        back = canonical_from_onnx(path)
+        assert back.cfg == model.cfg
+        assert (back.lm_head is None) == (model.lm_head is None)
+        ids = _ids(vocab, 2, 6, seed=2)
+        with torch.no_grad():
+            assert torch.equal(back(ids), model(ids)), name
+
+
+def test_foreign_onnx_is_refused_for_compilation(random_bert, tmp_path: Path) -> None:
+    ids = _ids(100, 1, 4)
+    path = _export_hf(_HFOutput(random_bert, "last_hidden_state", False).eval(),
+                      tmp_path / "bert.onnx", ids, 17)
+    with pytest.raises(CompileError, match="only Cerberus-exported transformer ONNX files"):
+        canonical_from_onnx(path)
+    import_onnx(path)(ids)  # … while it still imports and runs as an fx graph
+
+
+def test_edited_cerberus_file_is_refused(tiny_gpt, tmp_path: Path) -> None:
+    """Metadata that no longer describes the graph must not be compiled silently."""
+    _, c = tiny_gpt
+    path = export_canonical_onnx(c, tmp_path / "tiny.onnx", seq_len=8)
+    model = onnx.load(str(path))
+    for node in model.graph.node:  # GELU's tanh becomes a sigmoid: weights stay the same
+        if node.op_type == "Tanh":
+            node.op_type = "Sigmoid"
+    edited = tmp_path / "edited.onnx"
+    onnx.save(model, str(edited))
+    canonical_from_onnx(edited, verify=False)  # config and weights alone still load
+    with pytest.raises(CompileError, match="does not compute what its Cerberus metadata"):
+        canonical_from_onnx(edited)
+
+
+def _single_node_model(op_type: str, node_name: str) -> onnx.ModelProto:
+    node = helper.make_node(op_type, ["a"], ["y"], name=node_name)
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["a"], name="pre"), node], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [])])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+
+
+def test_unsupported_op_names_op_and_node(tmp_path: Path) -> None:
+    path = tmp_path / "det.onnx"
+    onnx.save(_single_node_model("Det", "my_det_node"), str(path))
+    with pytest.raises(CompileError, match="unsupported op Det at node my_det_node"):
+        import_onnx(path)
+
+
+def test_missing_or_garbage_file(tmp_path: Path) -> None:
+    with pytest.raises(CompileError, match="does not exist"):
+        import_onnx(tmp_path / "nope.onnx")
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"\x00garbage\xff" * 10)
+    with pytest.raises(CompileError, match="not a readable ONNX model"):
+        import_onnx(bad)
+
+
+def test_onnx_semantics_helpers(tmp_path: Path) -> None:
+    """Ops whose ONNX meaning differs from torch's defaults, checked against onnxruntime."""
+    i64 = TensorProto.INT64
+    f32 = TensorProto.FLOAT
+    c = onnx.numpy_helper.from_array
+    nodes = [
+        # integer Div truncates toward zero; Reshape 0 copies a dim; Gather negative index
+        helper.make_node("Div", ["n", "d"], ["q"]),
+        helper.make_node("Reshape", ["x", "shape"], ["r"]),
+        helper.make_node("Gather", ["r", "gi"], ["g"], axis=1),
+        helper.make_node("Slice", ["x", "s0", "s1", "sax", "sst"], ["sl"]),
+        helper.make_node("Split", ["x"], ["p0", "p1"], axis=2, num_outputs=2),
+        helper.make_node("Expand", ["col", "eshape"], ["e"]),
+        helper.make_node("ReduceMean", ["x", "rax"], ["m"], keepdims=0),
+        helper.make_node("Gemm", ["ga", "gb", "gc"], ["gm"], alpha=0.5, beta=2.0, transB=1),
+        helper.make_node("Trilu", ["sq", "tk"], ["tl"], upper=0),
+        helper.make_node("CumSum", ["sq", "cax"], ["cs"], exclusive=1, reverse=1),
+    ]
+    inits = [
+        c(np.array([7, -7, 9, -9], np.int64), "n"), c(np.array([2, 2, -4, 4], np.int64), "d"),
+        c(np.array([0, -1], np.int64), "shape"), c(np.array([-1, 0], np.int64), "gi"),
+        c(np.array([-1], np.int64), "s0"), c(np.array([-100], np.int64), "s1"),
+        c(np.array([1], np.int64), "sax"), c(np.array([-2], np.int64), "sst"),
+        c(np.ones((3, 1), np.float32), "col"), c(np.array([1, 4], np.int64), "eshape"),
+        c(np.array([1, -1], np.int64), "rax"),
+        c(np.arange(6, dtype=np.float32).reshape(2, 3), "ga"),
+        c(np.arange(12, dtype=np.float32).reshape(4, 3), "gb"),
+        c(np.ones(4, np.float32), "gc"),
+        c(np.arange(16, dtype=np.float32).reshape(4, 4), "sq"),
+        c(np.array(1, np.int64), "tk"), c(np.array(1, np.int64), "cax"),
+    ]
+    outs = [("q", i64), ("r", f32), ("g", f32), ("sl", f32), ("p0", f32), ("p1", f32),
+            ("e", f32), ("m", f32), ("gm", f32), ("tl", f32), ("cs", f32)]
+    graph = helper.make_graph(
+        nodes, "semantics", [helper.make_tensor_value_info("x", f32, [2, 5, 4])],
+        [helper.make_tensor_value_info(n, t, None) for n, t in outs], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 10
+    path = tmp_path / "sem.onnx"
+    onnx.save(model, str(path))
+    x = np.random.default_rng(0).standard_normal((2, 5, 4)).astype(np.float32)
+    want = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(
+        None, {"x": x})
+    got = import_onnx(path)(torch.from_numpy(x))
+    assert len(got) == len(want)
+    for (name, _), g, w in zip(outs, got, want, strict=True):
+        assert tuple(g.shape) == w.shape, name
+        assert np.allclose(g.numpy(), w, rtol=1e-6, atol=1e-6), name
