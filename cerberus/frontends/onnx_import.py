@@ -544,6 +544,11 @@ def export_canonical_onnx(model: CanonicalTransformer, path: Path | str, seq_len
     path.parent.mkdir(parents=True, exist_ok=True)
     if not 1 <= seq_len <= model.cfg.n_positions:
         raise CompileError(f"seq_len {seq_len} outside 1..{model.cfg.n_positions}")
+    empty = [i for i, blk in enumerate(model.blocks) if blk.n_kept == 0]
+    if empty:
+        # Zero-width projections crash the TorchScript exporter (SIGFPE in the tracer),
+        # which would take the whole process down: refuse with a message instead.
+        raise CompileError(f"cannot export to ONNX: layers {empty} keep no attention heads")
     was_training = model.training
     model.eval()
     ids = torch.zeros(1, seq_len, dtype=torch.long)

@@ -133,6 +133,22 @@ def test_random_bert_onnx_is_bit_exact(random_bert, tmp_path: Path) -> None:
     assert _rounds_negatives(graph)
 
 
+def test_fused_graph_is_bit_exact(tiny_gpt, tmp_path: Path) -> None:
+    """The artefact carries the graph after fusion (folded LayerNorms, composed lookups)."""
+    from cerberus.passes.fuse import compose_luts, fold_affine
+
+    c, _, held = tiny_gpt
+    folded, _ = fold_affine(c)
+    gen = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        calib = folded.embed(torch.randint(0, 512, (8, 8), generator=gen)).double().numpy()
+    calib_ext = _with_extremes(calib)
+    graph, chains = compose_luts(lower_blocks(folded, calib_ext, LoweringOptions(bits=6)))
+    assert chains  # some lookups really were composed
+    path = export_onnx(graph, tmp_path / "fused.onnx")
+    assert _check_bit_exact(graph, path, _inputs(graph, calib_ext, held)) >= REQUIRED
+
+
 def test_metadata_and_interface(tiny_gpt, tmp_path: Path) -> None:
     c, calib, _ = tiny_gpt
     graph = lower_blocks(c, calib)

@@ -150,6 +150,16 @@ def test_canonical_round_trip_bert_and_pruned(random_bert, tmp_path: Path) -> No
             assert torch.equal(back(ids), model(ids)), name
 
 
+@pytest.mark.filterwarnings("ignore:Initializing zero-element tensors")
+def test_layer_without_heads_is_refused_not_crashed(tmp_path: Path) -> None:
+    model = CanonicalTransformer(TransformerConfig(
+        kind="encoder", vocab_size=50, n_positions=16, d_model=24, n_layer=2, n_head=3,
+        d_ff=48, heads_kept=[[], [1]])).eval()
+    with pytest.raises(CompileError, match=r"layers \[0\] keep no attention heads"):
+        export_canonical_onnx(model, tmp_path / "m.onnx", seq_len=4)
+    assert not (tmp_path / "m.onnx").exists()
+
+
 def test_foreign_onnx_is_refused_for_compilation(random_bert, tmp_path: Path) -> None:
     ids = _ids(100, 1, 4)
     path = _export_hf(_HFOutput(random_bert, "last_hidden_state", False).eval(),
