@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -199,7 +199,7 @@ def compile_model(
     folded, fuse_report = fold_affine(squeezed)
     lowering = LoweringOptions(bits=opts.bits, weight_bits=opts.weight_bits or opts.bits,
                                wide_bits=max(opts.wide_bits, opts.bits),
-                               max_lookup_bits=opts.max_lookup_bits, fuse=False)
+                               max_lookup_bits=opts.max_lookup_bits, fuse=True)
     adaptive_params = {"levels": 256, "threshold": 0.1, "alpha": 0.5}
 
     def embedded(m: CanonicalTransformer, ids: torch.Tensor) -> np.ndarray:
@@ -212,7 +212,7 @@ def compile_model(
                                           ).x_hat.reshape(x.shape)
         return x
 
-    naive = lower_blocks(squeezed, embedded(squeezed, calib), lowering)
+    naive = lower_blocks(squeezed, embedded(squeezed, calib), replace(lowering, fuse=False))
     graph, chains = compose_luts(lower_blocks(folded, embedded(folded, calib), lowering))
     fuse_report.composed = chains
     fuse_report.before, fuse_report.after = graph_stats(naive), graph_stats(graph)

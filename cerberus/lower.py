@@ -69,6 +69,9 @@ class Val:
     ref: np.ndarray
     lo: int
     hi: int
+    # Per-channel factor the value carries (LayerNorm equalisation); the next linear
+    # divides its weight columns by it, so the product is unchanged.
+    chan: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -132,14 +135,17 @@ class Builder:
         data = np.clip(round_half_up(ref / scale), -qmax(b), qmax(b))
         return self._emit("input", "input", [], data, ref, scale, -qmax(b), qmax(b))
 
-    def linear(self, name: str, x: Val, w: np.ndarray, b: np.ndarray | None) -> Val:
+    def linear(self, name: str, x: Val, w: np.ndarray, b: np.ndarray | None,
+               weight_bits: int | None = None) -> Val:
         """Clear-weight linear ``x @ w.T + b`` with per-channel weight scales.
 
         Per-channel scales are snapped to ``s_max·m_j/2**mult_bits`` with integer ``m_j``
         before the weights are rounded, so multiplying column j of the accumulator by
         ``m_j`` puts every column on one exact common unit (no rescaling error).
         """
-        wq = qmax(self.opts.weight_bits)
+        if x.chan is not None:
+            w = w / x.chan[None, :]
+        wq = qmax(weight_bits or self.opts.weight_bits)
         s_max = float(np.abs(w).max()) / wq or 1.0
         mult = None
         acc_scale = x.scale * s_max
@@ -212,7 +218,7 @@ class Builder:
                           x.scale * const_scale, min(corners), max(corners), const=const)
 
     def add_const(self, name: str, x: Val, real: np.ndarray) -> Val:
-        const = round_half_up(np.asarray(real) / x.scale).astype(np.int64)
+        const = np.atleast_1d(round_half_up(np.asarray(real) / x.scale)).astype(np.int64)
         return self._emit("add_const", name, [x], x.data + const, x.ref + real, x.scale,
                           x.lo + int(const.min()), x.hi + int(const.max()), const=const)
 
@@ -228,7 +234,7 @@ class Builder:
         return self._emit("sub", name, [a, b], a.data - b.data, a.ref - b.ref, a.scale,
                           a.lo - b.hi, a.hi - b.lo)
 
-    def row_max(self, name: str, s: Val, mask: np.ndarray) -> Val:
+    def row_max(self, name: str, s: Val, mask: np.ndarray) -> tuple[Val, Val, int]:
         """Row-wise max over the unmasked entries, as a tree of ``b + relu(a − b)`` lookups.
 
         Masked entries are first set to the lowest representable score (a clear multiply
@@ -236,10 +242,12 @@ class Builder:
         that of ``s``. T−1 lookups per row, no encrypted comparison. With a rounded
         difference each level may overshoot the true max by half a rounding step, which
         the bounds below account for; any per-row shift near the max suits softmax.
+        Returns (max, masked scores, total overshoot bound).
         """
         keep = mask.astype(np.int64)
         cur = self.mul_const(f"{name}.keep", s, keep, mask)
         cur = self.add_const(f"{name}.masked", cur, (1.0 - mask) * s.lo * s.scale)
+        masked = cur
         lo, hi = s.lo, s.hi
         level = 0
         while cur.data.shape[-1] > 1:
@@ -258,7 +266,7 @@ class Builder:
                 m = self.concat(f"{name}.l{level}.carry", [m, self.slice(
                     f"{name}.l{level}.rest", cur, 2 * h, w)])
             cur, level = m, level + 1
-        return cur
+        return cur, masked, hi - s.hi
 
     def matmul(self, name: str, a: Val, b: Val) -> Val:
         return self._emit("matmul", name, [a, b], a.data @ b.data, a.ref @ b.ref,
@@ -284,16 +292,39 @@ class Builder:
                           np.swapaxes(x.ref, -1, -2), x.scale, x.lo, x.hi)
 
     # -- transformer pieces ---------------------------------------------------------
-    def layernorm(self, name: str, x: Val, ln: torch.nn.LayerNorm) -> Val:
-        """Normalise each row; γ/β only where they were not folded into the next linear."""
+    def layernorm(self, name: str, x: Val, ln: torch.nn.LayerNorm, *, feeds_linear: bool) -> Val:
+        """Normalise each row; γ/β only where they were not folded into the next linear.
+
+        ``feeds_linear``: only linears read the output (pre-LN), so a per-channel factor
+        may ride along to their weights; otherwise (post-LN: the output is the residual
+        stream) it is undone here.
+        """
         d = x.data.shape[-1]
         eps = ln.eps
         center = d * np.eye(d) - 1.0
         c = self._emit("linear", f"{name}.center", [x], x.data @ center.astype(np.int64),
                        x.ref @ center, x.scale, weight=center.astype(np.int64), mult=None,
                        bias=None)
-        sq = self.lut(f"{name}.square", c, np.square, signed=False)
-        ss = self.sum(f"{name}.sumsq", sq)
+        # Equalise before rounding, so every row and channel spans the table index range:
+        # - positions: row t times an integer r_t (LayerNorm is invariant to a row's scale,
+        #   so nothing needs undoing; a circuit's positions are fixed, so r_t is clear);
+        # - channels (SmoothQuant-style): channel j times an integer k_j, undone in the
+        #   sum of squares and in the next linear's weight columns.
+        t = c.data.shape[-2]
+        margin = 1.0 + self.opts.margin
+        row_peak = np.abs(c.data).reshape(-1, t, d).max(axis=(0, 2)).astype(np.float64)
+        rows = np.maximum(1.0, np.floor(row_peak.max() / (np.maximum(row_peak, 1.0) * margin)))
+        if np.any(rows > 1):
+            c = self.mul_const(f"{name}.rows", c, rows.astype(np.int64)[:, None], rows[:, None])
+        peak = np.abs(c.data).reshape(-1, d).max(axis=0).astype(np.float64)
+        k = np.maximum(1.0, np.floor(peak.max() / (np.maximum(peak, 1.0) * margin)))
+        if np.any(k > 1):
+            c = self.mul_const(f"{name}.equalize", c, k.astype(np.int64), k)
+            sq = self.lut(f"{name}.square", c, np.square, signed=False)
+            ss = self.linear(f"{name}.sumsq", sq, (1.0 / k**2)[None, :], None, weight_bits=16)
+        else:
+            sq = self.lut(f"{name}.square", c, np.square, signed=False)
+            ss = self.sum(f"{name}.sumsq", sq)
         # Σ (d(x−μ))² = d³·var, so 1/σ = 1/sqrt(ss/d³ + ε)
         inv = self.lut(f"{name}.rsqrt", ss, lambda v: 1.0 / np.sqrt(np.maximum(v, 0) / d**3 + eps),
                        signed=False)
@@ -303,12 +334,16 @@ class Builder:
         gamma = ln.weight.detach().double().numpy()
         beta = ln.bias.detach().double().numpy()
         wide = self.opts.wide_bits
-        if np.allclose(gamma, 1.0) and np.allclose(beta, 0.0):
-            return self.requant(f"{name}.out", xn, lambda v: v / d, bits=wide)
+        identity = np.allclose(gamma, 1.0) and np.allclose(beta, 0.0)
+        if identity and (feeds_linear or np.all(k == 1)):
+            out = self.requant(f"{name}.out", xn, lambda v: v / d, bits=wide)
+            out.chan = k if np.any(k > 1) else None
+            return out
         xn = self.requant(f"{name}.xn", xn, lambda v: v / d, bits=wide)
-        g_scale = float(np.abs(gamma).max()) / qmax(self.opts.weight_bits) or 1.0
-        g_int = round_half_up(gamma / g_scale)
-        y = self.mul_const(f"{name}.gamma", xn, g_int, gamma, g_scale)
+        g_real = gamma / k
+        g_scale = float(np.abs(g_real).max()) / qmax(self.opts.weight_bits) or 1.0
+        g_int = round_half_up(g_real / g_scale)
+        y = self.mul_const(f"{name}.gamma", xn, g_int, g_real, g_scale)
         y = self.add_const(f"{name}.beta", y, beta)
         return self.requant(f"{name}.out", y, bits=wide)
 
@@ -332,11 +367,17 @@ class Builder:
             kh = self.transpose(f"{hn}.kT", self.slice(f"{hn}.k", k, h * hd, (h + 1) * hd))
             vh = self.slice(f"{hn}.v", v, h * hd, (h + 1) * hd)
             s = self.matmul(f"{hn}.scores", qh, kh)
-            scale = 1.0 if blk.cfg.attn_scale_folded else 1.0 / math.sqrt(hd)
-            s = self.requant(f"{hn}.scaled", s, lambda z, c=scale: z * c)
-            # softmax(s) = softmax(s − max): exp then only sees inputs ≤ 0
-            z = self.sub(f"{hn}.shift", s, self.row_max(f"{hn}.max", s, mask))
-            e = self.lut(f"{hn}.exp", z, lambda v: np.exp(np.minimum(v, 0.0)),
+            c = 1.0 if blk.cfg.attn_scale_folded else 1.0 / math.sqrt(hd)
+            if not self.opts.fuse:  # a naive compiler requantizes the scores on their own
+                s, c = self.requant(f"{hn}.scaled", s, lambda z, c=c: z * c), 1.0
+            # softmax(s) = softmax(s − max): the exp table sees max − s ≥ 0 only, so its
+            # whole (unsigned) index range covers what matters; the scale c goes in it too
+            m, masked, slop = self.row_max(f"{hn}.max", s, mask)
+            z = self._emit("sub", f"{hn}.shift", [m, masked], m.data - masked.data,
+                           m.ref - masked.ref, s.scale, -slop, s.hi - s.lo + slop)
+            z = self.add_const(f"{hn}.offset", z, np.asarray(slop * s.scale))
+            e = self.lut(f"{hn}.exp", z,
+                         lambda v, o=slop * s.scale, c=c: np.exp(-np.maximum(v - o, 0.0) * c),
                          signed=False, scale=1.0 / qmax(self.opts.bits, False))
             em = self.mul_const(f"{hn}.mask", e, mask.astype(np.int64), mask)
             z = self.sum(f"{hn}.rowsum", em)
@@ -361,12 +402,17 @@ class Builder:
         return self.linear(f"{name}.fc2", h, w(blk.fc2), bias(blk.fc2))
 
     def residual(self, name: str, x: Val, acc: Val | None) -> Val:
-        """``x + branch``: bring the branch to x's unit, add exactly, requantize the sum."""
+        """``x + branch`` on the residual stream's own unit, exactly.
+
+        The branch accumulator goes through one lookup into the stream's unit; the add is
+        leveled and nothing rounds the stream itself, so it never loses precision (it
+        only grows by the branch's range). Only lookups reading it round.
+        """
         if acc is None:
             return x
-        wide = self.opts.wide_bits
-        branch = self.lut(f"{name}.branch", acc, lambda v: v, scale=x.scale, bits=wide + 1)
-        return self.requant(f"{name}.out", self.add(f"{name}.add", x, branch), bits=wide)
+        branch = self.lut(f"{name}.branch", acc, lambda v: v, scale=x.scale,
+                          bits=self.opts.wide_bits + 1)
+        return self.add(f"{name}.add", x, branch)
 
 
 def lower_blocks(
@@ -385,18 +431,16 @@ def lower_blocks(
     causal = model.cfg.kind == "causal-lm"
     for i, blk in enumerate(model.blocks):
         p = f"l{i}"
-        if model.cfg.pre_ln:
-            x = bld.residual(f"{p}.res1", x, bld.attention(f"{p}.attn",
-                                                           bld.layernorm(f"{p}.ln1", x, blk.ln1),
-                                                           blk, causal))
-            x = bld.residual(f"{p}.res2", x, bld.mlp(f"{p}.mlp",
-                                                     bld.layernorm(f"{p}.ln2", x, blk.ln2), blk))
-        else:
-            x = bld.layernorm(f"{p}.ln1", bld.residual(f"{p}.res1", x,
-                                                       bld.attention(f"{p}.attn", x, blk, causal)),
-                              blk.ln1)
-            x = bld.layernorm(f"{p}.ln2", bld.residual(f"{p}.res2", x, bld.mlp(f"{p}.mlp", x, blk)),
-                              blk.ln2)
+        if model.cfg.pre_ln:  # x + attn(ln1 x); x + mlp(ln2 x)
+            h = bld.layernorm(f"{p}.ln1", x, blk.ln1, feeds_linear=True)
+            x = bld.residual(f"{p}.res1", x, bld.attention(f"{p}.attn", h, blk, causal))
+            h = bld.layernorm(f"{p}.ln2", x, blk.ln2, feeds_linear=True)
+            x = bld.residual(f"{p}.res2", x, bld.mlp(f"{p}.mlp", h, blk))
+        else:  # ln1(x + attn x); ln2(x + mlp x)
+            x = bld.residual(f"{p}.res1", x, bld.attention(f"{p}.attn", x, blk, causal))
+            x = bld.layernorm(f"{p}.ln1", x, blk.ln1, feeds_linear=False)
+            x = bld.residual(f"{p}.res2", x, bld.mlp(f"{p}.mlp", x, blk))
+            x = bld.layernorm(f"{p}.ln2", x, blk.ln2, feeds_linear=False)
     meta = {"input_scale": in_scale, "input_bits": opts.wide_bits,
             "output_scale": x.scale, "bits": opts.bits, "wide_bits": opts.wide_bits,
             "weight_bits": opts.weight_bits, "max_lookup_bits": opts.max_lookup_bits,

@@ -26,7 +26,8 @@ def test_help_lists_every_command() -> None:
 def test_parser_knows_every_command() -> None:
     parser = build_parser()
     for command in COMMANDS:
-        assert parser.parse_args([command]).command == command
+        args = [command, "MODEL"] if command == "compile" else [command]
+        assert parser.parse_args(args).command == command
 
 
 @pytest.mark.parametrize("command", ["serve", "query", "bench", "join"])

@@ -1,0 +1,47 @@
+"""Shared fixtures for compiler tests: the shipped tiny GPT-2 and a tiny random BERT."""
+
+import numpy as np
+import pytest
+import torch
+import transformers
+
+from cerberus.frontends.huggingface import from_hf_module, load_pretrained
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt():
+    """(canonical model, tokenizer) of models/tiny-gpt."""
+    hf, tok = load_pretrained("models/tiny-gpt")
+    return from_hf_module(hf), tok
+
+
+@pytest.fixture(scope="session")
+def tiny_bert():
+    cfg = transformers.BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2,
+                                  num_attention_heads=4, intermediate_size=64,
+                                  max_position_embeddings=32)
+    torch.manual_seed(0)
+    return from_hf_module(transformers.BertModel(cfg, add_pooling_layer=False).eval())
+
+
+def embedded(model, ids: torch.Tensor) -> np.ndarray:
+    with torch.no_grad():
+        return model.embed(ids).double().numpy()
+
+
+def to_int(graph, x: np.ndarray) -> np.ndarray:
+    """What the client sends: embeddings quantized to the graph's input unit and width."""
+    top = 2 ** (graph.meta["input_bits"] - 1) - 1
+    return np.clip(np.floor(x / graph.meta["input_scale"] + 0.5), -top, top).astype(np.int64)
+
+
+@pytest.fixture(scope="session")
+def gpt_windows(tiny_gpt):
+    """Token windows of held-out CPython docs text: (calibration [24, 8], test [16, 8])."""
+    from pydoc_data.topics import topics
+
+    _, tok = tiny_gpt
+    names = sorted(topics)
+    text = " ".join(topics[n] for i, n in enumerate(names) if i % 5 == 4)
+    ids = torch.tensor(tok(text).input_ids[: 8 * 40]).view(40, 8)
+    return ids[:24], ids[24:]

@@ -1,0 +1,89 @@
+"""``cerberus compile`` end to end, and its bad-input behaviour (one line, exit ≠ 0)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from cerberus.artefact import load_artefact
+from cerberus.compile import CompileOptions, compile_model
+
+MODEL = str(Path(__file__).resolve().parents[2] / "models" / "tiny-gpt")
+
+
+def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "cerberus", "compile", *args],
+                          capture_output=True, text=True, cwd=cwd, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory):
+    out = tmp_path_factory.mktemp("c") / "tiny.cerb"
+    result = cli(MODEL, "-o", str(out), "--seq-len", "8", cwd=out.parent)
+    assert result.returncode == 0, result.stderr
+    return out, result
+
+
+def test_compile_writes_a_loadable_artefact(compiled) -> None:
+    out, result = compiled
+    art = load_artefact(out)
+    assert art.sha256 in result.stdout
+    m = art.manifest
+    for key in ("source", "significance", "squeeze", "head_mask", "quantization", "fusion",
+                "cost_estimate", "fidelity", "cerberus_version"):
+        assert key in m
+    assert m["source"]["sha256"] and m["seq_len"] == 8
+    assert max(m["quantization"]["lookup_widths"].values()) <= 8
+    assert m["fusion"]["after"]["lookups"] < m["fusion"]["before"]["lookups"]
+    assert (out / "model.onnx").exists() or "onnx" not in m
+    ids = torch.randint(0, 512, (2, 8))
+    assert torch.isfinite(art.logits(ids)).all()
+
+
+def test_compile_is_deterministic(compiled, tmp_path) -> None:
+    out, _ = compiled
+    again = tmp_path / "again.cerb"
+    assert cli(MODEL, "-o", str(again), "--seq-len", "8", cwd=tmp_path).returncode == 0
+    assert load_artefact(again).graph.digest() == load_artefact(out).graph.digest()
+
+
+def test_budget_prunes_heads_and_cuts_cost(tmp_path) -> None:
+    probe, _, m = compile_model(MODEL, tmp_path / "probe.cerb", CompileOptions(seq_len=8))
+    cost = m["squeeze"]["cost_before"]
+    per_head = [r["seconds"] for r in cost["rows"] if r.get("part") == "head"]
+    budget = cost["total_s"] - 2.5 * max(per_head)
+    _, _, m2 = compile_model(MODEL, tmp_path / "small.cerb",
+                             CompileOptions(seq_len=8, budget=budget))
+    kept = sum(map(len, m2["squeeze"]["heads_kept"]))
+    assert kept < 8
+    assert m2["squeeze"]["cost_after_s"] <= budget < m2["squeeze"]["cost_before_s"]
+    assert m2["fusion"]["after"]["pbs"] < m["fusion"]["after"]["pbs"]
+    assert json.loads((tmp_path / "small.cerb" / "manifest.json").read_text())["head_mask"]
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["no/such-model"], "unknown model"),
+        ([MODEL, "--bits", "9"], "bits must be in 2..8"),
+        ([MODEL, "--budget", "0.001"], "too small to keep one head"),
+        ([MODEL, "--seq-len", "999"], "exceeds the model's context"),
+        ([MODEL, "--calibration", "/nonexistent/file.txt"], "calibration"),
+    ],
+)
+def test_bad_input_is_one_line_and_writes_nothing(args, message, tmp_path) -> None:
+    result = cli(*args, "-o", str(tmp_path / "out.cerb"), cwd=tmp_path)
+    assert result.returncode != 0
+    err = [line for line in result.stderr.splitlines() if line.startswith("cerberus:")]
+    assert len(err) == 1 and message in err[0], result.stderr
+    assert not (tmp_path / "out.cerb").exists()
+    assert not any(p.name.startswith(".out.cerb") for p in tmp_path.iterdir())
+
+
+def test_existing_output_is_refused(compiled) -> None:
+    out, _ = compiled
+    result = cli(MODEL, "-o", str(out), cwd=out.parent)
+    assert result.returncode != 0 and "already exists" in result.stderr
