@@ -26,6 +26,7 @@ import json
 import math
 import operator
 import re
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -336,6 +337,7 @@ class _Importer:
         self.env: dict[str, fx.Node] = {}
         self._attr_names: set[str] = set()
         self.initializer_names: dict[str, str] = {}  # ONNX name → buffer name
+        self.consumed: set[str] = set()  # tensor names some node or the graph output reads
 
     def _buffer(self, onnx_name: str, value: torch.Tensor) -> fx.Node:
         base = re.sub(r"\W", "_", onnx_name).strip("_") or "const"
@@ -357,6 +359,7 @@ class _Importer:
 
     def run(self) -> fx.GraphModule:
         g = self.model.graph
+        self.consumed = {i for n in g.node for i in n.input} | {o.name for o in g.output}
         for init in g.initializer:
             self.env[init.name] = self._buffer(init.name, _tensor(numpy_helper.to_array(init)))
         for inp in g.input:
@@ -393,7 +396,7 @@ class _Importer:
         ins = [self._in(node, i) for i in range(len(node.input))]
         name = node.name
         n_out = len(node.output)
-        extra = [o for o in node.output[1:] if o]
+        extra = [o for o in node.output[1:] if o and o in self.consumed]
         if op == "Constant":
             self.env[node.output[0]] = self._buffer(node.output[0], _constant_value(node))
             return
@@ -405,14 +408,11 @@ class _Importer:
                 if out:
                     self.env[out] = self.graph.call_function(operator.getitem, (parts, i))
             return
-        if extra and op != "Dropout":
+        if extra:  # e.g. LayerNormalization's Mean/InvStdDev, Dropout's mask
             raise CompileError(
                 f"unsupported op {op} at node {_label(node)}: only its first output is "
                 f"supported, but {extra} are used")
-        y = self._single(op, node, ins, a, name)
-        self.env[node.output[0]] = y
-        if op == "Dropout" and extra:  # inference: the mask is all True
-            raise CompileError(f"unsupported op Dropout at node {_label(node)}: mask output used")
+        self.env[node.output[0]] = self._single(op, node, ins, a, name)
 
     def _single(self, op: str, node: onnx.NodeProto, ins: list, a: dict, name: str) -> fx.Node:
         c = self._call
@@ -554,26 +554,30 @@ def export_canonical_onnx(model: CanonicalTransformer, path: Path | str, seq_len
     ids = torch.zeros(1, seq_len, dtype=torch.long)
     tmp = path.with_name(path.name + ".tmp")
     try:
-        import warnings
-
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # TorchScript exporter deprecation chatter
+            # dynamo=False: the dynamo exporter needs onnxscript, which we do not ship
             torch.onnx.export(
                 model, (ids,), str(tmp), dynamo=False, opset_version=EXPORT_OPSET,
                 do_constant_folding=False, input_names=["input_ids"], output_names=["output"],
                 dynamic_axes={"input_ids": {0: "batch", 1: "seq"}},
             )
+        onnx_model = onnx.load(str(tmp))
+        onnx.helper.set_model_props(onnx_model, {
+            META_FORMAT: FORMAT,
+            META_CONFIG: json.dumps(model.cfg.to_dict(), sort_keys=True),
+            META_HEAD: json.dumps(model.lm_head is not None),
+            META_SEQ: json.dumps(int(seq_len)),
+        })
+        onnx.save_model(onnx_model, str(tmp))
+        tmp.replace(path)  # never leave a half-written file behind
+    except Exception as e:
+        tmp.unlink(missing_ok=True)
+        if isinstance(e, CompileError):
+            raise
+        raise CompileError(f"ONNX export of the canonical model failed: {e}") from e
     finally:
         model.train(was_training)
-    onnx_model = onnx.load(str(tmp))
-    onnx.helper.set_model_props(onnx_model, {
-        META_FORMAT: FORMAT,
-        META_CONFIG: json.dumps(model.cfg.to_dict(), sort_keys=True),
-        META_HEAD: json.dumps(model.lm_head is not None),
-        META_SEQ: json.dumps(int(seq_len)),
-    })
-    onnx.save_model(onnx_model, str(tmp))
-    tmp.replace(path)
     return path
 
 

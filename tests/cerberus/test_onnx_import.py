@@ -226,6 +226,17 @@ def test_onnx_semantics_helpers(tmp_path: Path) -> None:
         helper.make_node("Gemm", ["ga", "gb", "gc"], ["gm"], alpha=0.5, beta=2.0, transB=1),
         helper.make_node("Trilu", ["sq", "tk"], ["tl"], upper=0),
         helper.make_node("CumSum", ["sq", "cax"], ["cs"], exclusive=1, reverse=1),
+        # element-wise and axis ops the exporters emit for other models
+        helper.make_node("Sub", ["x", "sq4"], ["dx"]),
+        helper.make_node("Abs", ["dx"], ["ad"]),
+        helper.make_node("Sqrt", ["ad"], ["sr"]),
+        helper.make_node("Relu", ["x"], ["re"]),
+        helper.make_node("Neg", ["re"], ["ne"]),
+        helper.make_node("Unsqueeze", ["ne", "uax"], ["un"]),
+        helper.make_node("Squeeze", ["un", "uax"], ["sqz"]),
+        helper.make_node("Softmax", ["x"], ["sm"], axis=1),
+        helper.make_node("LayerNormalization", ["x", "lns", "lnb"], ["ln"], axis=-2,
+                         epsilon=1e-3),
     ]
     inits = [
         c(np.array([7, -7, 9, -9], np.int64), "n"), c(np.array([2, 2, -4, 4], np.int64), "d"),
@@ -239,9 +250,13 @@ def test_onnx_semantics_helpers(tmp_path: Path) -> None:
         c(np.ones(4, np.float32), "gc"),
         c(np.arange(16, dtype=np.float32).reshape(4, 4), "sq"),
         c(np.array(1, np.int64), "tk"), c(np.array(1, np.int64), "cax"),
+        c(np.linspace(-1, 1, 4, dtype=np.float32), "sq4"), c(np.array([0, -1], np.int64), "uax"),
+        c(np.linspace(0.5, 2, 20, dtype=np.float32).reshape(5, 4), "lns"),
+        c(np.linspace(-1, 1, 20, dtype=np.float32).reshape(5, 4), "lnb"),
     ]
     outs = [("q", i64), ("r", f32), ("g", f32), ("sl", f32), ("p0", f32), ("p1", f32),
-            ("e", f32), ("m", f32), ("gm", f32), ("tl", f32), ("cs", f32)]
+            ("e", f32), ("m", f32), ("gm", f32), ("tl", f32), ("cs", f32), ("sr", f32),
+            ("sqz", f32), ("sm", f32), ("ln", f32)]
     graph = helper.make_graph(
         nodes, "semantics", [helper.make_tensor_value_info("x", f32, [2, 5, 4])],
         [helper.make_tensor_value_info(n, t, None) for n, t in outs], inits)
