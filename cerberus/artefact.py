@@ -97,6 +97,25 @@ class Artefact:
         """The whole integer path for ``[B, T]`` tokens (T = the compiled sequence length)."""
         return self.decode_output(self.run_graph(self.encode_input(input_ids)))
 
+    def window(self, ids: list[int]) -> tuple[torch.Tensor, int]:
+        """The circuit's fixed-length input for a token list: the last T tokens, right-padded.
+
+        Causal attention means padding after the last real token cannot change its logits.
+        Returns the window and the position whose logits predict the next token.
+        """
+        t = int(self.manifest["seq_len"])
+        ids = ids[-t:]
+        pad = (self.tokenizer.eos_token_id if self.tokenizer is not None else 0) or 0
+        return torch.tensor([ids + [pad] * (t - len(ids))]), len(ids) - 1
+
+    def generate(self, prompt_ids: list[int], max_new_tokens: int) -> list[int]:
+        """Greedy generation through the integer path (the bit-exact simulator)."""
+        ids = list(prompt_ids)
+        for _ in range(max_new_tokens):
+            window, pos = self.window(ids)
+            ids.append(int(self.logits(window)[0, pos].argmax()))
+        return ids[len(prompt_ids):]
+
 
 def write_artefact(
     out: Path,

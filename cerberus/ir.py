@@ -104,8 +104,9 @@ class IntGraph:
             counts[n.op] = counts.get(n.op, 0) + 1
         return counts
 
-    def pbs_count(self, shapes: dict[str, tuple[int, ...]]) -> int:
-        """Programmable bootstraps of one evaluation, given every node's output shape."""
+    def pbs_count(self) -> int:
+        """Programmable bootstraps of one evaluation of one sequence."""
+        shapes = self.shapes()
         total = 0
         for n in self.nodes:
             size = int(np.prod(shapes[n.name]))
@@ -116,6 +117,34 @@ class IntGraph:
             elif n.op == "matmul":
                 total += 2 * size * shapes[n.inputs[0]][-1]
         return total
+
+    def shapes(self, batch: int = 1) -> dict[str, tuple[int, ...]]:
+        """Every node's output shape for one input of ``[batch, seq_len, d_model]``."""
+        out: dict[str, tuple[int, ...]] = {}
+        for n in self.nodes:
+            ins = [out[i] for i in n.inputs]
+            if n.op == "input":
+                shape = (batch, int(self.meta["seq_len"]), int(self.meta["d_model"]))
+            elif n.op == "linear":
+                shape = ins[0][:-1] + (n.attrs["weight"].shape[1],)
+            elif n.op in ("mul_const", "add_const"):
+                shape = np.broadcast_shapes(ins[0], np.shape(n.attrs["const"]))
+            elif n.op in ("add", "sub", "mul"):
+                shape = np.broadcast_shapes(ins[0], ins[1])
+            elif n.op == "matmul":
+                shape = ins[0][:-1] + ins[1][-1:]
+            elif n.op == "sum":
+                shape = ins[0][:-1] + (1,)
+            elif n.op == "slice":
+                shape = ins[0][:-1] + (int(n.attrs["stop"]) - int(n.attrs["start"]),)
+            elif n.op == "concat":
+                shape = ins[0][:-1] + (sum(i[-1] for i in ins),)
+            elif n.op == "transpose":
+                shape = ins[0][:-2] + (ins[0][-1], ins[0][-2])
+            else:  # lut and other elementwise ops
+                shape = ins[0]
+            out[n.name] = tuple(int(v) for v in shape)
+        return out
 
     def lookup_widths(self) -> dict[str, int]:
         return {n.name: n.lookup_bits for n in self.nodes if n.op == "lut"}

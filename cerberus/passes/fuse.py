@@ -18,11 +18,10 @@ import copy
 import math
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 
 from cerberus.frontends.canonical import CanonicalTransformer
-from cerberus.ir import IntGraph, Node, evaluate, round_lsbs
+from cerberus.ir import IntGraph, Node, round_lsbs
 
 
 @dataclass
@@ -111,12 +110,6 @@ def compose_luts(graph: IntGraph) -> tuple[IntGraph, list[list[str]]]:
 
 def graph_stats(graph: IntGraph) -> dict:
     """FHE-relevant counts: ops by kind, bootstraps for one sequence, lookup widths."""
-    t, d = int(graph.meta["seq_len"]), int(graph.meta["d_model"])
-    shapes = {
-        name: v.shape
-        for name, v in evaluate(graph, np.zeros((1, t, d), dtype=np.int64), check_ranges=False,
-                                keep=[n.name for n in graph.nodes]).items()
-    }
     widths = graph.lookup_widths()
     hist: dict[int, int] = {}
     for w in widths.values():
@@ -124,7 +117,7 @@ def graph_stats(graph: IntGraph) -> dict:
     return {
         "ops": graph.op_counts(),
         "fhe_ops": sum(1 for n in graph.nodes if n.op in ("lut", "mul", "matmul")),
-        "pbs": graph.pbs_count(shapes),
+        "pbs": graph.pbs_count(),
         "lookups": len(widths),
         "max_lookup_bits": max(widths.values(), default=0),
         "lookup_width_histogram": {str(k): v for k, v in sorted(hist.items())},
