@@ -133,7 +133,7 @@ def _windows(model: CanonicalTransformer, tokenizer: Any, opts: CompileOptions) 
         if opts.calibration is not None:
             raise CompileError("--calibration needs a model with a tokenizer")
         batches = random_batches(model.cfg.vocab_size, opts.seq_len, batch_size=8,
-                                 max_batches=opts.calibration_windows // 8, seed=opts.seed)
+                                 n_batches=opts.calibration_windows // 8, seed=opts.seed)
     return torch.cat(batches)
 
 

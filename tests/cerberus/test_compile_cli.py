@@ -87,3 +87,15 @@ def test_existing_output_is_refused(compiled) -> None:
     out, _ = compiled
     result = cli(MODEL, "-o", str(out), cwd=out.parent)
     assert result.returncode != 0 and "already exists" in result.stderr
+
+
+def test_compile_from_onnx_and_from_module(tmp_path, tiny_bert) -> None:
+    """The ONNX and torch.nn.Module frontends reach the same pipeline (C1)."""
+    from cerberus.frontends.onnx_import import export_canonical_onnx
+
+    onnx_path = export_canonical_onnx(tiny_bert, tmp_path / "bert.onnx", seq_len=8)
+    out, _, m = compile_model(onnx_path, tmp_path / "bert.cerb", CompileOptions(seq_len=8))
+    assert m["source"]["kind"] == "onnx" and "cosine" in m["fidelity"]
+    _, _, m2 = compile_model(tiny_bert, tmp_path / "mod.cerb", CompileOptions(seq_len=8))
+    assert m2["source"]["kind"] == "module"
+    assert load_artefact(out).graph.digest() == load_artefact(tmp_path / "mod.cerb").graph.digest()
