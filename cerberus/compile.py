@@ -137,16 +137,21 @@ def _windows(model: CanonicalTransformer, tokenizer: Any, opts: CompileOptions) 
     return torch.cat(batches)
 
 
-def fidelity(model: CanonicalTransformer, graph, embed_fn, ids: torch.Tensor) -> dict:
-    """Integer path vs. float model on held-out windows: top-1 agreement or cosine."""
+def fidelity(reference: CanonicalTransformer, client: CanonicalTransformer, graph, embed_fn,
+             ids: torch.Tensor) -> dict:
+    """Integer path vs. the source float model on held-out windows: top-1 agreement or cosine.
+
+    ``client`` is the compiled model whose head decodes the circuit's output; ``reference``
+    is the model as loaded, before squeezing and QAT, so every pass's loss is counted.
+    """
     from cerberus.artefact import Artefact
 
-    art = Artefact(Path("."), {"quantization": {}}, graph, model, None)
+    art = Artefact(Path("."), {"quantization": {}}, graph, client, None)
     x = embed_fn(ids)
     got = art.decode_output(art.run_graph(x))
     with torch.no_grad():
-        ref = model(ids)
-    if model.lm_head is not None:
+        ref = reference(ids)
+    if reference.lm_head is not None:
         agree = float((got.argmax(-1) == ref.argmax(-1)).float().mean())
         return {"top1_agreement": round(agree, 4), "tokens": int(ids.numel())}
     cos = torch.nn.functional.cosine_similarity(got.flatten(1), ref.flatten(1), dim=-1)
@@ -226,7 +231,7 @@ def compile_model(
         x = embedded(folded, ids) / graph.meta["input_scale"]
         return np.clip(np.floor(x + 0.5), -top, top).astype(np.int64)
 
-    fid = fidelity(folded, graph, encode, held_out)
+    fid = fidelity(model, folded, graph, encode, held_out)
     log.info("fidelity on %d held-out windows: %s", len(held_out), fid)
     manifest = {
         "cerberus_version": __version__,
