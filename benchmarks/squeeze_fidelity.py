@@ -535,7 +535,7 @@ def to_markdown(res: dict[str, Any], command: str) -> str:
               "| bits | est. cost, all heads (s) | est. cost after squeezing (s) |",
               "|---:|---:|---:|"]
     for b, c in cc["by_bits"].items():
-        after = ", ".join(f"{x:.0f}" for x in c["after_s"]) or "—"
+        after = ", ".join(sorted({f"{x:.0f}" for x in c["after_s"]}, key=float)) or "—"
         lines.append(f"| {b} | {c['before_s']:.0f} | {after} |")
     lines.append(f"\nEvery one of the {cc['pruned_runs']} pruned compiles reports cost_after < "
                  f"cost_before in its manifest: **{'yes' if cc['all_reduced'] else 'NO'}**. "
