@@ -6,6 +6,8 @@ Layout::
                         fidelity, versions
     graph/graph.json    the integer graph the miner runs under FHE (structure)
     graph/graph.npz     its integer weights and tables
+    hybrid/NAME/        hybrid partition only: one integer graph per FHE-side linear
+                        (+ client.npz, the client's rescaling)
     client.safetensors  the float parts the client runs: embeddings, final norm, LM head
                         (the whole squeezed, folded canonical model, for the simulator)
     model.onnx          the quantized integer graph as ONNX (runs in onnxruntime)
@@ -63,6 +65,7 @@ class Artefact:
     graph: IntGraph
     model: CanonicalTransformer
     tokenizer: Any | None
+    parts: dict[str, Any] | None = None  # hybrid partition: one HybridLinear per linear
 
     @property
     def sha256(self) -> str:
@@ -93,8 +96,22 @@ class Artefact:
         with torch.no_grad():
             return self.model.head(h)
 
+    @property
+    def partition(self) -> str:
+        return self.manifest.get("partition", {}).get("mode", "full")
+
     def logits(self, input_ids: torch.Tensor) -> torch.Tensor:
         """The whole integer path for ``[B, T]`` tokens (T = the compiled sequence length)."""
+        if self.parts is not None:
+            from cerberus.hybrid import hybrid_model
+
+            prep = None
+            if self.manifest["quantization"].get("adaptive"):
+                from cerberus.compile import _adaptive_torch
+
+                prep = _adaptive_torch(self.manifest["quantization"]["adaptive_params"])
+            with torch.no_grad():
+                return hybrid_model(self.model, self.parts, prep)(input_ids)
         return self.decode_output(self.run_graph(self.encode_input(input_ids)))
 
     def window(self, ids: list[int]) -> tuple[torch.Tensor, int]:
@@ -179,4 +196,10 @@ def load_artefact(path: Path, *, verify: bool = True) -> Artefact:
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(str(path / "tokenizer"))
-    return Artefact(path, manifest, IntGraph.load(path / "graph"), model.eval(), tokenizer)
+    parts = None
+    if (path / "hybrid").is_dir():
+        from cerberus.hybrid import HybridLinear
+
+        parts = {d.name: HybridLinear.load(d.name, d) for d in sorted((path / "hybrid").iterdir())}
+    return Artefact(path, manifest, IntGraph.load(path / "graph"), model.eval(), tokenizer,
+                    parts)

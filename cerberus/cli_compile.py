@@ -15,6 +15,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--output", type=Path, help="artefact folder (default: NAME.cerb)")
     p.add_argument("--force", action="store_true", help="replace an existing output folder")
     q = p.add_argument_group("quantization (C4)")
+    q.add_argument("--partition", choices=("hybrid", "full"), default=DEFAULTS.partition,
+                   help="hybrid: only linears under FHE, the client computes norms/softmax/GELU "
+                        "(default); full: whole blocks under FHE")
     q.add_argument("--bits", type=int, default=DEFAULTS.bits,
                    help="width of values entering encrypted products, 2..8 (default 8)")
     q.add_argument("--weight-bits", type=int, help="weight width, 2..8 (default: --bits)")
@@ -30,7 +33,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     q.add_argument("--qat-lr", type=float, default=DEFAULTS.qat_lr, help="QAT learning rate")
     s = p.add_argument_group("squeezing (C2, C3)")
     s.add_argument("--theta", type=float, default=DEFAULTS.theta,
-                   help="keep only heads with significance S(h) > θ (default 0)")
+                   help="keep only heads with significance S(h) > θ (default: no threshold)")
     s.add_argument("--budget", type=float, metavar="C_MAX",
                    help="FHE cost budget in estimated seconds per sequence (default: none)")
     s.add_argument("--significance", choices=("gradient", "fisher", "ablation"),
@@ -53,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
         max_lookup_bits=args.max_lookup_bits, seq_len=args.seq_len, theta=args.theta,
         budget=args.budget, significance=args.significance, strategy=args.strategy,
         qat_steps=args.qat_steps, qat_lr=args.qat_lr, adaptive=args.adaptive,
-        calibration=args.calibration, seed=args.seed,
+        calibration=args.calibration, seed=args.seed, partition=args.partition,
     )
     path, digest, m = compile_model(args.model, args.output, opts, force=args.force)
     fuse = m["fusion"]
@@ -63,7 +66,9 @@ def run(args: argparse.Namespace) -> int:
     cfg, sq = m["model_config"], m["squeeze"]
     print(f"  heads kept     {sum(map(len, kept))}/{cfg['n_layer'] * cfg['n_head']}  {kept}")
     print(f"  cost estimate  {sq['cost_before_s']:.4g} s → {sq['cost_after_s']:.4g} s per sequence")
-    print(f"  FHE ops        {fuse['before']['fhe_ops']} → {fuse['after']['fhe_ops']} "
+    part = m["partition"]
+    print(f"  partition      {part['mode']}: the miner runs {', '.join(part['miner'])}")
+    print(f"  full circuit   FHE ops {fuse['before']['fhe_ops']} → {fuse['after']['fhe_ops']} "
           f"(lookups {fuse['before']['lookups']} → {fuse['after']['lookups']}, "
           f"PBS {fuse['before']['pbs']} → {fuse['after']['pbs']})")
     print(f"  lookup widths  {fuse['after']['lookup_width_histogram']} (bits: count)")

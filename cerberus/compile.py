@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -27,11 +29,12 @@ import torch
 from torch import nn
 
 from cerberus import __version__
-from cerberus.artefact import load_artefact, write_artefact
+from cerberus.artefact import Artefact, load_artefact, write_artefact
 from cerberus.calibration import calibration_batches, random_batches
 from cerberus.errors import CompileError
 from cerberus.frontends.canonical import CanonicalTransformer
 from cerberus.frontends.huggingface import from_hf_module, load_pretrained
+from cerberus.hybrid import hybrid_model, lower_hybrid
 from cerberus.lower import LoweringOptions, lower_blocks
 from cerberus.passes.fuse import compose_luts, fold_affine, graph_stats
 from cerberus.passes.quantize import check_bits
@@ -39,6 +42,9 @@ from cerberus.passes.significance import head_significance
 from cerberus.passes.squeeze import squeeze
 
 log = logging.getLogger("cerberus.compile")
+
+
+PARTITIONS = ("hybrid", "full")
 
 
 @dataclass
@@ -50,7 +56,7 @@ class CompileOptions:
     wide_bits: int = 12
     max_lookup_bits: int = 8
     seq_len: int = 16
-    theta: float = 0.0
+    theta: float | None = None  # None: no threshold, only the budget prunes
     budget: float | None = None
     # "ablation" (masked-loss change per head) by default: on the shipped model Michel's
     # |dL/dξ| and Fisher picked worse heads than random (see README); both stay available.
@@ -62,6 +68,9 @@ class CompileOptions:
     calibration: Path | None = None
     calibration_windows: int = 48
     seed: int = 0
+    # "hybrid": only linears under FHE, the client computes norms/softmax/GELU in the clear
+    # (meets the fidelity goal; one round trip per linear). "full": whole blocks under FHE.
+    partition: str = "hybrid"
 
     def validate(self) -> None:
         check_bits(self.bits)
@@ -70,6 +79,8 @@ class CompileOptions:
             raise CompileError(f"max lookup bits must be in 2..16, got {self.max_lookup_bits}")
         if self.seq_len < 1:
             raise CompileError(f"seq-len must be ≥ 1, got {self.seq_len}")
+        if self.partition not in PARTITIONS:
+            raise CompileError(f"partition must be one of {PARTITIONS}, got {self.partition!r}")
         if self.budget is not None and self.budget <= 0:
             raise CompileError(f"budget must be > 0 seconds, got {self.budget}")
 
@@ -137,18 +148,14 @@ def _windows(model: CanonicalTransformer, tokenizer: Any, opts: CompileOptions) 
     return torch.cat(batches)
 
 
-def fidelity(reference: CanonicalTransformer, client: CanonicalTransformer, graph, embed_fn,
+def fidelity(reference: CanonicalTransformer, logits: Callable[[torch.Tensor], torch.Tensor],
              ids: torch.Tensor) -> dict:
-    """Integer path vs. the source float model on held-out windows: top-1 agreement or cosine.
+    """The compiled path vs. the source float model on held-out windows.
 
-    ``client`` is the compiled model whose head decodes the circuit's output; ``reference``
-    is the model as loaded, before squeezing and QAT, so every pass's loss is counted.
+    ``reference`` is the model as loaded, before squeezing and QAT, so every pass's loss is
+    counted: top-1 next-token agreement for LMs, mean cosine of the outputs for encoders.
     """
-    from cerberus.artefact import Artefact
-
-    art = Artefact(Path("."), {"quantization": {}}, graph, client, None)
-    x = embed_fn(ids)
-    got = art.decode_output(art.run_graph(x))
+    got = logits(ids)
     with torch.no_grad():
         ref = reference(ids)
     if reference.lm_head is not None:
@@ -186,7 +193,8 @@ def compile_model(
 
     sig = head_significance(model, cal_batches, method=opts.significance, seed=opts.seed)
     log.info("significance (%s) computed on %d windows", opts.significance, len(calib))
-    squeezed, sq_report = squeeze(model, sig, theta=opts.theta, budget=opts.budget,
+    theta = -math.inf if opts.theta is None else opts.theta
+    squeezed, sq_report = squeeze(model, sig, theta=theta, budget=opts.budget,
                                   seq_len=opts.seq_len, bits=opts.bits, strategy=opts.strategy,
                                   seed=opts.seed)
     log.info("squeeze kept %s heads; estimated cost %.3g s → %.3g s",
@@ -231,8 +239,18 @@ def compile_model(
         x = embedded(folded, ids) / graph.meta["input_scale"]
         return np.clip(np.floor(x + 0.5), -top, top).astype(np.int64)
 
-    fid = fidelity(model, folded, graph, encode, held_out)
-    log.info("fidelity on %d held-out windows: %s", len(held_out), fid)
+    extra: dict[str, Callable[[Path], object]] = {}
+    if opts.partition == "hybrid":
+        parts = lower_hybrid(folded, cal_batches, opts.bits, opts.weight_bits or opts.bits)
+        prep = _adaptive_torch(adaptive_params) if opts.adaptive else None
+        fid = fidelity(model, hybrid_model(folded, parts, prep), held_out)
+        extra["hybrid"] = lambda p: [part.save(p / name) for name, part in parts.items()]
+    else:
+        art = Artefact(Path("."), {"quantization": {}}, graph, folded, None)
+        fid = fidelity(model, lambda ids: art.decode_output(art.run_graph(encode(ids))),
+                       held_out)
+    log.info("fidelity (%s partition) on %d held-out windows: %s", opts.partition,
+             len(held_out), fid)
     manifest = {
         "cerberus_version": __version__,
         "torch_version": torch.__version__,
@@ -253,23 +271,41 @@ def compile_model(
                          "adaptive": opts.adaptive,
                          "adaptive_params": adaptive_params},
         "cost_estimate": sq_report.cost_after,
-        "partition": {"client": ["tokenizer", "embedding", "final norm", "lm head"],
-                      "miner": [f"block {i}" for i in range(model.cfg.n_layer)]},
+        "partition": _partition(opts.partition, folded),
         "fidelity": fid,
         "model_config": folded.cfg.to_dict(),
         "seq_len": opts.seq_len,
         "compile_seconds": round(time.perf_counter() - t0, 2),
     }
-    extra = {}
-    try:
-        from cerberus.onnx_export import export_onnx
+    from cerberus.onnx_export import export_onnx
 
-        extra["model.onnx"] = lambda p: export_onnx(graph, p)
-    except ImportError:
-        log.warning("ONNX export unavailable; artefact has no model.onnx")
+    extra["model.onnx"] = lambda p: export_onnx(graph, p)
     digest = write_artefact(output, manifest=manifest, graph=graph, model=folded,
                             tokenizer=tokenizer, force=force, extra=extra)
     return output, digest, manifest
+
+
+def _partition(mode: str, model: CanonicalTransformer) -> dict:
+    """Who computes what (SPEC C6): recorded so a miner and a client agree on the split."""
+    client = ["tokenizer", "embedding", "final norm", "lm head"]
+    if mode == "full":
+        return {"mode": mode, "client": client,
+                "miner": [f"block {i}" for i in range(model.cfg.n_layer)]}
+    linears = [f"blocks.{i}.{n}" for i, b in enumerate(model.blocks)
+               for n in (("q", "k", "v", "o") if b.n_kept else ()) + ("fc1", "fc2")]
+    return {"mode": mode, "client": client + ["layer norms", "softmax", "GELU", "residuals"],
+            "miner": linears}
+
+
+def _adaptive_torch(params: dict) -> Callable[[torch.Tensor], torch.Tensor]:
+    from cerberus.passes.quantize import adaptive_dynamic_quantize
+
+    def prep(x: torch.Tensor) -> torch.Tensor:
+        flat = x.detach().double().reshape(-1, x.shape[-1]).numpy()
+        out = adaptive_dynamic_quantize(flat, **params).x_hat.reshape(tuple(x.shape))
+        return torch.tensor(out, dtype=x.dtype)
+
+    return prep
 
 
 __all__ = ["CompileOptions", "compile_model", "load_artefact", "load_source"]

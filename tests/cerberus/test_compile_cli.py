@@ -41,6 +41,20 @@ def test_compile_writes_a_loadable_artefact(compiled) -> None:
     assert (out / "model.onnx").exists() or "onnx" not in m
     ids = torch.randint(0, 512, (2, 8))
     assert torch.isfinite(art.logits(ids)).all()
+    assert art.partition == "hybrid" and set(art.parts) == set(m["partition"]["miner"])
+
+
+def test_full_partition_runs_blocks_on_the_miner(tmp_path) -> None:
+    out, _, m = compile_model(MODEL, tmp_path / "full.cerb",
+                              CompileOptions(seq_len=8, partition="full"))
+    art = load_artefact(out)
+    assert art.partition == "full" and art.parts is None
+    assert m["partition"]["miner"] == ["block 0", "block 1"]
+    ids = torch.randint(0, 512, (2, 8))
+    from cerberus.ir import evaluate
+
+    x = art.encode_input(ids)
+    assert torch.equal(art.logits(ids), art.decode_output(evaluate(art.graph, x)["output"]))
 
 
 def test_compile_is_deterministic(compiled, tmp_path) -> None:

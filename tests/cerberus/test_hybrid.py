@@ -1,0 +1,71 @@
+"""The hybrid partition: integer linears under FHE, the rest on the client (SPEC C6)."""
+
+import numpy as np
+import pytest
+import torch
+
+from cerberus.calibration import calibration_batches
+from cerberus.hybrid import hybrid_model, lower_hybrid
+from cerberus.ir import evaluate
+from cerberus.passes.quantize import collect_activation_scales, fake_quantize_model
+
+
+@pytest.fixture(scope="module")
+def held_out(tiny_gpt):
+    """1,600 tokens of CPython docs topics the model never trained on, in 16-token windows."""
+    from pydoc_data.topics import topics
+
+    _, tok = tiny_gpt
+    names = sorted(topics)
+    text = " ".join(topics[n] for i, n in enumerate(names) if i % 5 == 4)
+    return torch.tensor(tok(text).input_ids[: 16 * 100]).view(100, 16)
+
+
+@pytest.fixture(scope="module")
+def calib(tiny_gpt):
+    return calibration_batches(tiny_gpt[1], seq_len=16, batch_size=8, max_batches=6)
+
+
+def test_each_part_is_one_clear_weight_linear(tiny_gpt, calib) -> None:
+    model, _ = tiny_gpt
+    parts = lower_hybrid(model, calib, 8, 8)
+    assert set(parts) == {f"blocks.{i}.{n}" for i in range(2)
+                          for n in ("q", "k", "v", "o", "fc1", "fc2")}
+    for part in parts.values():
+        assert [n.op for n in part.graph.nodes] == ["input", "linear"]
+        x = np.random.default_rng(0).integers(-127, 128, (3, part.graph["linear"].attrs[
+            "weight"].shape[0]))
+        evaluate(part.graph, x)  # the declared accumulator range holds for any input
+
+
+def test_integer_linears_equal_the_fake_quant_simulation(tiny_gpt, calib, held_out) -> None:
+    model, _ = tiny_gpt
+    parts = lower_hybrid(model, calib, 8, 8)
+    scales = collect_activation_scales(model, calib, 8)
+    fq = fake_quantize_model(model.double(), 8, scales)
+    ids = held_out[:4]
+    with torch.no_grad():
+        got = hybrid_model(model.double(), parts)(ids)
+        ref = fq(ids)
+    torch.testing.assert_close(got, ref, atol=1e-6, rtol=1e-6)
+    model.float()
+
+
+def test_top1_agreement_at_8_bits_is_at_least_95_percent(tiny_gpt, calib, held_out) -> None:
+    """Issue #4's fidelity bar, on held-out text, for the hybrid partition."""
+    model, _ = tiny_gpt
+    parts = lower_hybrid(model, calib, 8, 8)
+    with torch.no_grad():
+        agree = (hybrid_model(model, parts)(held_out).argmax(-1)
+                 == model(held_out).argmax(-1)).float().mean().item()
+    assert agree >= 0.95
+
+
+def test_fewer_bits_lose_fidelity(tiny_gpt, calib, held_out) -> None:
+    model, _ = tiny_gpt
+    ids = held_out[:40]
+    with torch.no_grad():
+        ref = model(ids).argmax(-1)
+        agree = {b: (hybrid_model(model, lower_hybrid(model, calib, b, b))(ids).argmax(-1)
+                     == ref).float().mean().item() for b in (4, 8)}
+    assert agree[4] < agree[8]
