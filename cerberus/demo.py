@@ -45,14 +45,17 @@ def main() -> int:
         out, digest, m = compile_model(path, Path(tmp) / "tiny-gpt.cerb", CompileOptions())
         fuse = m["fusion"]
         log.info("artefact %s  sha256 %s", out.name, digest)
-        log.info("heads kept %s; FHE ops %d → %d after fusion; %d lookups, widest %d bits; "
-                 "top-1 agreement with float on held-out windows %.1f%%",
-                 m["squeeze"]["heads_kept"], fuse["before"]["fhe_ops"], fuse["after"]["fhe_ops"],
-                 fuse["after"]["lookups"], fuse["after"]["max_lookup_bits"],
+        log.info("partition %s: the miner runs %s", m["partition"]["mode"],
+                 ", ".join(m["partition"]["miner"]))
+        log.info("top-1 agreement with the float model on held-out windows: %.1f%%",
                  100 * m["fidelity"]["top1_agreement"])
+        log.info("the full-block circuit (--partition full): FHE ops %d → %d after fusion, "
+                 "%d lookups, widest %d bits", fuse["before"]["fhe_ops"],
+                 fuse["after"]["fhe_ops"], fuse["after"]["lookups"],
+                 fuse["after"]["max_lookup_bits"])
         art = load_artefact(out)
 
-        log.info("== 3. generation: float model vs. the integer circuit (simulated) ==")
+        log.info("== 3. generation: float model vs. the compiled integer path (simulated) ==")
         for prompt in PROMPTS:
             ids = tokenizer(prompt).input_ids
             with torch.no_grad():
