@@ -168,14 +168,16 @@ def float_logits(model: CanonicalTransformer, inputs: torch.Tensor) -> torch.Ten
         return torch.cat([model(b) for b in inputs.split(CHUNK)])
 
 
-def integer_logits(art: Any, inputs: torch.Tensor) -> tuple[torch.Tensor, np.ndarray]:
-    """Logits of the integer path and a mask of the windows it could compute.
+def integer_logits(art: Any, inputs: torch.Tensor
+                   ) -> tuple[torch.Tensor, np.ndarray, list[str]]:
+    """Logits of the integer path, a mask of the windows it could compute, and why not.
 
     A lookup index outside its table raises ``RangeOverflow`` in the simulator (the circuit
     would return garbage); such windows are retried one by one, counted, and left out of
-    the metrics instead of aborting the whole configuration.
+    the metrics instead of aborting the whole configuration. The distinct overflowing
+    nodes are returned so a reader can tell which table is too small.
     """
-    out, ok = [], []
+    out, ok, nodes = [], [], set()
     for chunk in inputs.split(CHUNK):
         try:
             out.append(art.logits(chunk))
@@ -187,10 +189,11 @@ def integer_logits(art: Any, inputs: torch.Tensor) -> tuple[torch.Tensor, np.nda
             try:
                 out.append(art.logits(w[None]))
                 ok.append(True)
-            except RangeOverflow:
+            except RangeOverflow as e:
                 ok.append(False)
+                nodes.add(str(e).split(":", 1)[0].removeprefix("node "))
     logits = torch.cat(out) if out else torch.empty(0, inputs.shape[1], 0)
-    return logits, np.asarray(ok, dtype=bool)
+    return logits, np.asarray(ok, dtype=bool), sorted(nodes)
 
 
 # --------------------------------------------------------------------------- one configuration
@@ -225,7 +228,7 @@ def measure(ctx: Context, opts: CompileOptions, tag: str) -> dict[str, Any]:
         path, _, manifest = compile_model(ctx.cfg.source, ctx.workdir / f"{tag}.cerb", opts,
                                           force=True)
         art = load_artefact(path, verify=False)
-        got, ok = integer_logits(art, ctx.inputs)
+        got, ok, overflow_nodes = integer_logits(art, ctx.inputs)
         pruned = float_logits(art.model, ctx.inputs)
     except Exception as e:  # noqa: BLE001 - recorded in the results, see docstring
         row["error"] = f"{type(e).__name__}: {e}".splitlines()[0][:300]
@@ -243,6 +246,7 @@ def measure(ctx: Context, opts: CompileOptions, tag: str) -> dict[str, Any]:
         "max_lookup_bits": max(manifest["quantization"]["lookup_widths"].values(), default=0),
         "windows": int(ok.sum()),
         "overflow_windows": int((~ok).sum()),
+        "overflow_nodes": overflow_nodes,
         "compile_seconds": manifest["compile_seconds"],
         "compile_fidelity": manifest["fidelity"],
         "qat": None if manifest["qat"] is None else {
@@ -471,7 +475,8 @@ def to_markdown(res: dict[str, Any], command: str) -> str:
             lines.append(f"| {r['bits']} | {r['max_lookup_bits_option']} | failed: "
                          f"`{r['error']}` | | | | |")
             continue
-        ovf = f" ({r['overflow_windows']} windows overflowed)" if r["overflow_windows"] else ""
+        ovf = (f" ({r['overflow_windows']} windows overflowed: "
+               f"{', '.join(r.get('overflow_nodes', []))})" if r["overflow_windows"] else "")
         lines.append(f"| {r['bits']} | {r['max_lookup_bits_option']} | {r['max_lookup_bits']} "
                      f"| {r['cost_after_s']:.0f} | {r['top1_vs_float']:.1%}{ovf} "
                      f"| {r['ppl_float']:.2f} | {r['ppl_integer']:.2f} |")
@@ -506,6 +511,13 @@ def to_markdown(res: dict[str, Any], command: str) -> str:
                 f"| {_heads(s.get('heads_first_seed'))} | {_pm(s.get('cost_after_s'), 0)} "
                 f"| {_pm(s.get('ppl_integer'))} "
                 f"| {_pm(s.get('top1_vs_float'), 3)} | {_pm(s.get('ppl_pruned_float'))} |")
+        ovf = [r for r in abl if r.get("overflow_windows")]
+        if ovf:
+            nodes = sorted({n for r in ovf for n in r.get("overflow_nodes", [])})
+            lines.append(f"\n{len(ovf)} of these compiles overflowed a lookup on some held-out "
+                         f"windows ({sum(r['overflow_windows'] for r in ovf)} windows in all; "
+                         f"nodes {', '.join(nodes)}); those windows are left out of their "
+                         "metrics.")
         errs = sorted({e for s in summ if s["bits"] == bits for e in s["errors"]})
         if errs:
             lines.append("\nFailed compiles are compiler errors, not properties of a selection; "
