@@ -246,12 +246,19 @@ def evaluate(
     *,
     check_ranges: bool = True,
     keep: Iterable[str] | None = None,
+    backend: str = "numpy",
 ) -> dict[str, np.ndarray]:
     """Run the graph in the clear on int64 ``x`` (leading batch axes allowed).
 
     Returns the output under ``"output"`` plus any node named in ``keep``. With
-    ``check_ranges`` every value must lie in its node's compiled range.
+    ``check_ranges`` every value must lie in its node's compiled range. ``backend="triton"``
+    routes ``linear``/``lut``/``matmul`` to the Triton kernels (SPEC C7, same bits; the
+    NumPy path stays the reference); Triton is imported only then.
     """
+    if backend not in ("numpy", "triton"):
+        raise ValueError(f"unknown backend {backend!r} (expected 'numpy' or 'triton')")
+    if backend == "triton":
+        from cerberus.kernels import apply_op_triton
     values: dict[str, np.ndarray] = {}
     keep = set(keep or ())
     remaining = {n.name: 0 for n in graph.nodes}
@@ -261,6 +268,8 @@ def evaluate(
     for n in graph.nodes:
         if n.op == "input":
             y = np.asarray(x, dtype=np.int64)
+        elif backend == "triton":
+            y = apply_op_triton(n, [values[i] for i in n.inputs], [graph[i] for i in n.inputs])
         else:
             y = apply_op(n, [values[i] for i in n.inputs])
         if check_ranges and y.size and (y.min() < n.lo or y.max() > n.hi):
