@@ -14,6 +14,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="Hugging Face id or folder (offline), .onnx file")
     p.add_argument("-o", "--output", type=Path, help="artefact folder (default: NAME.cerb)")
     p.add_argument("--force", action="store_true", help="replace an existing output folder")
+    p.add_argument("--fhe", action="store_true",
+                   help="also compile the concrete-python server programs and client specs")
     q = p.add_argument_group("quantization (C4)")
     q.add_argument("--partition", choices=("hybrid", "full"), default=DEFAULTS.partition,
                    help="hybrid: only linears under FHE, the client computes norms/softmax/GELU "
@@ -56,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
         max_lookup_bits=args.max_lookup_bits, seq_len=args.seq_len, theta=args.theta,
         budget=args.budget, significance=args.significance, strategy=args.strategy,
         qat_steps=args.qat_steps, qat_lr=args.qat_lr, adaptive=args.adaptive,
-        calibration=args.calibration, seed=args.seed, partition=args.partition,
+        calibration=args.calibration, seed=args.seed, partition=args.partition, fhe=args.fhe,
     )
     path, digest, m = compile_model(args.model, args.output, opts, force=args.force)
     fuse = m["fusion"]
@@ -73,4 +75,9 @@ def run(args: argparse.Namespace) -> int:
           f"PBS {fuse['before']['pbs']} → {fuse['after']['pbs']})")
     print(f"  lookup widths  {fuse['after']['lookup_width_histogram']} (bits: count)")
     print(f"  fidelity       {m['fidelity']}")
+    if m.get("fhe"):
+        pbs = sum(p["pbs"] for p in m["fhe"].values())
+        widest = max(p["max_bits"] for p in m["fhe"].values())
+        print(f"  FHE programs   {len(m['fhe'])} in {path / 'fhe'} "
+              f"({pbs} PBS, widest {widest} bits)")
     return 0

@@ -71,6 +71,7 @@ class CompileOptions:
     # "hybrid": only linears under FHE, the client computes norms/softmax/GELU in the clear
     # (meets the fidelity goal; one round trip per linear). "full": whole blocks under FHE.
     partition: str = "hybrid"
+    fhe: bool = False  # also compile the concrete-python server programs and client specs
 
     def validate(self) -> None:
         check_bits(self.bits)
@@ -245,12 +246,26 @@ def compile_model(
         prep = _adaptive_torch(adaptive_params) if opts.adaptive else None
         fid = fidelity(model, hybrid_model(folded, parts, prep), held_out)
         extra["hybrid"] = lambda p: [part.save(p / name) for name, part in parts.items()]
+        miner_graphs = {name: part.graph for name, part in parts.items()}
+        inputsets: dict[str, list[np.ndarray]] = {}
+        if opts.fhe:
+            with torch.no_grad():
+                hybrid_model(folded, parts, prep, record=inputsets)(calib)
     else:
         art = Artefact(Path("."), {"quantization": {}}, graph, folded, None)
         fid = fidelity(model, lambda ids: art.decode_output(art.run_graph(encode(ids))),
                        held_out)
+        miner_graphs = {"blocks": graph}
+        inputsets = {"blocks": list(encode(calib))}
     log.info("fidelity (%s partition) on %d held-out windows: %s", opts.partition,
              len(held_out), fid)
+    fhe_stats = None
+    if opts.fhe:
+        from cerberus.fhe.program import compile_programs, save_programs
+
+        circuits = compile_programs(miner_graphs, inputsets)
+        fhe_stats = {}  # filled when the artefact writer saves the programs, before the manifest
+        extra["fhe"] = lambda p: fhe_stats.update(save_programs(circuits, p))
     manifest = {
         "cerberus_version": __version__,
         "torch_version": torch.__version__,
@@ -273,6 +288,7 @@ def compile_model(
         "cost_estimate": sq_report.cost_after,
         "partition": _partition(opts.partition, folded),
         "fidelity": fid,
+        "fhe": fhe_stats,
         "model_config": folded.cfg.to_dict(),
         "seq_len": opts.seq_len,
         "compile_seconds": round(time.perf_counter() - t0, 2),

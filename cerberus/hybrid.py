@@ -28,6 +28,8 @@ from cerberus.frontends.canonical import CanonicalTransformer
 from cerberus.ir import IntGraph, Node, evaluate
 from cerberus.passes.quantize import collect_activation_scales, qrange, quantize, quantize_linears
 
+Miner = Callable[[str, np.ndarray], np.ndarray]
+
 
 @dataclass
 class HybridLinear:
@@ -79,14 +81,24 @@ def lower_hybrid(
 class _EncryptedLinear(nn.Module):
     """Client (quantize) → miner (integer graph, simulated) → client (rescale, bias)."""
 
-    def __init__(self, part: HybridLinear) -> None:
+    def __init__(self, part: HybridLinear, record: list[np.ndarray] | None = None,
+                 miner: Miner | None = None) -> None:
         super().__init__()
         self.part = part
+        self.record = record
+        self.miner = miner
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         p = self.part
         x_int = quantize(x.detach().double(), p.act_scale, p.act_bits)
-        acc = evaluate(p.graph, x_int)["output"]
+        if self.record is not None:  # what the miner would receive (encrypted), per sequence
+            self.record.extend(x_int.reshape(-1, *x_int.shape[-2:]))
+        if self.miner is None:
+            acc = evaluate(p.graph, x_int)["output"]
+        else:  # one call per sequence: the circuit is compiled for one [T, in] input
+            flat = x_int.reshape(-1, *x_int.shape[-2:])
+            acc = np.stack([self.miner(p.name, s) for s in flat]).reshape(
+                *x_int.shape[:-1], -1)
         y = acc * (p.act_scale * p.weight_scale)
         if p.bias is not None:
             y = y + p.bias
@@ -94,16 +106,22 @@ class _EncryptedLinear(nn.Module):
 
 
 def hybrid_model(model: CanonicalTransformer, parts: dict[str, HybridLinear],
-                 preprocess: Callable[[torch.Tensor], torch.Tensor] | None = None) -> nn.Module:
+                 preprocess: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                 record: dict[str, list[np.ndarray]] | None = None,
+                 miner: Miner | None = None) -> nn.Module:
     """A copy of ``model`` whose block linears run through their integer graphs.
 
     ``preprocess`` (the client's adaptive input quantization, if any) is applied to the
-    embedding output before the first block.
+    embedding output before the first block. With ``record``, every linear appends the
+    integer inputs it receives (the FHE compiler's input set). ``miner`` computes a linear
+    ``(name, x_int [T, in]) -> acc``; by default the simulator does, ``cerberus.fhe`` runs
+    it under encryption.
     """
     out = copy.deepcopy(model).eval()
     for name, part in parts.items():
         _, i, sub = name.split(".")
-        setattr(out.blocks[int(i)], sub, _EncryptedLinear(part))
+        rec = None if record is None else record.setdefault(name, [])
+        setattr(out.blocks[int(i)], sub, _EncryptedLinear(part, rec, miner))
     if preprocess is not None:
         embed = out.embed
         out.embed = lambda ids: preprocess(embed(ids))  # type: ignore[method-assign]

@@ -1,0 +1,121 @@
+"""FHE programs of an artefact: compile, save, and the client/server halves (SPEC C6, R1–R2).
+
+An artefact compiled with ``--fhe`` holds, under ``fhe/NAME/``, one concrete-python
+program per miner-side graph (one per linear in the hybrid partition, one per model in
+the full partition):
+
+    server.zip      what the miner loads and runs (``fhe.Server``)
+    client.specs    what the client needs to generate keys and encrypt (``fhe.ClientSpecs``)
+
+``FheClient`` generates keys (seeded on request, cached on disk by the program's hash so a
+second run skips keygen), encrypts and decrypts; ``FheServer`` runs ciphertexts with the
+client's evaluation keys. Only serialized bytes cross between them, as they will over gRPC.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+from concrete import fhe
+
+from cerberus.errors import CompileError
+from cerberus.fhe.concrete_backend import compile_circuit
+from cerberus.ir import IntGraph
+
+log = logging.getLogger("cerberus.fhe")
+DEFAULT_KEY_CACHE = Path.home() / ".cache" / "cerberus" / "keys"
+
+
+def compile_programs(
+    graphs: dict[str, IntGraph], inputsets: dict[str, Iterable[np.ndarray]]
+) -> dict[str, fhe.Circuit]:
+    """Compile every graph with its inputset; a graph concrete cannot fit is named."""
+    out = {}
+    for name, graph in graphs.items():
+        t0 = time.perf_counter()
+        try:
+            out[name] = compile_circuit(graph, list(inputsets[name]))
+        except RuntimeError as e:  # concrete: NoParametersFound, width too large, …
+            widest = max(graph.nodes, key=lambda n: n.bits)
+            raise CompileError(
+                f"FHE compilation of {name} failed ({str(e).splitlines()[0]}); its widest value "
+                f"is node {widest.name} at {widest.bits} bits"
+            ) from e
+        log.info("compiled FHE program %s in %.1f s: %d PBS", name, time.perf_counter() - t0,
+                 out[name].statistics["programmable_bootstrap_count"])
+    return out
+
+
+def save_programs(circuits: dict[str, fhe.Circuit], folder: Path) -> dict[str, dict]:
+    """Write ``server.zip`` and ``client.specs`` per program; returns their statistics."""
+    stats = {}
+    for name, circuit in circuits.items():
+        d = folder / name
+        d.mkdir(parents=True, exist_ok=True)
+        circuit.server.save(d / "server.zip")
+        (d / "client.specs").write_bytes(circuit.client.specs.serialize())
+        s = circuit.statistics
+        stats[name] = {"pbs": int(s["programmable_bootstrap_count"]),
+                       "complexity": float(circuit.complexity),
+                       "max_bits": int(circuit.graph.maximum_integer_bit_width())}
+    return stats
+
+
+def program_names(folder: Path) -> list[str]:
+    return sorted(d.name for d in folder.iterdir() if (d / "server.zip").is_file())
+
+
+class FheClient:
+    """The client's half: keys, encryption, decryption for every program of an artefact."""
+
+    def __init__(self, folder: Path, *, key_cache: Path | None = DEFAULT_KEY_CACHE) -> None:
+        self.clients: dict[str, fhe.Client] = {}
+        for name in program_names(folder):
+            specs_bytes = (folder / name / "client.specs").read_bytes()
+            cache = None
+            if key_cache is not None:
+                cache = key_cache / hashlib.sha256(specs_bytes).hexdigest()[:32]
+            self.clients[name] = fhe.Client(fhe.ClientSpecs.deserialize(specs_bytes), cache)
+        if not self.clients:
+            raise CompileError(f"{folder} holds no FHE programs (compile with --fhe)")
+
+    def keygen(self, seed: int | None = None) -> None:
+        """Generate (or load from the cache) every program's keys."""
+        for name, client in self.clients.items():
+            t0 = time.perf_counter()
+            client.keygen(secret_seed=seed, encryption_seed=seed)
+            log.info("keys for %s ready in %.1f s", name, time.perf_counter() - t0)
+
+    def evaluation_keys(self, name: str) -> bytes:
+        return self.clients[name].evaluation_keys.serialize()
+
+    def key_bytes(self) -> int:
+        """Total size of the evaluation keys the miner must hold."""
+        return sum(len(self.evaluation_keys(n)) for n in self.clients)
+
+    def encrypt(self, name: str, x: np.ndarray) -> bytes:
+        return self.clients[name].encrypt(np.asarray(x, dtype=np.int64)).serialize()
+
+    def decrypt(self, name: str, ciphertext: bytes) -> np.ndarray:
+        return np.asarray(self.clients[name].decrypt(fhe.Value.deserialize(ciphertext)))
+
+
+class FheServer:
+    """The miner's half: runs ciphertexts; it never holds a secret key."""
+
+    def __init__(self, folder: Path) -> None:
+        self.servers = {name: fhe.Server.load(folder / name / "server.zip")
+                        for name in program_names(folder)}
+
+    def run(self, name: str, ciphertext: bytes, evaluation_keys: bytes) -> bytes:
+        if name not in self.servers:
+            raise KeyError(f"no FHE program {name!r}")
+        result = self.servers[name].run(fhe.Value.deserialize(ciphertext),
+                                        evaluation_keys=fhe.EvaluationKeys.deserialize(
+                                            evaluation_keys))
+        return result.serialize()
