@@ -156,8 +156,8 @@ def fidelity(reference: CanonicalTransformer, logits: Callable[[torch.Tensor], t
     ``reference`` is the model as loaded, before squeezing and QAT, so every pass's loss is
     counted: top-1 next-token agreement for LMs, mean cosine of the outputs for encoders.
     """
-    got = logits(ids)
     with torch.no_grad():
+        got = logits(ids)
         ref = reference(ids)
     if reference.lm_head is not None:
         agree = float((got.argmax(-1) == ref.argmax(-1)).float().mean())

@@ -117,7 +117,9 @@ class QuantizedTensor:
 def _row_scales_maxabs(w: np.ndarray, bits: int) -> np.ndarray:
     amax = np.abs(w).max(axis=1)
     scale = amax / _qmax(bits)
-    scale[amax == 0] = 1.0  # an all-zero row: any scale is exact; 1 avoids dividing by 0
+    # an all-zero row (or one so tiny that amax/qmax underflows to 0): any scale is exact
+    # to within the row's magnitude; 1 avoids dividing by 0
+    scale[scale <= 0] = 1.0
     return scale
 
 
@@ -157,7 +159,7 @@ def quantize_weight_per_tensor(w: torch.Tensor | np.ndarray, bits: int) -> Quant
     """One max-abs scale for the whole tensor (the baseline per-channel is compared with)."""
     wn = _as_numpy(w)
     amax = float(np.abs(wn).max()) if wn.size else 0.0
-    scale = amax / _qmax(bits) if amax > 0 else 1.0
+    scale = (amax / _qmax(bits)) or 1.0  # 0 for an all-zero or underflowing tensor
     return QuantizedTensor(quantize(wn, scale, bits), np.asarray(scale, dtype=np.float64), bits)
 
 
