@@ -257,11 +257,16 @@ def fused_lookup(
     if lsbs < 0:
         raise ValueError(f"fused_lookup: lsbs must be >= 0, got {lsbs}")
     half = (1 << (lsbs - 1)) if lsbs else 0
-    fits32 = (
-        x.size == 0
-        or (int(x.min()) >= I32.min and int(x.max()) + half <= I32.max)
-    ) and (table.size == 0 or (int(table.min()) >= I32.min and int(table.max()) <= I32.max))
-    fits32 = fits32 and I32.min <= offset <= I32.max and len(table) <= I32.max
+    # int32 only if no intermediate can wrap: x + half, and the index itself (a wrapped
+    # index could land inside the table and turn an overflow into a silent wrong value)
+    fits32 = I32.min <= offset <= I32.max and len(table) <= I32.max
+    if x.size:
+        lo, hi = int(x.min()), int(x.max())
+        fits32 = fits32 and lo >= I32.min and hi + half <= I32.max
+        idx_lo, idx_hi = _round_scalar(lo, lsbs) - offset, _round_scalar(hi, lsbs) - offset
+        fits32 = fits32 and I32.min <= idx_lo and idx_hi <= I32.max
+    if table.size:
+        fits32 = fits32 and int(table.min()) >= I32.min and int(table.max()) <= I32.max
     dtype = np.int32 if fits32 else np.int64
     flat = np.ascontiguousarray(x, dtype=dtype).reshape(-1)
     tab = np.ascontiguousarray(table, dtype=dtype).reshape(-1)

@@ -7,6 +7,8 @@ because the emulator is slow. Every comparison is ``np.array_equal`` against
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -166,33 +168,35 @@ def test_lookup_on_wide_inputs_uses_int64_without_wrapping() -> None:
     assert np.array_equal(fused_lookup(x, lsbs, offset, table), apply_op(node, [x]))
 
 
-@pytest.mark.parametrize("where", ["below", "above"])
+@pytest.mark.parametrize("where", ["below", "above", "int32_wrap"])
 def test_out_of_range_lookup_raises_like_numpy(where: str) -> None:
+    """Out of the table on either side; and an index that int32 would wrap back into it."""
     table = np.arange(16)
-    x = np.array([[0, 17, 70]]) if where == "above" else np.array([[-11, 0, 8]])
-    node = lut_node(table, 2, -2)
+    lsbs, offset = 2, -2
+    if where == "above":
+        x = np.array([[0, 17, 70]])
+    elif where == "below":
+        x = np.array([[-11, 0, 8]])
+    else:  # -2**31 - (2**31 - 1) = 1 - 2**32, which is 1 in int32: inside the table
+        x, lsbs, offset = np.array([[-(2**31)]]), 0, 2**31 - 1
+    node = lut_node(table, lsbs, offset)
     with pytest.raises(RangeOverflow) as want:
         apply_op(node, [x])
     with pytest.raises(RangeOverflow) as got:
-        fused_lookup(x, 2, -2, table, name="t")
+        fused_lookup(x, lsbs, offset, table, name="t")
     assert str(got.value) == str(want.value)
 
 
 # -- a whole graph ----------------------------------------------------------------------------
-def test_tiny_bert_graph_triton_equals_numpy_at_every_node() -> None:
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
-    from cerberus.frontends.huggingface import from_hf_module
-    from cerberus.lower import LoweringOptions, lower_blocks
+def assert_graph_bit_exact(model, ids, opts) -> None:
+    """Lower ``model`` on its own embeddings of ``ids``; both backends agree at every node."""
+    import torch
 
-    torch.manual_seed(0)
-    config = transformers.BertConfig(vocab_size=50, hidden_size=8, num_hidden_layers=1,
-                                     num_attention_heads=2, intermediate_size=16,
-                                     max_position_embeddings=8)
-    model = from_hf_module(transformers.BertModel(config, add_pooling_layer=False).eval())
+    from cerberus.lower import lower_blocks
+
     with torch.no_grad():
-        emb = model.embed(torch.randint(0, 50, (4, 8))).detach().double().numpy()
-    g = lower_blocks(model, emb, LoweringOptions())
+        emb = model.embed(ids).detach().double().numpy()
+    g = lower_blocks(model, emb, opts)
     assert {"linear", "lut", "matmul"} <= set(g.op_counts())
     top = 2 ** (g.meta["input_bits"] - 1) - 1
     x = np.clip(np.floor(emb / g.meta["input_scale"] + 0.5), -top, top).astype(np.int64)
@@ -201,6 +205,34 @@ def test_tiny_bert_graph_triton_equals_numpy_at_every_node() -> None:
     got = evaluate(g, x, keep=names, backend="triton")
     for name in ["output", *names]:
         assert np.array_equal(got[name], want[name]), name
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_tiny_bert_graph_triton_equals_numpy_at_every_node(bits: int) -> None:
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    from cerberus.frontends.huggingface import from_hf_module
+    from cerberus.lower import LoweringOptions
+
+    torch.manual_seed(0)
+    config = transformers.BertConfig(vocab_size=50, hidden_size=8, num_hidden_layers=1,
+                                     num_attention_heads=2, intermediate_size=16,
+                                     max_position_embeddings=8)
+    model = from_hf_module(transformers.BertModel(config, add_pooling_layer=False).eval())
+    ids = torch.randint(0, 50, (4, 8))
+    assert_graph_bit_exact(model, ids, LoweringOptions(bits=bits, weight_bits=bits))
+
+
+def test_shipped_tiny_gpt_graph_triton_equals_numpy_at_every_node() -> None:
+    """The real weights of models/tiny-gpt (every block), not just a random toy."""
+    torch = pytest.importorskip("torch")
+    from cerberus.frontends.huggingface import from_hf_module, load_pretrained
+    from cerberus.lower import LoweringOptions
+
+    hf, _ = load_pretrained(Path(__file__).resolve().parents[2] / "models" / "tiny-gpt")
+    model = from_hf_module(hf)
+    ids = torch.from_numpy(np.random.default_rng(0).integers(0, hf.config.vocab_size, (2, 8)))
+    assert_graph_bit_exact(model, ids, LoweringOptions())
 
 
 def test_unknown_backend_is_refused() -> None:
