@@ -23,7 +23,9 @@ from benchmarks import squeeze_fidelity as sf  # noqa: E402
 from cerberus.compile import load_source  # noqa: E402
 from cerberus.cost import model_cost  # noqa: E402
 
-TINY = dict(max_windows=8, sweep_bits=(8,), wide_lookup_bits=None, ablation_bits=(8,),
+# one compile per partition: the sweep in "full", the pruned one in the default "hybrid"
+TINY = dict(max_windows=8, sweep_bits=(8,), sweep_partitions=("full",), wide_lookup_bits=None,
+            ablation_settings=(("hybrid", 8),),
             selections=(sf.Selection("significance", "gradient"),), seeds=(0,),
             random_seeds=(), adaptive=(False,), qat_steps=(0,))
 
