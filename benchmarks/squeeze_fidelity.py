@@ -10,13 +10,15 @@ compiler uses for significance scores and quantization ranges.
 Three measurements, each through the real pipeline (``compile_model`` → artefact →
 ``Artefact.logits``, i.e. client embed+quantize → bit-exact integer graph → client head):
 
-1. Fidelity vs bits (C4): all heads kept (θ = −1e9), bits 8/6/5/4, plus one row at 8 bits
-   with 12-bit lookups to show what the default 8-bit lookup limit (C6) costs.
-2. Ablation at an equal cost budget (C2, C3): C_max is set so that half the heads fit
-   (from the cost model's per-head costs); selection ∈ {significance (ablation, gradient,
-   fisher), random, magnitude} × adaptive quantization × QAT. Every selection runs over the
-   same calibration seeds (the seed also picks the calibration windows, so a fair comparison
-   varies it for all of them); random gets extra seeds.
+1. Fidelity vs bits (C4): all heads kept (θ = −1e9), bits 8/6/5/4, in both partitions
+   (``hybrid``, the default: only linears under FHE; ``full``: whole blocks under FHE), plus
+   one full-partition row at 8 bits with 12-bit lookups to show what the default 8-bit
+   lookup limit (C6) costs.
+2. Ablation at an equal cost budget (C2, C3), per partition: C_max is set so that half the
+   heads fit (from the cost model's per-head costs); selection ∈ {significance (ablation,
+   gradient, fisher), random, magnitude} × adaptive quantization × QAT. Every selection runs
+   over the same calibration seeds (the seed also picks the calibration windows, so a fair
+   comparison varies it for all of them); random gets extra seeds.
 3. Cost (C3): the cost model's estimate before and after squeezing, from the manifest.
 
 Run: ``.venv/bin/python benchmarks/squeeze_fidelity.py [--quick]``. Writes
