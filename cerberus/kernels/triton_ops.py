@@ -27,10 +27,17 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-import triton
-import triton.language as tl
 
-from cerberus.ir import Node, RangeOverflow, apply_op
+# Triton decides at decoration time whether a kernel is compiled or emulated. Without a GPU
+# the compiled form cannot launch at all, so default to the emulator (same program, same
+# bits) instead of failing on the first evaluation; an explicit setting is respected.
+if "TRITON_INTERPRET" not in os.environ and not torch.cuda.is_available():
+    os.environ["TRITON_INTERPRET"] = "1"
+
+import triton  # noqa: E402
+import triton.language as tl  # noqa: E402
+
+from cerberus.ir import Node, RangeOverflow, apply_op  # noqa: E402
 
 INT32_MAX = 2**31 - 1
 I32 = np.iinfo(np.int32)
@@ -45,8 +52,9 @@ class Int32FallbackWarning(UserWarning):
 
 
 def interpreted() -> bool:
-    """True when Triton runs as its CPU emulator (no GPU: block sizes favour few programs)."""
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+    """True when the kernels run on Triton's CPU emulator (block sizes then favour few
+    programs, and launches take CPU tensors). Fixed when this module was imported."""
+    return _INTERPRETED
 
 
 # -- kernels -------------------------------------------------------------------------------
@@ -114,6 +122,9 @@ def _fused_lookup_kernel(
     val = tl.load(table_ptr + idx, mask=live & ok, other=0)
     tl.store(out_ptr + offs, val, mask=live)
     tl.atomic_add(bad_ptr, tl.sum((live & ~ok).to(tl.int32), axis=0))
+
+
+_INTERPRETED = bool(triton.knobs.runtime.interpret)  # what the decorators above saw
 
 
 # -- host wrappers ---------------------------------------------------------------------------

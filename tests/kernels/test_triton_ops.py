@@ -235,6 +235,29 @@ def test_shipped_tiny_gpt_graph_triton_equals_numpy_at_every_node() -> None:
     assert_graph_bit_exact(model, ids, LoweringOptions())
 
 
+def test_without_a_gpu_the_emulator_is_the_default() -> None:
+    """No TRITON_INTERPRET and no GPU: the triton backend still runs (emulated), same bits."""
+    import os
+    import subprocess
+    import sys
+
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present: the kernels compile natively")
+    code = (
+        "import numpy as np\n"
+        "from cerberus.kernels import int_matmul\n"
+        "from cerberus.kernels.triton_ops import interpreted\n"
+        "a = np.arange(-6, 6).reshape(1, 3, 4); w = np.arange(8).reshape(4, 2) - 3\n"
+        "assert interpreted() and np.array_equal(int_matmul(a, w), a @ w)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run([sys.executable, "-c", code], env=env, cwd=root,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
 def test_unknown_backend_is_refused() -> None:
     g = IntGraph([Node("input", "input", [], 0, 1)], "input", "input",
                  {"seq_len": 1, "d_model": 1})
