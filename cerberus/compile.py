@@ -257,6 +257,10 @@ def compile_model(
                        held_out)
         miner_graphs = {"blocks": graph}
         inputsets = {"blocks": list(encode(calib))}
+        if opts.fhe:
+            from cerberus.fhe.concrete_backend import check_widths
+
+            check_widths(graph, opts.max_lookup_bits)
     log.info("fidelity (%s partition) on %d held-out windows: %s", opts.partition,
              len(held_out), fid)
     fhe_stats = None

@@ -108,6 +108,26 @@ def to_function(graph: IntGraph) -> Callable:
     return circuit
 
 
+def check_widths(graph: IntGraph, max_lookup_bits: int) -> None:
+    """Refuse a graph whose encrypted products need lookups wider than allowed.
+
+    concrete multiplies two encrypted values with table lookups on their sum and
+    difference, one bit wider than the wider operand; every ``lut`` already rounds its
+    input to ``max_lookup_bits``, so products are the only place a width can be exceeded.
+    """
+    for n in graph.nodes:
+        if n.op not in ("mul", "matmul"):
+            continue
+        need = max(graph[i].bits for i in n.inputs) + 1
+        if need > max_lookup_bits:
+            raise CompileError(
+                f"node {n.name} ({n.op}) needs {need}-bit lookups for its encrypted product "
+                f"(operands of {graph[n.inputs[0]].bits} and {graph[n.inputs[1]].bits} bits), "
+                f"over --max-lookup-bits {max_lookup_bits}: use --bits {max_lookup_bits - 1} "
+                "or fewer, or the hybrid partition"
+            )
+
+
 def compile_circuit(
     graph: IntGraph,
     inputset: Iterable[np.ndarray],

@@ -90,3 +90,13 @@ def test_tiny_block_under_real_encryption() -> None:
     circuit.keygen()
     x = xs[0]
     assert np.array_equal(circuit.encrypt_run_decrypt(x), evaluate(graph, x[None])["output"][0])
+
+
+def test_products_wider_than_the_lookup_limit_are_refused() -> None:
+    from cerberus.errors import CompileError
+    from cerberus.fhe.concrete_backend import check_widths
+
+    graph, _ = tiny_graph("bert")  # 4-bit operands: products need 5-bit lookups
+    check_widths(graph, 6)
+    with pytest.raises(CompileError, match=r"node \S+ \((mul|matmul)\) needs \d+-bit"):
+        check_widths(graph, 4)
