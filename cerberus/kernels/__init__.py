@@ -12,6 +12,7 @@ from cerberus.kernels.triton_ops import (
     int32_bound,
     int32_fallbacks,
     int_matmul,
+    int_mul,
 )
 
 __all__ = [
@@ -22,4 +23,5 @@ __all__ = [
     "int32_bound",
     "int32_fallbacks",
     "int_matmul",
+    "int_mul",
 ]

@@ -6,6 +6,7 @@ tests run it many times, so its two hot ops get kernels:
 * :func:`int_matmul` — integer matmul with **int32** accumulation and an optional fused
   per-column ``mult``/``bias`` epilogue: the IR's ``linear`` (clear weights) and, with a
   batched right operand, the enc×enc ``matmul`` of attention.
+* :func:`int_mul` — the enc×enc elementwise ``mul`` (int32, same overflow proof).
 * :func:`fused_lookup` — the IR's ``lut`` in one pass: ``round_bit_pattern`` → subtract
   the offset → bounds-checked gather from the table.
 
@@ -125,6 +126,16 @@ def _fused_lookup_kernel(
 
 
 _INTERPRETED = bool(triton.knobs.runtime.interpret)  # what the decorators above saw
+
+
+@triton.jit
+def _int_mul_kernel(a_ptr, b_ptr, out_ptr, n_elements, BLOCK: tl.constexpr):
+    """out = a * b elementwise on int32 (the host has broadcast and proven no wrap)."""
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    live = offs < n_elements
+    a = tl.load(a_ptr + offs, mask=live, other=0)
+    b = tl.load(b_ptr + offs, mask=live, other=0)
+    tl.store(out_ptr + offs, a * b, mask=live)
 
 
 # -- host wrappers ---------------------------------------------------------------------------
@@ -250,6 +261,36 @@ def int_matmul(
     return c3.reshape(*lead, m, n).astype(np.int64)
 
 
+def int_mul(
+    a: np.ndarray, b: np.ndarray, *, a_absmax: int | None = None, b_absmax: int | None = None
+) -> np.ndarray:
+    """Elementwise ``a * b`` (NumPy broadcasting) on int32; returns int64 like the reference.
+
+    The IR's enc×enc ``mul``. Raises :class:`Int32Overflow` unless ``|a|max·|b|max`` (data,
+    or the larger ``*_absmax`` bounds) fits int32.
+    """
+    a = np.asarray(a)
+    b = np.asarray(b)
+    amax = max(_absmax(a), a_absmax or 0)
+    bmax = max(_absmax(b), b_absmax or 0)
+    if max(amax * bmax, amax, bmax) > INT32_MAX:
+        raise Int32Overflow(
+            f"int_mul: {a.shape} * {b.shape} (|a|max={amax}, |b|max={bmax}) can reach "
+            f"{amax * bmax} > 2**31-1: int32 would wrap"
+        )
+    shape = np.broadcast_shapes(a.shape, b.shape)
+    fa = np.ascontiguousarray(np.broadcast_to(a, shape), dtype=np.int32).reshape(-1)
+    fb = np.ascontiguousarray(np.broadcast_to(b, shape), dtype=np.int32).reshape(-1)
+    out = np.empty_like(fa)
+    if out.size:
+        dev = _to_device(fa, fb, out)
+        block = 1024 if interpreted() else 256
+        _int_mul_kernel[(triton.cdiv(out.size, block),)](dev[0], dev[1], dev[2], out.size,
+                                                          BLOCK=block)
+        out = _from_device(dev[2], out)
+    return out.reshape(shape).astype(np.int64)
+
+
 def fused_lookup(
     x: np.ndarray, lsbs: int, offset: int, table: np.ndarray, *, name: str = "lut"
 ) -> np.ndarray:
@@ -322,7 +363,7 @@ def _from_device(v: torch.Tensor, like: np.ndarray) -> np.ndarray:
 
 
 # -- dispatcher ----------------------------------------------------------------------------
-TRITON_OPS = ("linear", "lut", "matmul")
+TRITON_OPS = ("linear", "lut", "matmul", "mul")
 
 
 def _compiled_absmax(node: Node | None) -> int | None:
@@ -332,7 +373,7 @@ def _compiled_absmax(node: Node | None) -> int | None:
 def apply_op_triton(
     node: Node, args: list[np.ndarray], inputs: Sequence[Node | None] = ()
 ) -> np.ndarray:
-    """``cerberus.ir.apply_op`` with ``linear``/``lut``/``matmul`` on the Triton kernels.
+    """``cerberus.ir.apply_op`` with the ops in ``TRITON_OPS`` on the Triton kernels.
 
     ``inputs`` are the producer nodes of ``args``: their compiled ranges join the data's
     magnitudes in the int32 proof, so whether a node may use int32 is a property of the
@@ -349,6 +390,9 @@ def apply_op_triton(
         if node.op == "matmul":
             return int_matmul(args[0], args[1], a_absmax=_compiled_absmax(ins[0]),
                               b_absmax=_compiled_absmax(ins[1]))
+        if node.op == "mul":
+            return int_mul(args[0], args[1], a_absmax=_compiled_absmax(ins[0]),
+                           b_absmax=_compiled_absmax(ins[1]))
     except Int32Overflow as e:
         warnings.warn(Int32FallbackWarning(f"node {node.name} ({node.op}) uses int64: {e}"),
                       stacklevel=2)
@@ -361,13 +405,13 @@ def apply_op_triton(
 def int32_fallbacks(graph) -> dict[str, int]:
     """Nodes whose int32 accumulators could overflow within their compiled input ranges.
 
-    Static (no data): maps each such ``linear``/``matmul`` node to its worst-case bound.
+    Static (no data): maps each such ``linear``/``matmul``/``mul`` node to its worst-case bound.
     These are the nodes the ``triton`` backend evaluates with the NumPy int64 path.
     """
     shapes = graph.shapes()
     bad: dict[str, int] = {}
     for n in graph.nodes:
-        if n.op not in ("linear", "matmul"):
+        if n.op not in ("linear", "matmul", "mul"):
             continue
         amax = _compiled_absmax(graph[n.inputs[0]]) or 0
         if n.op == "linear":
@@ -376,8 +420,8 @@ def int32_fallbacks(graph) -> dict[str, int]:
             mult = _column(n.attrs.get("mult"), w.shape[1], "mult")
             bias = _column(n.attrs.get("bias"), w.shape[1], "bias")
             bound = int32_bound(amax, w, mult, bias)
-        else:
-            k = shapes[n.inputs[0]][-1]
+        else:  # enc×enc: K terms per output of a matmul, one for an elementwise mul
+            k = shapes[n.inputs[0]][-1] if n.op == "matmul" else 1
             bmax = _compiled_absmax(graph[n.inputs[1]]) or 0
             bound = max(amax * bmax * k, amax, bmax)
         if bound > INT32_MAX:

@@ -19,6 +19,7 @@ from cerberus.kernels import (
     fused_lookup,
     int32_fallbacks,
     int_matmul,
+    int_mul,
 )
 
 
@@ -124,6 +125,28 @@ def test_dispatcher_falls_back_to_int64_and_reports_the_node() -> None:
     with pytest.warns(Int32FallbackWarning, match="node big"):
         got = evaluate(g, x, backend="triton")["output"]
     assert np.array_equal(got, evaluate(g, x)["output"])
+
+
+@pytest.mark.parametrize("bits", [2, 8, 16])
+def test_elementwise_mul_matches_numpy_with_broadcasting_and_edges(bits: int) -> None:
+    """Random values plus ±qmax and −2**(b−1) in both operands, broadcast like attention."""
+    qmax = 2 ** (bits - 1) - 1
+    rng = np.random.default_rng(bits)
+    a = rng.integers(-qmax - 1, qmax + 1, (2, 3, 5, 4))
+    b = rng.integers(-qmax - 1, qmax + 1, (2, 1, 5, 1))
+    a[0, 0, 0] = [-qmax - 1, -qmax, qmax, 0]
+    b[0, 0, :, 0] = [-qmax - 1, qmax, -qmax, 1, -1]
+    node = Node("m", "mul", ["a", "b"], -(2**62), 2**62)
+    assert np.array_equal(int_mul(a, b), apply_op(node, [a, b]))
+    assert np.array_equal(int_mul(b, a), apply_op(node, [b, a]))
+
+
+def test_elementwise_mul_guard() -> None:
+    a = np.array([2**16, -3])
+    assert not np.array_equal(a.astype(np.int32) * a.astype(np.int32), a * a)  # would wrap
+    with pytest.raises(Int32Overflow, match="int_mul"):
+        int_mul(a, a)
+    assert np.array_equal(int_mul(np.array([46340]), np.array([-46340])), [-(46340**2)])
 
 
 # -- fused_lookup ------------------------------------------------------------------------------
