@@ -160,6 +160,12 @@ def to_markdown(res: dict[str, Any]) -> str:
     prof_np, prof_tr = last["op_profile_numpy_s"], last["op_profile_triton_s"]
     for op in sorted(prof_np, key=lambda o: -prof_tr[o]):
         lines.append(f"| {op} | {prof_np[op]:.4f} | {prof_tr[op]:.4f} |")
+    lines += [
+        "",
+        "Wall-clock times on a shared machine: other jobs on the same cores move absolute "
+        "numbers between runs (2.5× seen between two runs of this command on 2026-12-01); "
+        "the bit-exactness column and the order of magnitude are what to read.",
+    ]
     if "interpreter" in res["triton_mode"]:
         lines += [
             "",
