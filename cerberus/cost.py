@@ -28,10 +28,13 @@ T·h lookups; clear MACs 4·T·d·h (the head's q/k/v rows and its o columns).
 
 from __future__ import annotations
 
+import json
 import math
+import warnings
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 
 from cerberus.errors import CompileError
 from cerberus.frontends.canonical import TransformerConfig
@@ -69,7 +72,28 @@ class CostConstants:
         return asdict(self)
 
 
-DEFAULT_CONSTANTS = CostConstants()
+COST_TABLE = Path(__file__).with_name("cost_table.json")
+
+
+def load_constants(path: Path = COST_TABLE) -> CostConstants:
+    """Constants fitted by ``benchmarks/calibrate_cost.py`` (SPEC C3, issue 5), else defaults.
+
+    Why a fallback: squeezing must work on a checkout without a calibration table; a table
+    that exists but cannot be read is warned about rather than silently replaced.
+    """
+    if not path.exists():
+        return CostConstants()
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))["constants"]
+        names = {f.name for f in fields(CostConstants)}
+        return CostConstants(**{k: v for k, v in data.items() if k in names})
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        warnings.warn(f"{path}: unreadable cost table ({e}); using uncalibrated defaults",
+                      stacklevel=2)
+        return CostConstants()
+
+
+DEFAULT_CONSTANTS = load_constants()
 DEFAULT_ROUND_BITS = 8  # SPEC C6: no lookup wider than 8 bits by default
 
 
