@@ -64,3 +64,24 @@ def test_programs_simulate_like_the_ir(artefact) -> None:
     circuit = compile_circuit(part.graph, xs)
     for x in xs[:3]:
         assert np.array_equal(circuit.simulate(x), evaluate(part.graph, x[None])["output"][0])
+
+
+def test_keys_are_seeded_cached_and_sized(artefact, tmp_path) -> None:
+    cache = tmp_path / "keys"
+    first = FheClient(artefact.path / "fhe", key_cache=cache)
+    first.keygen(seed=11)
+    cached = sorted(p for p in cache.rglob("*") if p.is_file())
+    assert cached, "keygen must leave the keys in the on-disk cache"
+    again = FheClient(artefact.path / "fhe", key_cache=cache)
+    again.keygen(seed=11)
+    assert sorted(p for p in cache.rglob("*") if p.is_file()) == cached
+    name = "blocks.0.q"
+    assert again.evaluation_keys(name) == first.evaluation_keys(name)
+    assert first.key_bytes() == sum(len(first.evaluation_keys(n)) for n in artefact.parts)
+    # a result computed under the first client's keys decrypts with the cached copy
+    x = np.zeros((8, 64), dtype=np.int64)
+    x[0, :3] = [5, -7, 100]
+    out = FheServer(artefact.path / "fhe").run(name, first.encrypt(name, x),
+                                               first.evaluation_keys(name))
+    assert np.array_equal(again.decrypt(name, out), evaluate(artefact.parts[name].graph,
+                                                             x[None])["output"][0])
