@@ -41,6 +41,10 @@ The block (FHE_NOTES): 1-head self-attention, d_model 16, seq 4, q/k/v/out linea
 * Lookup widths 8/6/5/4: ``full`` compiles with ``bits = L − 1`` and
   ``max_lookup_bits = L`` (an encrypted product of two b-bit values needs a (b+1)-bit
   lookup); ``hybrid`` has no lookups, there L is the activation and weight bit-width.
+* ``--full-narrow L``: also try ``full`` with the residual stream/requantized activations
+  at L bits and weights at L − 1 (the compiler default is 12-bit wide values, whose
+  clear linears need 23-bit accumulators that concrete cannot fit). Off by default: at
+  L = 4 its FHE compile alone took 704 s here (5,420 PBS, 14-bit max, complexity 4.8e12).
 * Caps: each Cerberus configuration runs in a child process; a keygen longer than
   ``--keygen-cap`` seconds (default 300) or a compile longer than ``--compile-cap`` is
   killed and recorded as "skipped: too slow".
@@ -161,16 +165,26 @@ def cosine(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.mean(num / den))
 
 
-def compile_options(partition: str, lookup_bits: int, seq_len: int) -> CompileOptions:
-    """Lookup width L → compiler options (see the module docstring)."""
+def compile_options(partition: str, lookup_bits: int, seq_len: int,
+                    narrow: bool = False) -> CompileOptions:
+    """Lookup width L → compiler options (see the module docstring).
+
+    ``narrow`` (full partition only) also sets the residual stream and requantized
+    activations to L bits and the weights to L − 1 bits instead of the compiler's 12-bit
+    default, to shrink the clear linears' accumulators that concrete cannot fit.
+    """
     bits = lookup_bits - 1 if partition == "full" else lookup_bits
-    return CompileOptions(partition=partition, bits=bits, max_lookup_bits=lookup_bits,
+    opts = CompileOptions(partition=partition, bits=bits, max_lookup_bits=lookup_bits,
                           seq_len=seq_len, fhe=True, seed=0)
+    if narrow:
+        opts.wide_bits, opts.weight_bits = lookup_bits, lookup_bits - 1
+    return opts
 
 
 def measure_cerberus(model: CanonicalTransformer, partition: str, lookup_bits: int,
                      ids: torch.Tensor, n_fhe: int, workdir: Path,
-                     progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+                     progress: Callable[[str], None] | None = None,
+                     narrow: bool = False) -> dict[str, Any]:
     """Compile, keygen, encrypt-run-decrypt ``n_fhe`` sequences; fidelity on all of ``ids``.
 
     Returns timings, key size, PBS and cosines (simulator on every input, FHE on the first
@@ -183,10 +197,12 @@ def measure_cerberus(model: CanonicalTransformer, partition: str, lookup_bits: i
 
     step = progress or (lambda _s: None)
     ref = float_parts(model, ids)
-    opts = compile_options(partition, lookup_bits, ids.shape[1])
-    out = workdir / f"{partition}{lookup_bits}.cerb"
+    opts = compile_options(partition, lookup_bits, ids.shape[1], narrow)
+    out = workdir / f"{partition}{lookup_bits}{'n' if narrow else ''}.cerb"
     res: dict[str, Any] = {"partition": partition, "lookup_bits": lookup_bits,
-                           "bits": opts.bits, "max_lookup_bits": opts.max_lookup_bits}
+                           "narrow": narrow, "bits": opts.bits,
+                           "weight_bits": opts.weight_bits or opts.bits,
+                           "wide_bits": opts.wide_bits, "max_lookup_bits": opts.max_lookup_bits}
     step("compile")
     t0 = time.perf_counter()
     compile_model(model, out, opts, force=True)
@@ -285,21 +301,21 @@ def _child(args: argparse.Namespace) -> None:
         progress_file.write_text(json.dumps({"stage": stage, "since": time.time()}))
 
     res = measure_cerberus(make_model(spec), args.partition, args.lookup, input_ids(spec),
-                           args.n_fhe, work, progress)
+                           args.n_fhe, work, progress, narrow=args.narrow_child)
     (work / "result.json").write_text(json.dumps(res, indent=2))
 
 
 def run_capped(spec: BlockSpec, partition: str, lookup_bits: int, n_fhe: int,
-               caps: dict[str, float], workdir: Path) -> dict[str, Any]:
+               caps: dict[str, float], workdir: Path, narrow: bool = False) -> dict[str, Any]:
     """Run ``measure_cerberus`` in a child; kill it when a stage exceeds its cap."""
-    work = workdir / f"{partition}{lookup_bits}"
+    work = workdir / f"{partition}{lookup_bits}{'n' if narrow else ''}"
     work.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", "--partition", partition,
            "--lookup", str(lookup_bits), "--n-fhe", str(n_fhe), "--workdir", str(work),
-           "--spec", json.dumps(asdict(spec))]
+           "--spec", json.dumps(asdict(spec))] + (["--narrow-child"] if narrow else [])
     log = (work / "child.log").open("w")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
-    base = {"partition": partition, "lookup_bits": lookup_bits}
+    base = {"partition": partition, "lookup_bits": lookup_bits, "narrow": narrow}
     t_start = time.time()
     while proc.poll() is None:
         time.sleep(1.0)
@@ -361,8 +377,8 @@ def setup_cml_venv() -> None:
     """Create ``.venv-cml`` (concrete-ml without its torch 2.3.1/CUDA pins)."""
     pip = [str(CML_VENV / "bin" / "pip"), "install", "-q"]
     if not CML_PY.exists():
-        subprocess.run([sys.executable.replace(".venv/bin/python", "") or "python3", "-m",
-                        "venv", str(CML_VENV)], check=True)
+        base = getattr(sys, "_base_executable", None) or "python3"  # not the main venv's
+        subprocess.run([base, "-m", "venv", str(CML_VENV)], check=True)
     subprocess.run(pip + ["setuptools<80", "torch==2.13.0"], check=True)
     subprocess.run(pip + ["--no-deps", "concrete-ml==1.9.0"], check=True)
     subprocess.run(pip + CML_PACKAGES, check=True)
@@ -389,7 +405,7 @@ def verdict(cml: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {"baseline_s": base_s, "baseline_cosine": base_cos, "rows": []}
     for r in rows:
         entry = {"partition": r["partition"], "lookup_bits": r["lookup_bits"],
-                 "status": r["status"]}
+                 "narrow": r.get("narrow", False), "status": r["status"]}
         if r["status"] == "ok" and base_s and r.get("fhe_s_per_sample"):
             cos = r["cosine_simulator"]
             entry.update(speedup=base_s / r["fhe_s_per_sample"],
@@ -417,13 +433,13 @@ def markdown(cml: dict[str, Any], rows: list[dict[str, Any]], v: dict[str, Any],
         f"{_fmt(cml.get('pbs'))} | {_fmt(cml.get('max_bits'))} | "
         f"{_fmt(cml.get('cosine_simulate_vs_cerberus_float'), 4)} | "
         f"{_fmt(cml.get('cosine_fhe_vs_cerberus_float'), 4)} | 1 | {cml.get('status')} |")
-    by = {(e["partition"], e["lookup_bits"]): e for e in v["rows"]}
-    for r in rows:
-        e = by[(r["partition"], r["lookup_bits"])]
+    for r, e in zip(rows, v["rows"], strict=True):
         part = ("hybrid (interactive)" if r["partition"] == "hybrid"
                 else "full (non-interactive)")
         lb = (f"L{r['lookup_bits']} (bits {r.get('bits', '?')})" if r["partition"] == "full"
               else f"no lookups (bits {r.get('bits', r['lookup_bits'])})")
+        if r.get("narrow"):
+            lb += f", narrow: wide {r['lookup_bits']}, weights {r['lookup_bits'] - 1}"
         lines.append(
             f"| Cerberus | {part} | {lb} | {_fmt(r.get('compile_s'), 1)} | "
             f"{_fmt(r.get('keygen_s'), 2)} | {_fmt(r.get('eval_key_mb'), 1)} | "
@@ -457,7 +473,8 @@ def markdown(cml: dict[str, Any], rows: list[dict[str, Any]], v: dict[str, Any],
         f"{meta['spec']['seq_len']}, q/k/v/o linears; same seeded random weights, same "
         f"{meta['spec']['calib_windows']} calibration windows and the same "
         f"{meta['spec']['n_inputs']} input windows on both sides; encrypted samples: "
-        f"{meta['n_fhe']} per configuration. Cerberus compiles a pre-LN block with a zero "
+        f"{meta['n_fhe']} per Cerberus configuration, {meta.get('cml_n_fhe', '?')} for "
+        "concrete-ml. Cerberus compiles a pre-LN block with a zero "
         "MLP and is scored on its update block(x) − x = attn(LN(x)); concrete-ml receives "
         "LN(x) from the clear and computes only the attention (softmax as exp/sum). "
         "Cosine: mean per-sequence cosine vs the float block (the same reference for both "
@@ -466,7 +483,10 @@ def markdown(cml: dict[str, Any], rows: list[dict[str, Any]], v: dict[str, Any],
         "max-lookup-bits L. Caps: keygen "
         f"{meta['caps']['keygen']:.0f} s, compile {meta['caps']['compile']:.0f} s, run "
         f"{meta['caps']['run']:.0f} s. Total benchmark wall time "
-        f"{meta['wall_s'] / 60:.1f} min.\n\n"
+        f"{meta['wall_s'] / 60:.1f} min; 1-min load average "
+        f"{_fmt(meta.get('loadavg_start', [None])[0], 1)} at start, "
+        f"{_fmt(meta.get('loadavg_end', [None])[0], 1)} at end (the 2 cores are shared with "
+        "other jobs, so wall-clock times are noisy; PBS counts are not).\n\n"
         "Reproduce: `.venv/bin/python benchmarks/fhe_latency.py --setup` (once), then "
         "`.venv/bin/python benchmarks/fhe_latency.py`.")
     return table + "\n\n" + "\n".join(goal) + "\n\n" + notes
@@ -475,11 +495,16 @@ def markdown(cml: dict[str, Any], rows: list[dict[str, Any]], v: dict[str, Any],
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--setup", action="store_true", help="create .venv-cml and exit")
-    ap.add_argument("--n-fhe", type=int, default=2, help="encrypted samples per config")
-    ap.add_argument("--cml-n-fhe", type=int, default=None,
-                    help="encrypted samples for concrete-ml (default: --n-fhe)")
+    ap.add_argument("--n-fhe", type=int, default=4,
+                    help="encrypted samples per Cerberus configuration")
+    ap.add_argument("--cml-n-fhe", type=int, default=2,
+                    help="encrypted samples for concrete-ml (~150 s each)")
     ap.add_argument("--lookups", type=int, nargs="+", default=list(LOOKUPS))
     ap.add_argument("--partitions", nargs="+", default=["hybrid", "full"])
+    ap.add_argument("--full-narrow", type=int, nargs="*", default=[],
+                    help="lookup widths at which to also try the full partition with "
+                         "wide/weight bits narrowed to L/L-1 (slow: its FHE compile alone "
+                         "took 704 s at L=4 on the shared 2-core machine)")
     ap.add_argument("--keygen-cap", type=float, default=300.0)
     ap.add_argument("--compile-cap", type=float, default=420.0)
     ap.add_argument("--run-cap", type=float, default=600.0)
@@ -492,6 +517,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--lookup", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--workdir", help=argparse.SUPPRESS)
     ap.add_argument("--spec", help=argparse.SUPPRESS)
+    ap.add_argument("--narrow-child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.setup:
         setup_cml_venv()
@@ -503,7 +529,8 @@ def main(argv: list[str] | None = None) -> None:
     spec = BlockSpec()
     model = make_model(spec)
     caps = {"keygen": args.keygen_cap, "compile": args.compile_cap, "run": args.run_cap}
-    cml_n = args.n_fhe if args.cml_n_fhe is None else args.cml_n_fhe
+    cml_n = args.cml_n_fhe
+    load_start = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="fhe_latency_") as tmpd:
         tmp = Path(tmpd)
         cml: dict[str, Any] = {"status": "not run"}
@@ -520,10 +547,18 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"  {json.dumps({k: v for k, v in r.items() if k != 'fhe_s_all'})}",
                       flush=True)
                 rows.append(r)
+        if "full" in args.partitions:
+            for lb in args.full_narrow:
+                print(f"Cerberus full L={lb} narrow …", flush=True)
+                r = run_capped(spec, "full", lb, args.n_fhe, caps, tmp, narrow=True)
+                print(f"  {json.dumps({k: v for k, v in r.items() if k != 'fhe_s_all'})}",
+                      flush=True)
+                rows.append(r)
     v = verdict(cml, rows)
     meta = {"spec": asdict(spec), "n_fhe": args.n_fhe, "cml_n_fhe": cml_n, "caps": caps,
             "wall_s": time.time() - t_all, "cml_venv_torch": cml.get("torch"),
-            "main_torch": torch.__version__, "omp_threads": os.environ.get("OMP_NUM_THREADS")}
+            "main_torch": torch.__version__, "omp_threads": os.environ.get("OMP_NUM_THREADS"),
+            "loadavg_start": load_start, "loadavg_end": os.getloadavg()}
     md = markdown(cml, rows, v, meta)
     print(md)
     if not args.no_write:
