@@ -228,11 +228,11 @@ def measure_cerberus(model: CanonicalTransformer, partition: str, lookup_bits: i
     keys = {n: fhe.EvaluationKeys.deserialize(v) for n, v in key_bytes.items()}
     res["key_deserialize_s"] = time.perf_counter() - t0
     fhe_s = {"encrypt": 0.0, "run": 0.0, "decrypt": 0.0}
-    round_trips = 0
+    round_trips, wire_bytes = 0, 0
 
     def miner(name: str, x: np.ndarray) -> np.ndarray:
         """Client encrypts → server runs (keys already held) → client decrypts."""
-        nonlocal round_trips
+        nonlocal round_trips, wire_bytes
         round_trips += 1
         t = time.perf_counter()
         ct = client.encrypt(name, x)
@@ -241,6 +241,7 @@ def measure_cerberus(model: CanonicalTransformer, partition: str, lookup_bits: i
         blob = reply.serialize()
         t2 = time.perf_counter()
         y = client.decrypt(name, blob)
+        wire_bytes += len(ct) + len(blob)
         fhe_s["encrypt"] += t1 - t
         fhe_s["run"] += t2 - t1
         fhe_s["decrypt"] += time.perf_counter() - t2
@@ -276,6 +277,7 @@ def measure_cerberus(model: CanonicalTransformer, partition: str, lookup_bits: i
             secs.append(time.perf_counter() - t0)
     res["n_fhe_samples"] = n_fhe
     res["round_trips_per_sample"] = round_trips // max(n_fhe, 1)
+    res["ciphertext_mb_per_sample"] = wire_bytes / max(n_fhe, 1) / 1e6  # up + down
     res["cosine_simulator"] = cosine(sim, ref["attn"])
     if n_fhe:
         enc = np.stack(outs)
@@ -423,13 +425,13 @@ def verdict(cml: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, Any]:
 def markdown(cml: dict[str, Any], rows: list[dict[str, Any]], v: dict[str, Any],
              meta: dict[str, Any]) -> str:
     head = ("| side | partition | lookup / bits | compile s | keygen s | eval keys MB | "
-            "FHE s/sample | PBS | max int bits | cosine (sim, all) | cosine (FHE) | "
-            "latency ratio ours/cml | status |\n|" + "---|" * 13)
+            "FHE s/sample | round trips (ciphertext MB) | PBS | max int bits | cosine (sim, all) | "
+            "cosine (FHE) | latency ratio ours/cml | status |\n|" + "---|" * 14)
     lines = [head]
     lines.append(
         f"| concrete-ml 1.9.0 | whole block, non-interactive | n_bits 4, rtb 6 | "
         f"{_fmt(cml.get('compile_s'), 1)} | {_fmt(cml.get('keygen_s'), 1)} | "
-        f"{_fmt(cml.get('eval_key_mb'), 0)} | {_fmt(cml.get('fhe_s_per_sample'))} | "
+        f"{_fmt(cml.get('eval_key_mb'), 0)} | {_fmt(cml.get('fhe_s_per_sample'))} | 1 | "
         f"{_fmt(cml.get('pbs'))} | {_fmt(cml.get('max_bits'))} | "
         f"{_fmt(cml.get('cosine_simulate_vs_cerberus_float'), 4)} | "
         f"{_fmt(cml.get('cosine_fhe_vs_cerberus_float'), 4)} | 1 | {cml.get('status')} |")
@@ -443,7 +445,8 @@ def markdown(cml: dict[str, Any], rows: list[dict[str, Any]], v: dict[str, Any],
         lines.append(
             f"| Cerberus | {part} | {lb} | {_fmt(r.get('compile_s'), 1)} | "
             f"{_fmt(r.get('keygen_s'), 2)} | {_fmt(r.get('eval_key_mb'), 1)} | "
-            f"{_fmt(r.get('fhe_s_per_sample'), 3)} | {_fmt(r.get('pbs'))} | "
+            f"{_fmt(r.get('fhe_s_per_sample'), 3)} | {_fmt(r.get('round_trips_per_sample'))}"
+            f" ({_fmt(r.get('ciphertext_mb_per_sample'), 2)}) | {_fmt(r.get('pbs'))} | "
             f"{_fmt(r.get('max_bits'))} | {_fmt(r.get('cosine_simulator'), 4)} | "
             f"{_fmt(r.get('cosine_fhe'), 4)} | {_fmt(e.get('latency_ratio'), 5)} | "
             f"{r['status']} |")
