@@ -335,6 +335,9 @@ def fit(records: Sequence[dict[str, Any]], ref_bits: int = REF_BITS,
             if extra > 0:
                 r["round_pbs_s"] = (r[time_key] - r["n"] * pbs_s(r["width"])) / extra
                 rel.append(r["round_pbs_s"] / pbs_s(r["width"]))
+        for r in rounds:  # the proposed formula, priced at the lookup width
+            r["proposed_s"] = r["n"] * (b0 + b1 * r["lsbs"]) * pbs_s(r["width"])
+            r["ratio_proposed"] = r[time_key] / r["proposed_s"]
         out["rounding"] = {
             "pbs_per_element_intercept": b0,
             "pbs_per_removed_lsb": b1,
@@ -447,6 +450,11 @@ def render(result: dict[str, Any]) -> str:
             f"{ratio} | {r.get('load_avg_1min', float('nan')):.1f} | "
             f"{'yes' if r['matches_clear'] else 'NO'} |"
         )
+    summary = result.get("prediction_summary") or prediction_summary(result["records"])
+    lines += ["", "How well the fitted model predicts (measured/predicted CPU s per group):", "",
+              "| group | points | median | min | max | RMS log |", "|---|---|---|---|---|---|"]
+    lines += [f"| {g} | {v['points']} | {v['median']:.2f} | {v['min']:.2f} | {v['max']:.2f} | "
+              f"{v['rms_log']:.2f} |" for g, v in summary.items()]
     prods = [r for r in result["records"] if "effective_bits" in r]
     if prods:
         lines += ["", "Products — effective lookup width from the fitted law:", ""]
@@ -457,7 +465,7 @@ def render(result: dict[str, Any]) -> str:
 
 def table_payload(result: dict[str, Any]) -> dict[str, Any]:
     """What ships in cerberus/cost_table.json: constants plus provenance and residuals."""
-    m = machine()
+    m = result.get("measured_on") or machine()
     return {
         "constants": {
             **result["constants"],
@@ -477,6 +485,32 @@ def table_payload(result: dict[str, Any]) -> dict[str, Any]:
         "run_overhead_s": result["run_overhead_s"],
         "extra_bits_by_kind": result.get("extra_bits_by_kind"),
         "ratios": {r["label"]: r["ratio"] for r in result["records"]},
+        "prediction_summary": result.get("prediction_summary"),
+    }
+
+
+def _group(r: dict[str, Any]) -> str:
+    if r["kind"] == "lookup":
+        if not r["lsbs"]:
+            return "plain lookups"
+        return "approximate rounding + lookup" if r.get("approx") else "exact rounding + lookup"
+    return {"mul": "enc×enc products", "matmul": "enc×enc products"}.get(r["kind"],
+                                                                       "clear MACs / adds")
+
+
+def prediction_summary(records: Sequence[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Measured/predicted ratios per group of grid points: how far to trust the model."""
+    groups: dict[str, list[float]] = {}
+    for r in records:
+        if r.get("ratio"):
+            groups.setdefault(_group(r), []).append(r["ratio"])
+        if r.get("ratio_proposed"):
+            groups.setdefault(_group(r) + ", proposed (b0 + b1·lsbs)·pbs_s(w)", []).append(
+                r["ratio_proposed"])
+    return {
+        g: {"points": len(v), "median": statistics.median(v), "min": min(v), "max": max(v),
+            "rms_log": math.sqrt(sum(math.log(x) ** 2 for x in v) / len(v))}
+        for g, v in groups.items()
     }
 
 
@@ -484,34 +518,48 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="widths 3–6, one size (a few minutes)")
     ap.add_argument("--runs", type=int, default=3, help="timed runs per circuit (median)")
-    ap.add_argument("--no-table", action="store_true", help="do not write cost_table.json")
+    ap.add_argument("--table", type=Path, default=TABLE_PATH,
+                    help="where to write the fitted table (default: the package's)")
+    ap.add_argument("--no-table", action="store_true", help="do not write the fitted table")
+    ap.add_argument("--from-json", type=Path, default=None, metavar="RESULTS",
+                    help="refit and re-render the records of an earlier run, measuring nothing")
     args = ap.parse_args(argv)
-    import concrete.fhe as fhe_mod
+    if args.from_json is not None:
+        old = json.loads(args.from_json.read_text(encoding="utf-8"))
+        result = fit(old["records"])
+        result.update({k: old[k] for k in ("command", "runtime_s", "concrete_python", "quick",
+                                           "grid")})
+        result["measured_on"] = old.get("measured_on") or old.get("machine")
+    else:
+        import concrete.fhe as fhe_mod
 
-    version = getattr(fhe_mod, "__version__", None)
-    if version is None:
-        from importlib.metadata import version as _v
+        version = getattr(fhe_mod, "__version__", None)
+        if version is None:
+            from importlib.metadata import version as _v
 
-        version = _v("concrete-python")
-    start = time.perf_counter()
-    records = []
-    for spec in grid(args.quick):
-        rec = measure(spec, runs=args.runs)
-        records.append(rec)
-        print(f"{rec['label']:<28} PBS {rec['pbs']:>4}  keygen {rec['keygen_s']:6.1f} s  "
-              f"run {rec['run_s']:7.3f} s  load {os.getloadavg()[0]:.1f}", flush=True)
-    result = fit(records)
-    result.update(
-        command="python -m benchmarks.calibrate_cost" + (" --quick" if args.quick else ""),
-        runtime_s=time.perf_counter() - start,
-        concrete_python=version,
-        quick=args.quick,
-        grid=[asdict(s) for s in grid(args.quick)],
-    )
+            version = _v("concrete-python")
+        start = time.perf_counter()
+        records = []
+        for spec in grid(args.quick):
+            rec = measure(spec, runs=args.runs)
+            records.append(rec)
+            print(f"{rec['label']:<28} PBS {rec['pbs']:>4}  keygen {rec['keygen_s']:6.1f} s  "
+                  f"run {rec['run_s']:7.3f} s  load {os.getloadavg()[0]:.1f}", flush=True)
+        result = fit(records)
+        result.update(
+            command="python -m benchmarks.calibrate_cost" + (" --quick" if args.quick else ""),
+            runtime_s=time.perf_counter() - start,
+            concrete_python=version,
+            quick=args.quick,
+            grid=[asdict(s) for s in grid(args.quick)],
+            measured_on=machine(),
+        )
+    result["prediction_summary"] = prediction_summary(result["records"])
     write_json(KEY, result)
     write_section(KEY, "FHE cost-model calibration (SPEC C3, issue #5)", render(result))
     if not args.no_table:
-        TABLE_PATH.write_text(json.dumps(table_payload(result), indent=2) + "\n", encoding="utf-8")
+        args.table.write_text(json.dumps(table_payload(result), indent=2) + "\n",
+                              encoding="utf-8")
     print(render(result))
     return 0
 

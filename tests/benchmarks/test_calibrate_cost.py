@@ -80,6 +80,12 @@ def test_fit_recovers_known_constants_from_an_exact_table():
         if r["kind"] in ("lookup", "mul") and not r["lsbs"]:
             assert r["ratio"] == pytest.approx(1.0, rel=1e-3), r["label"]
     # rounding PBS are not priced by the model: the ratio exposes exactly the missing PBS
+    for r in out["records"]:  # the proposed rounding formula is exact on exact data
+        if r["lsbs"] and not r["approx"]:
+            assert r["ratio_proposed"] == pytest.approx(1.0)
+    summary = cc.prediction_summary(out["records"])
+    assert summary["plain lookups"]["points"] == 6
+    assert summary["plain lookups"]["rms_log"] == pytest.approx(0.0, abs=1e-6)
     assert out["rounding"]["approximate"]["pbs_per_element"] == 1
     assert out["rounding"]["approximate"]["pbs_rel_price"] == pytest.approx(1.5)
     for r in out["records"]:
