@@ -410,7 +410,9 @@ def squeeze(
                 f"budget C_max={budget:.6g} s is too small to keep one head: the cheapest head "
                 f"costs {cheapest:.6g} s on top of {fixed:.6g} s for the rest of the model"
             )
-        head_budget = budget - fixed
+        # a relative 1e-12 of slack: a budget computed as "total − k heads" must admit
+        # those heads despite float rounding in the sums
+        head_budget = (budget - fixed) * (1 + 1e-12)
     mags = head_magnitudes(model) if strategy == "magnitude" else None
     kept, solver = _select(
         scores, costs, theta=theta, budget=head_budget, strategy=strategy, seed=seed,

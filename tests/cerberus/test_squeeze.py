@@ -287,7 +287,7 @@ def test_bert_squeeze_with_distortion_scores(bert):
     sig = head_significance(bert, batches, method="fisher")
     budget = model_cost(bert.cfg, 16, BITS).total - 5 * head_cost(bert.cfg, 16, BITS).total
     pruned, rep = squeeze(bert, sig, budget=budget, seq_len=16, bits=BITS)
-    assert rep.cost_after_s <= budget and sum(map(len, rep.heads_kept)) == 3
+    assert rep.cost_after_s <= budget * (1 + 1e-9) and sum(map(len, rep.heads_kept)) == 3
     with torch.no_grad():
         assert torch.allclose(
             pruned(batches[0]), _gated_reference(bert, rep.heads_kept)(batches[0]), atol=1e-5
