@@ -56,6 +56,24 @@ def artefact_hash(folder: Path) -> str:
     return h.hexdigest()
 
 
+def adaptive_preprocess(x: np.ndarray, params: dict) -> np.ndarray:
+    """The client's paper-§5 adaptive quantization of embeddings, one token per sample."""
+    from cerberus.passes.quantize import adaptive_dynamic_quantize
+
+    flat = np.asarray(x, dtype=np.float64).reshape(-1, x.shape[-1])
+    return adaptive_dynamic_quantize(flat, **params).x_hat.reshape(x.shape)
+
+
+def adaptive_torch(params: dict):
+    """``adaptive_preprocess`` on torch tensors (for the hybrid client's embeddings)."""
+
+    def prep(x: torch.Tensor) -> torch.Tensor:
+        out = adaptive_preprocess(x.detach().double().numpy(), params)
+        return torch.tensor(out, dtype=x.dtype)
+
+    return prep
+
+
 @dataclass
 class Artefact:
     """A loaded artefact: enough to run the integer model in the clear (the simulator)."""
@@ -77,12 +95,9 @@ class Artefact:
         meta = self.graph.meta
         with torch.no_grad():
             x = self.model.embed(input_ids).double().numpy()
-        if self.manifest["quantization"].get("adaptive"):
-            from cerberus.passes.quantize import adaptive_dynamic_quantize
-
-            flat = x.reshape(-1, x.shape[-1])
-            x = adaptive_dynamic_quantize(flat, **self.manifest["quantization"]["adaptive_params"]
-                                          ).x_hat.reshape(x.shape)
+        quant = self.manifest["quantization"]
+        if quant.get("adaptive"):
+            x = adaptive_preprocess(x, quant["adaptive_params"])
         top = 2 ** (int(meta["input_bits"]) - 1) - 1
         return np.clip(np.floor(x / meta["input_scale"] + 0.5), -top, top).astype(np.int64)
 
@@ -105,11 +120,8 @@ class Artefact:
         if self.parts is not None:
             from cerberus.hybrid import hybrid_model
 
-            prep = None
-            if self.manifest["quantization"].get("adaptive"):
-                from cerberus.compile import _adaptive_torch
-
-                prep = _adaptive_torch(self.manifest["quantization"]["adaptive_params"])
+            quant = self.manifest["quantization"]
+            prep = adaptive_torch(quant["adaptive_params"]) if quant.get("adaptive") else None
             with torch.no_grad():
                 return hybrid_model(self.model, self.parts, prep)(input_ids)
         return self.decode_output(self.run_graph(self.encode_input(input_ids)))

@@ -29,7 +29,13 @@ import torch
 from torch import nn
 
 from cerberus import __version__
-from cerberus.artefact import Artefact, load_artefact, write_artefact
+from cerberus.artefact import (
+    Artefact,
+    adaptive_preprocess,
+    adaptive_torch,
+    load_artefact,
+    write_artefact,
+)
 from cerberus.calibration import calibration_batches, random_batches
 from cerberus.errors import CompileError
 from cerberus.frontends.canonical import CanonicalTransformer
@@ -219,12 +225,7 @@ def compile_model(
     def embedded(m: CanonicalTransformer, ids: torch.Tensor) -> np.ndarray:
         with torch.no_grad():
             x = m.embed(ids).double().numpy()
-        if opts.adaptive:
-            from cerberus.passes.quantize import adaptive_dynamic_quantize
-
-            x = adaptive_dynamic_quantize(x.reshape(-1, x.shape[-1]), **adaptive_params
-                                          ).x_hat.reshape(x.shape)
-        return x
+        return adaptive_preprocess(x, adaptive_params) if opts.adaptive else x
 
     naive = lower_blocks(squeezed, embedded(squeezed, calib), replace(lowering, fuse=False))
     graph, chains = compose_luts(lower_blocks(folded, embedded(folded, calib), lowering))
@@ -235,15 +236,14 @@ def compile_model(
              fuse_report.before["lookups"], fuse_report.after["lookups"],
              fuse_report.after["max_lookup_bits"])
 
-    def encode(ids: torch.Tensor) -> np.ndarray:
-        top = 2 ** (int(graph.meta["input_bits"]) - 1) - 1
-        x = embedded(folded, ids) / graph.meta["input_scale"]
-        return np.clip(np.floor(x + 0.5), -top, top).astype(np.int64)
-
+    # the client's side of the split, exactly as a loaded artefact will run it
+    client = Artefact(Path("."), {"quantization": {"adaptive": opts.adaptive,
+                                                   "adaptive_params": adaptive_params}},
+                      graph, folded, None)
     extra: dict[str, Callable[[Path], object]] = {}
     if opts.partition == "hybrid":
         parts = lower_hybrid(folded, cal_batches, opts.bits, opts.weight_bits or opts.bits)
-        prep = _adaptive_torch(adaptive_params) if opts.adaptive else None
+        prep = adaptive_torch(adaptive_params) if opts.adaptive else None
         fid = fidelity(model, hybrid_model(folded, parts, prep), held_out)
         extra["hybrid"] = lambda p: [part.save(p / name) for name, part in parts.items()]
         miner_graphs = {name: part.graph for name, part in parts.items()}
@@ -252,11 +252,9 @@ def compile_model(
             with torch.no_grad():
                 hybrid_model(folded, parts, prep, record=inputsets)(calib)
     else:
-        art = Artefact(Path("."), {"quantization": {}}, graph, folded, None)
-        fid = fidelity(model, lambda ids: art.decode_output(art.run_graph(encode(ids))),
-                       held_out)
+        fid = fidelity(model, client.logits, held_out)
         miner_graphs = {"blocks": graph}
-        inputsets = {"blocks": list(encode(calib))}
+        inputsets = {"blocks": list(client.encode_input(calib))}
         if opts.fhe:
             from cerberus.fhe.concrete_backend import check_widths
 
@@ -315,17 +313,6 @@ def _partition(mode: str, model: CanonicalTransformer) -> dict:
                for n in (("q", "k", "v", "o") if b.n_kept else ()) + ("fc1", "fc2")]
     return {"mode": mode, "client": client + ["layer norms", "softmax", "GELU", "residuals"],
             "miner": linears}
-
-
-def _adaptive_torch(params: dict) -> Callable[[torch.Tensor], torch.Tensor]:
-    from cerberus.passes.quantize import adaptive_dynamic_quantize
-
-    def prep(x: torch.Tensor) -> torch.Tensor:
-        flat = x.detach().double().reshape(-1, x.shape[-1]).numpy()
-        out = adaptive_dynamic_quantize(flat, **params).x_hat.reshape(tuple(x.shape))
-        return torch.tensor(out, dtype=x.dtype)
-
-    return prep
 
 
 __all__ = ["CompileOptions", "compile_model", "load_artefact", "load_source"]

@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -113,3 +114,23 @@ def test_compile_from_onnx_and_from_module(tmp_path, tiny_bert) -> None:
     _, _, m2 = compile_model(tiny_bert, tmp_path / "mod.cerb", CompileOptions(seq_len=8))
     assert m2["source"]["kind"] == "module"
     assert load_artefact(out).graph.digest() == load_artefact(tmp_path / "mod.cerb").graph.digest()
+
+
+def test_adaptive_quantization_is_applied_by_the_loaded_client(tmp_path) -> None:
+    """--adaptive (paper §5) preprocesses the client's embeddings, also after reloading."""
+    opts = dict(seq_len=8, partition="full")
+    plain, _, _ = compile_model(MODEL, tmp_path / "p.cerb", CompileOptions(**opts))
+    adapt, _, m = compile_model(MODEL, tmp_path / "a.cerb", CompileOptions(adaptive=True, **opts))
+    assert m["quantization"]["adaptive"] is True
+    ids = torch.randint(0, 512, (2, 8), generator=torch.Generator().manual_seed(0))
+    a, p = load_artefact(adapt), load_artefact(plain)
+    with torch.no_grad():
+        raw = a.model.embed(ids).double().numpy()
+    from cerberus.artefact import adaptive_preprocess
+
+    pre = adaptive_preprocess(raw, m["quantization"]["adaptive_params"])
+    assert not np.allclose(pre, raw)
+    top = 2 ** (a.graph.meta["input_bits"] - 1) - 1
+    expected = np.clip(np.floor(pre / a.graph.meta["input_scale"] + 0.5), -top, top)
+    assert np.array_equal(a.encode_input(ids), expected)
+    assert torch.isfinite(a.logits(ids)).all() and torch.isfinite(p.logits(ids)).all()
