@@ -584,6 +584,10 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true",
                    help="fewer windows, seeds and QAT steps, 8 bits only in the ablation")
+    p.add_argument("--thorough", action="store_true",
+                   help="every default of BenchConfig: both partitions in the ablation, 3 "
+                        "calibration seeds per selection, all held-out windows (~145 compiles; "
+                        "minutes on an idle machine, far longer on a busy one)")
     p.add_argument("--from-json", type=Path, metavar="FILE",
                    help="only re-render the RESULTS.md section from a saved results file "
                         "(e.g. one measured in a clean checkout of the committed code)")
@@ -597,9 +601,11 @@ def main(argv: list[str] | None = None) -> None:
         res["ablation_summary"] = summarize(res["ablation"])  # derived: follow this code
         res["verdicts"] = verdicts(res["ablation_summary"])
     else:
-        res = run(BenchConfig.quick() if args.quick else BenchConfig.full())
+        cfg = (BenchConfig.quick() if args.quick else BenchConfig() if args.thorough
+               else BenchConfig.full())
+        res = run(cfg)
         res["command"] = ".venv/bin/python benchmarks/squeeze_fidelity.py" + (
-            " --quick" if args.quick else "")
+            " --quick" if args.quick else " --thorough" if args.thorough else "")
         res["measured_at_commit"] = machine()["commit"]
     write_json(KEY, res)
     markdown = to_markdown(res, res["command"])
