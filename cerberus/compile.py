@@ -41,6 +41,7 @@ from cerberus.errors import CompileError
 from cerberus.frontends.canonical import CanonicalTransformer
 from cerberus.frontends.huggingface import from_hf_module, load_pretrained
 from cerberus.hybrid import hybrid_model, lower_hybrid
+from cerberus.ir import RangeOverflow
 from cerberus.lower import LoweringOptions, lower_blocks
 from cerberus.passes.fuse import compose_luts, fold_affine, graph_stats
 from cerberus.passes.quantize import check_bits
@@ -161,15 +162,39 @@ def fidelity(reference: CanonicalTransformer, logits: Callable[[torch.Tensor], t
 
     ``reference`` is the model as loaded, before squeezing and QAT, so every pass's loss is
     counted: top-1 next-token agreement for LMs, mean cosine of the outputs for encoders.
+    A window whose values leave a compiled range (the circuit would compute garbage) is
+    counted and named in the report instead of aborting the compilation.
     """
+    overflows: dict[str, int] = {}
     with torch.no_grad():
-        got = logits(ids)
-        ref = reference(ids)
+        try:
+            got, kept = logits(ids), ids
+        except RangeOverflow:
+            rows = []
+            for window in ids.split(1):
+                try:
+                    rows.append((window, logits(window)))
+                except RangeOverflow as e:
+                    node = str(e).split(" ")[1]
+                    overflows[node] = overflows.get(node, 0) + 1
+            if not rows:
+                raise CompileError("every held-out window overflowed the compiled ranges "
+                                   f"({overflows}); calibrate on more data") from None
+            kept = torch.cat([w for w, _ in rows])
+            got = torch.cat([g for _, g in rows])
+        ref = reference(kept)
+    if overflows:
+        log.warning("%d held-out windows left a compiled range (nodes %s): those inputs would "
+                    "give wrong results under FHE", sum(overflows.values()), sorted(overflows))
     if reference.lm_head is not None:
         agree = float((got.argmax(-1) == ref.argmax(-1)).float().mean())
-        return {"top1_agreement": round(agree, 4), "tokens": int(ids.numel())}
-    cos = torch.nn.functional.cosine_similarity(got.flatten(1), ref.flatten(1), dim=-1)
-    return {"cosine": round(float(cos.mean()), 4), "sequences": int(ids.shape[0])}
+        out = {"top1_agreement": round(agree, 4), "tokens": int(kept.numel())}
+    else:
+        cos = torch.nn.functional.cosine_similarity(got.flatten(1), ref.flatten(1), dim=-1)
+        out = {"cosine": round(float(cos.mean()), 4), "sequences": int(kept.shape[0])}
+    if overflows:
+        out["overflowed_windows"] = overflows
+    return out
 
 
 def compile_model(

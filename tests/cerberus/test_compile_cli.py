@@ -134,3 +134,20 @@ def test_adaptive_quantization_is_applied_by_the_loaded_client(tmp_path) -> None
     expected = np.clip(np.floor(pre / a.graph.meta["input_scale"] + 0.5), -top, top)
     assert np.array_equal(a.encode_input(ids), expected)
     assert torch.isfinite(a.logits(ids)).all() and torch.isfinite(p.logits(ids)).all()
+
+
+def test_fidelity_counts_overflowing_windows_instead_of_failing(tiny_gpt) -> None:
+    from cerberus.compile import fidelity
+    from cerberus.ir import RangeOverflow
+
+    model, _ = tiny_gpt
+    ids = torch.randint(0, 512, (4, 8), generator=torch.Generator().manual_seed(3))
+
+    def logits(batch: torch.Tensor) -> torch.Tensor:
+        if (batch[:, 0] == ids[1, 0]).any():
+            raise RangeOverflow("node l0.x (sum): value range 0..9 leaves its compiled range")
+        return model(batch)
+
+    report = fidelity(model, logits, ids)
+    assert report["overflowed_windows"] == {"l0.x": 1}
+    assert report["tokens"] == 3 * 8 and report["top1_agreement"] == 1.0
