@@ -75,7 +75,8 @@ def main(tmp: Path) -> None:
     try:
         qm = compile_torch_model(model, inputset, n_bits=n_bits, rounding_threshold_bits=rtb)
     except Exception as e:  # noqa: BLE001 — NoParametersFound etc. are results, not crashes
-        res.update(status=f"compile failed: {type(e).__name__}: {str(e).splitlines()[0][:200]}",
+        first = (str(e).splitlines() or [""])[0][:200]
+        res.update(status=f"compile failed: {type(e).__name__}: {first}",
                    compile_s=time.perf_counter() - t0)
         (tmp / "cml.json").write_text(json.dumps(res, indent=2))
         return

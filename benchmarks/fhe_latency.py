@@ -19,9 +19,11 @@ The block (FHE_NOTES): 1-head self-attention, d_model 16, seq 4, q/k/v/out linea
   ``z = LN(x)`` computed in the clear, so both compute the same attention on the same
   values with the same weights. This is conservative for us: our circuit also does the
   LayerNorm, the residual adds and the (zero) MLP that concrete-ml's circuit does not.
-* Weights: PyTorch's default ``nn.Linear`` init (seed 0) with q and k scaled ×2 so the
-  attention is not near-uniform; token and position embeddings N(0, 1). No training: there
-  is no task for a random block, and both sides see the same weights.
+* Weights: PyTorch's default ``nn.Linear`` init (seed 0); token and position embeddings
+  N(0, 1). No training: there is no task for a random block, and both sides see the same
+  weights. We first scaled q and k ×2 (``qk_gain``) for peakier attention, but then
+  concrete-ml's calibration fails (an exp-sum divider quantizes to 0: AssertionError in
+  ``QuantizedDiv.calibrate``), so the baseline runs at the default init, where it compiles.
 * Calibration: the same 48 random token windows (``random_batches`` seed 0) that
   ``compile_model`` uses; concrete-ml gets their ``LN(embed(·))`` as its inputset.
   Benchmark inputs: 32 other random windows (seed 1234).
@@ -110,7 +112,7 @@ class BlockSpec:
     seq_len: int = 4
     vocab: int = 64
     d_ff: int = 4
-    qk_gain: float = 2.0
+    qk_gain: float = 1.0
     seed: int = 0
     calib_windows: int = 48
     n_inputs: int = 32
@@ -361,7 +363,9 @@ def run_cml(spec: BlockSpec, model: CanonicalTransformer, n_fhe: int, tmp: Path,
         return {"status": f"skipped: concrete-ml side over {timeout_s:.0f} s"}
     (tmp / "cml.log").write_text(proc.stdout + proc.stderr)
     if not (tmp / "cml.json").exists():
-        return {"status": f"failed: {(proc.stderr.strip().splitlines() or ['?'])[-1][:300]}"}
+        last = (proc.stderr.strip().splitlines() or ["?"])[-1][:300]
+        return {"status": f"failed: exit code {proc.returncode} (-9: killed, e.g. out of "
+                          f"memory); last stderr line: {last}", "elapsed_s": time.time() - t0}
     res = json.loads((tmp / "cml.json").read_text())
     res["elapsed_s"] = time.time() - t0
     if (tmp / "cml.npz").exists():  # fidelity against our float reference, not only its own
@@ -402,7 +406,7 @@ def _fmt(v: Any, nd: int = 2) -> str:
 
 def verdict(cml: dict[str, Any], rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Per configuration: speedup vs concrete-ml, fidelity ≥ concrete-ml's, goal met."""
-    base_s = cml.get("fhe_s_per_sample")
+    base_s = cml.get("fhe_s_per_sample") or cml.get("fhe_s_per_sample_from_notes")
     base_cos = cml.get("cosine_simulate_vs_cerberus_float")
     out: dict[str, Any] = {"baseline_s": base_s, "baseline_cosine": base_cos, "rows": []}
     for r in rows:
@@ -428,10 +432,13 @@ def markdown(cml: dict[str, Any], rows: list[dict[str, Any]], v: dict[str, Any],
             "FHE s/sample | round trips (ciphertext MB) | PBS | max int bits | cosine (sim, all) | "
             "cosine (FHE) | latency ratio ours/cml | status |\n|" + "---|" * 14)
     lines = [head]
+    cml_s = _fmt(cml.get("fhe_s_per_sample"))
+    if not cml.get("fhe_s_per_sample") and cml.get("fhe_s_per_sample_from_notes"):
+        cml_s = f"{_fmt(cml['fhe_s_per_sample_from_notes'])} (FHE_NOTES, not this run)"
     lines.append(
         f"| concrete-ml 1.9.0 | whole block, non-interactive | n_bits 4, rtb 6 | "
         f"{_fmt(cml.get('compile_s'), 1)} | {_fmt(cml.get('keygen_s'), 1)} | "
-        f"{_fmt(cml.get('eval_key_mb'), 0)} | {_fmt(cml.get('fhe_s_per_sample'))} | 1 | "
+        f"{_fmt(cml.get('eval_key_mb'), 0)} | {cml_s} | 1 | "
         f"{_fmt(cml.get('pbs'))} | {_fmt(cml.get('max_bits'))} | "
         f"{_fmt(cml.get('cosine_simulate_vs_cerberus_float'), 4)} | "
         f"{_fmt(cml.get('cosine_fhe_vs_cerberus_float'), 4)} | 1 | {cml.get('status')} |")
@@ -515,6 +522,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--run-cap", type=float, default=600.0)
     ap.add_argument("--cml-timeout", type=float, default=1500.0)
     ap.add_argument("--no-cml", action="store_true", help="Cerberus side only (smoke runs)")
+    ap.add_argument("--cml-latency-from-notes", type=float, default=None,
+                    help="when concrete-ml's encrypted run is not done here (--cml-n-fhe 0), "
+                         "judge latency against this FHE_NOTES figure (s/sample), labelled "
+                         "as not measured in this run")
     ap.add_argument("--no-write", action="store_true", help="print, do not write results")
     # internal: one configuration in a child process
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -542,6 +553,8 @@ def main(argv: list[str] | None = None) -> None:
         if not args.no_cml:
             print("concrete-ml side …", flush=True)
             cml = run_cml(spec, model, cml_n, tmp, args.cml_timeout)
+            if args.cml_latency_from_notes and not cml.get("fhe_s_per_sample"):
+                cml["fhe_s_per_sample_from_notes"] = args.cml_latency_from_notes
             print(f"  {json.dumps({k: v for k, v in cml.items() if k != 'fhe_s_all'})}",
                   flush=True)
         rows = []
