@@ -89,7 +89,6 @@ class LoweringOptions:
     mult_bits: int = 6  # precision of per-channel rescaling multipliers
     fuse: bool = True  # emit requantization and activation as one lookup
     per_channel: bool = True
-    percentile: float = 100.0  # of |value| that a lookup output scale covers (100 = max)
 
 
 class Builder:
@@ -180,7 +179,7 @@ class Builder:
         lo_q = -hi_q if signed else 0
         if scale is None:
             mag = np.abs(ref) if signed else np.maximum(ref, 0.0)
-            peak = float(np.percentile(mag, self.opts.percentile)) if mag.size else 0.0
+            peak = float(mag.max()) if mag.size else 0.0
             scale = peak / hi_q if peak > 0 else 1.0
         lsbs = 0
         while width(int(round_lsbs(np.int64(x.lo), lsbs)), int(round_lsbs(np.int64(x.hi), lsbs))) \
