@@ -1,5 +1,7 @@
 """The hybrid partition: integer linears under FHE, the rest on the client (SPEC C6)."""
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -42,13 +44,13 @@ def test_integer_linears_equal_the_fake_quant_simulation(tiny_gpt, calib, held_o
     model, _ = tiny_gpt
     parts = lower_hybrid(model, calib, 8, 8)
     scales = collect_activation_scales(model, calib, 8)
-    fq = fake_quantize_model(model.double(), 8, scales)
+    double = copy.deepcopy(model).double()  # fixtures are shared: never convert in place
+    fq = fake_quantize_model(double, 8, scales)
     ids = held_out[:4]
     with torch.no_grad():
-        got = hybrid_model(model.double(), parts)(ids)
+        got = hybrid_model(double, parts)(ids)
         ref = fq(ids)
     torch.testing.assert_close(got, ref, atol=1e-6, rtol=1e-6)
-    model.float()
 
 
 def test_top1_agreement_at_8_bits_is_at_least_95_percent(tiny_gpt, calib, held_out) -> None:

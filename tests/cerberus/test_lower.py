@@ -1,5 +1,7 @@
 """Lowering to the integer graph: it mirrors the model, and the integers track the floats."""
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -12,17 +14,15 @@ from .conftest import embedded, to_int
 
 
 def run_blocks(model, x: np.ndarray) -> np.ndarray:
+    """The float blocks in double precision, on a copy (fixtures are shared)."""
     with torch.no_grad():
-        return model.double().run_blocks(torch.tensor(x)).numpy()
+        return copy.deepcopy(model).double().run_blocks(torch.tensor(x)).numpy()
 
 
 @pytest.mark.parametrize("which", ["gpt", "bert"])
 def test_float_reference_path_is_the_model(which, tiny_gpt, tiny_bert) -> None:
     """The lowering's float path computes exactly the model's blocks (same dataflow)."""
-    model = (tiny_gpt[0] if which == "gpt" else tiny_bert)
-    import copy
-
-    model = copy.deepcopy(model)
+    model = copy.deepcopy(tiny_gpt[0] if which == "gpt" else tiny_bert)
     ids = torch.randint(0, 100, (4, 8), generator=torch.Generator().manual_seed(1))
     x = embedded(model, ids)
     g = lower_blocks(model, x)
@@ -78,8 +78,6 @@ def test_lookup_width_limit_is_respected_at_every_setting(tiny_bert) -> None:
 
 def test_outlier_channel_is_equalised_exactly(tiny_gpt, gpt_windows) -> None:
     """A channel with a 20× range gets an integer pre-scale; the float path stays exact."""
-    import copy
-
     model = copy.deepcopy(tiny_gpt[0])
     with torch.no_grad():
         model.pos_emb.weight[:, 5] *= 20
