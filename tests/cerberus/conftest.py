@@ -6,22 +6,46 @@ import torch
 import transformers
 
 from cerberus.frontends.huggingface import from_hf_module, load_pretrained
+from cerberus.paths import shipped_model
 
 
-@pytest.fixture(scope="session")
-def tiny_gpt():
-    """(canonical model, tokenizer) of models/tiny-gpt."""
-    hf, tok = load_pretrained("models/tiny-gpt")
+def load_gpt():
+    """(canonical model, tokenizer) of models/tiny-gpt, freshly loaded."""
+    hf, tok = load_pretrained(str(shipped_model("tiny-gpt")))
     return from_hf_module(hf), tok
 
 
-@pytest.fixture(scope="session")
-def tiny_bert():
+def build_bert():
+    """A tiny random BERT encoder (seed 0), freshly built."""
     cfg = transformers.BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2,
                                   num_attention_heads=4, intermediate_size=64,
                                   max_position_embeddings=32)
     torch.manual_seed(0)
     return from_hf_module(transformers.BertModel(cfg, add_pooling_layer=False).eval())
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt():
+    """Shared across the session: tests must not modify it."""
+    return load_gpt()
+
+
+@pytest.fixture(scope="session")
+def tiny_bert():
+    """Shared across the session: tests must not modify it."""
+    return build_bert()
+
+
+@pytest.fixture(scope="module")
+def gpt():
+    """A private copy per test module, for tests that modify the model."""
+    return load_gpt()
+
+
+@pytest.fixture(scope="module")
+def bert():
+    """A private copy per test module, for tests that modify the model."""
+    return build_bert()
 
 
 def embedded(model, ids: torch.Tensor) -> np.ndarray:

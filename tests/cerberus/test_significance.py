@@ -13,27 +13,7 @@ from torch.func import functional_call, jacfwd
 
 from cerberus.calibration import DEFAULT_CALIBRATION_TEXT, calibration_batches, random_batches
 from cerberus.errors import CompileError
-from cerberus.frontends.huggingface import from_hf_module, load_pretrained
 from cerberus.passes.significance import head_significance
-from cerberus.paths import shipped_model
-
-
-@pytest.fixture(scope="module")
-def gpt():
-    model, tok = load_pretrained(str(shipped_model("tiny-gpt")))
-    return from_hf_module(model), tok
-
-
-@pytest.fixture(scope="module")
-def bert():
-    import transformers
-
-    torch.manual_seed(0)
-    cfg = transformers.BertConfig(
-        vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-        intermediate_size=64, max_position_embeddings=32,
-    )
-    return from_hf_module(transformers.BertModel(cfg, add_pooling_layer=False).eval())
 
 
 def _batches(tok, text=None, seq_len=32, seed=0):
