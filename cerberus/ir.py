@@ -13,7 +13,7 @@ Every value is an integer tensor; every op maps one-to-one onto a concrete-pytho
 | slice     | columns ``start:stop`` of the last axis   | free                     |
 | concat    | join along the last axis                  | free                     |
 | transpose | swap the last two axes                    | free                     |
-| lut       | ``table[round(x, lsbs) - offset]``        | 1 PBS per element        |
+| lut       | ``table[round(x, lsbs) - offset]``        | 1 + lsbs PBS per element |
 | mul       | ``a * b`` elementwise (both encrypted)    | 2 PBS per element        |
 | matmul    | ``a @ b`` (both encrypted)                | 2 PBS per scalar product |
 
@@ -22,6 +22,9 @@ ties up: ``(x + 2**(lsbs-1)) >> lsbs``) so that the table index never needs more
 the configured lookup width. Each node records the value range it was built for; the
 evaluator checks it, because an FHE circuit whose values leave that range silently
 computes garbage — the simulator must fail loudly instead.
+
+The FHE-cost column is the rule of thumb; ``IntGraph.pbs_by_node`` gives the exact count
+concrete-python runs (shared roundings, fused lookup chains and constant tables included).
 """
 
 from __future__ import annotations
@@ -40,6 +43,12 @@ PBS_OPS = ("lut", "mul", "matmul")
 
 class RangeOverflow(ValueError):
     """A value left the range its node was compiled for (the FHE result would be wrong)."""
+
+
+def _constant_table(node: Node) -> bool:
+    """A lookup whose every entry is equal: concrete folds it to a constant (no PBS)."""
+    table = np.asarray(node.attrs["table"])
+    return bool(table.size) and bool(np.all(table == table.flat[0]))
 
 
 def width(lo: int, hi: int) -> int:
@@ -105,18 +114,73 @@ class IntGraph:
         return counts
 
     def pbs_count(self) -> int:
-        """Programmable bootstraps of one evaluation of one sequence."""
+        """Programmable bootstraps of one evaluation of one sequence, as concrete runs them.
+
+        Equals concrete-python 2.11's ``circuit.statistics["programmable_bootstrap_count"]``
+        for the circuit of ``cerberus.fhe.concrete_backend`` (tests/fhe/test_pbs_count.py);
+        the rules are those of :meth:`pbs_by_node`.
+        """
+        return sum(self.pbs_by_node().values())
+
+    def pbs_by_node(self) -> dict[str, int]:
+        """PBS per node, attributed as concrete's per-tag statistics attribute them.
+
+        Why not simply "1 per lookup element, 2 per product": concrete-python 2.11, measured
+        op by op on small circuits (tests/fhe/test_pbs_count.py), differs in four ways:
+
+        * an exact ``round_bit_pattern`` removing ``lsbs`` bits costs ``lsbs`` PBS per
+          element (one per extracted bit) before the lookup's own PBS;
+        * the same rounding of the same value is computed once (common-subexpression
+          elimination): a second ``lut`` with the same input and ``lsbs`` pays only its
+          table (e.g. LayerNorm's square and centre lookups);
+        * a ``lut`` that feeds only a ``lut`` with ``lsbs == 0`` is fused into it: the
+          two tables become one PBS (the first keeps its rounding);
+        * a ``lut`` whose table holds a single value is a constant: concrete folds it and
+          drops every node that only fed it (dead code costs nothing).
+
+        ``mul`` costs 2 PBS per output element and ``matmul`` 2 per scalar product, whatever
+        the operands' signs (the backend's unsigned shift adds only leveled terms), also
+        for ``a * a``. Rounding PBS are attributed to the first lookup that needs them, a
+        fused table to the last lookup of its chain, as concrete's tags do.
+        """
         shapes = self.shapes()
-        total = 0
+        constant = {n.name for n in self.nodes if n.op == "lut" and _constant_table(n)}
+        live: set[str] = set()
+        stack = [self.output]
+        while stack:  # what the output needs, through no constant
+            name = stack.pop()
+            if name in live:
+                continue
+            live.add(name)
+            if name not in constant:
+                stack.extend(self[name].inputs)
+        users: dict[str, list[str]] = {n.name: [] for n in self.nodes}
         for n in self.nodes:
+            if n.name in live and n.name not in constant:
+                for i in n.inputs:
+                    users[i].append(n.name)
+        rounded: set[tuple[str, int]] = set()
+        out: dict[str, int] = {}
+        for n in self.nodes:
+            if n.name not in live or n.name in constant or n.op not in PBS_OPS:
+                continue
             size = int(np.prod(shapes[n.name]))
             if n.op == "lut":
-                total += size
+                lsbs = int(n.attrs["lsbs"])
+                pbs = 0
+                if lsbs and (n.inputs[0], lsbs) not in rounded:
+                    rounded.add((n.inputs[0], lsbs))
+                    pbs += lsbs * size
+                nxt = users[n.name]
+                fused = (n.name != self.output and len(nxt) == 1
+                         and self[nxt[0]].op == "lut" and int(self[nxt[0]].attrs["lsbs"]) == 0)
+                pbs += 0 if fused else size
             elif n.op == "mul":
-                total += 2 * size
-            elif n.op == "matmul":
-                total += 2 * size * shapes[n.inputs[0]][-1]
-        return total
+                pbs = 2 * size
+            else:  # matmul
+                pbs = 2 * size * shapes[n.inputs[0]][-1]
+            out[n.name] = pbs
+        return out
 
     def shapes(self, batch: int = 1) -> dict[str, tuple[int, ...]]:
         """Every node's output shape for one input of ``[batch, seq_len, d_model]``."""
