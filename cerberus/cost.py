@@ -12,18 +12,32 @@ so that the FHE-lowering issue (issue 5) can refit them on real compilations.
 What is counted is the part the miner computes under FHE (SPEC C6): the transformer blocks.
 Embeddings, the final norm and the LM head run on the client in the clear.
 
-Bit-width conventions (``bits`` = n, the activation/weight quantisation width of SPEC C4):
+Bit-width conventions (``bits`` = n, the width of values entering encrypted products,
+SPEC C4; ``wide_bits`` = W, the width of lookup outputs that feed only clear linears and
+residual adds; ``weight_bits`` = b; ``round_bits`` = R, the widest table index, SPEC C6),
+following ``cerberus/lower.py`` node by node:
 
-* a clear-weight linear with fan-in K accumulates 2n + ⌈log2 K⌉ bits; every lookup fed by an
-  accumulator sees at most ``round_bits`` bits (``round_bit_pattern`` first, SPEC C6);
-* an enc×enc product of two n-bit values costs 2 PBS at n + 1 bits (not rounded: its inputs
-  are already n-bit);
-* the rounding itself is not priced separately (a refit absorbs it into ``pbs_ref_s``).
+* a clear-weight linear on a W-bit input with fan-in K accumulates W + b + ⌈log2 K⌉ bits;
+* a lookup on a value of A > R bits first removes A − R bits with an exact
+  ``round_bit_pattern``, which concrete-python 2.11 runs as **one PBS per removed bit** per
+  element (measured: benchmarks/RESULTS.md, calibrate_cost; tests/fhe/test_pbs_count.py);
+  those PBS are priced like the lookup's own (the calibration measured ≈ 1.01×). In the
+  full partition this rounding, not the tables, is most of the PBS: a 27-bit q/k/v
+  accumulator pays 19 rounding PBS per element before its one table lookup;
+* an enc×enc product of two n-bit values costs 2 PBS at n + 1 bits (not rounded);
+* two lookups of the same value with the same rounding share it (LayerNorm's square and
+  centre lookups), as concrete computes it once.
+
+For a lowered graph :func:`graph_cost` prices the exact per-node PBS counts of
+``IntGraph.pbs_by_node`` (equal to concrete's statistics); :func:`model_cost` is the
+closed form squeezing needs before any graph exists, and stays within a small factor of
+it (tests/cerberus/test_cost.py).
 
 Attention per head, sequence T, head dim h, model dim d:
-q/k/v requantisation 3·T·h lookups; QKᵀ T²·h products; softmax T² exp lookups, T
-reciprocal lookups and T² normalising products; P·V T²·h products; context requantisation
-T·h lookups; clear MACs 4·T·d·h (the head's q/k/v rows and its o columns).
+q/k/v requantisation 3·T·h lookups; QKᵀ T²·h products; row max T·(T−1) ReLU lookups;
+softmax T² exp lookups, T reciprocal lookups and T² normalising products; P·V T²·h
+products; context requantisation T·h lookups; clear MACs 4·T·d·h (the head's q/k/v rows
+and its o columns).
 """
 
 from __future__ import annotations
@@ -36,8 +50,11 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+import numpy as np
+
 from cerberus.errors import CompileError
 from cerberus.frontends.canonical import TransformerConfig
+from cerberus.ir import IntGraph, Node
 
 
 @dataclass(frozen=True)
@@ -95,6 +112,7 @@ def load_constants(path: Path = COST_TABLE) -> CostConstants:
 
 DEFAULT_CONSTANTS = load_constants()
 DEFAULT_ROUND_BITS = 8  # SPEC C6: no lookup wider than 8 bits by default
+DEFAULT_WIDE_BITS = 12  # LoweringOptions.wide_bits, --wide-bits
 
 
 @dataclass
@@ -136,19 +154,29 @@ class CostBreakdown:
 class _Tally:
     """Accumulates lookups, products, MACs and adds for one row of the table."""
 
-    def __init__(self, n: int, round_bits: int, k: CostConstants) -> None:
+    def __init__(self, n: int, round_bits: int, k: CostConstants, wide_bits: int,
+                 weight_bits: int) -> None:
         self.n, self.round_bits, self.k = n, round_bits, k
+        self.wide, self.wbits = wide_bits, weight_bits
         self.pbs: Counter[int] = Counter()
         self.macs = 0
         self.adds = 0
 
     def acc_bits(self, fan_in: int) -> int:
-        """Width of an n×n-bit dot product of length ``fan_in``, after rounding."""
-        return min(2 * self.n + _clog2(fan_in), self.round_bits)
+        """Width of a clear-weight linear's accumulator on a W-bit input (``lower.py``)."""
+        return self.wide + self.wbits + _clog2(fan_in)
 
-    def lookups(self, count: int, width: int) -> None:
-        if count > 0:
-            self.pbs[width] += count
+    def lookups(self, count: int, source_bits: int, *, rounded: bool = True) -> None:
+        """``count`` lookups of a ``source_bits``-wide value, rounded to ``round_bits``.
+
+        ``rounded=False``: the value's rounding is shared with another lookup already
+        counted, so only the tables are paid.
+        """
+        if count <= 0:
+            return
+        width = min(source_bits, self.round_bits)
+        lsbs = source_bits - width if rounded else 0
+        self.pbs[width] += count * (1 + lsbs)
 
     def products(self, count: int) -> None:
         if count > 0:
@@ -183,29 +211,39 @@ def _check(cfg: TransformerConfig, seq_len: int, bits: int, round_bits: int) -> 
         raise CompileError(f"round_bits must be ≥ 1, got {round_bits}")
 
 
-def _head_tally(cfg: TransformerConfig, t: int, n: int, round_bits: int, k: CostConstants):
+def _head_tally(cfg: TransformerConfig, t: int, n: int, round_bits: int, k: CostConstants,
+                wide_bits: int, weight_bits: int) -> _Tally:
     hd, d = cfg.head_dim, cfg.d_model
-    ta = _Tally(n, round_bits, k)
+    ta = _Tally(n, round_bits, k, wide_bits, weight_bits)
+    scores = 2 * n + 1  # n-bit × n-bit dot products, as calibrated
     ta.lookups(3 * t * hd, ta.acc_bits(d))  # requantise q, k, v
     ta.products(t * t * hd)  # QKᵀ
     ta.adds += t * t * hd  # dot-product accumulation
-    ta.lookups(t * t, ta.acc_bits(hd))  # exp(score − max) fused with the score requant
+    ta.lookups(t * (t - 1), scores + 2)  # row max: a tree of b + relu(a − b)
+    ta.adds += 2 * t * (t - 1)
+    ta.lookups(t * t, scores + 1)  # exp(max − score), the score scale folded in
     ta.adds += t * t  # softmax denominator
-    ta.lookups(t, min(n + _clog2(t), round_bits))  # 1 / Σ exp
+    ta.lookups(t, n + _clog2(t))  # 1 / Σ exp
     ta.products(t * t)  # exp × reciprocal
+    ta.lookups(t * t, 2 * n)  # requantise the probabilities
     ta.products(t * t * hd)  # P·V
     ta.adds += t * t * hd
-    ta.lookups(t * hd, ta.acc_bits(t))  # requantise the context
+    ta.lookups(t * hd, 2 * n)  # requantise the context to the wide unit
     ta.macs += 4 * t * d * hd  # this head's q/k/v rows and o columns (clear weights)
     return ta
 
 
-def _layernorm(ta: _Tally, t: int, d: int) -> None:
-    """(x − μ)² lookups, rsqrt of the variance, and the normalising products."""
-    ta.adds += 2 * t * d
-    ta.lookups(t * d, ta.n + 1)
-    ta.lookups(t, ta.acc_bits(d))
+def _layernorm(ta: _Tally, t: int, d: int, stream_bits: int) -> None:
+    """Centre (clear), square and centre lookups sharing one rounding, rsqrt of the variance,
+    the normalising products, and the requantisation of the result (γ, β) to the wide unit."""
+    centred = stream_bits + _clog2(d) + 1
+    ta.adds += t * d
+    ta.lookups(t * d, centred)  # square
+    ta.lookups(t, ta.round_bits + _clog2(d) - 2)  # rsqrt of Σ squares (sum's range, measured)
+    ta.lookups(t * d, centred, rounded=False)  # the centred value's requantisation
     ta.products(t * d)
+    ta.lookups(t * d, 2 * ta.n)  # normalised, /d
+    ta.lookups(t * d, ta.wide + ta.wbits)  # γ·x̂ + β to the wide unit
 
 
 def head_cost(
@@ -215,10 +253,13 @@ def head_cost(
     *,
     round_bits: int = DEFAULT_ROUND_BITS,
     constants: CostConstants = DEFAULT_CONSTANTS,
+    wide_bits: int = DEFAULT_WIDE_BITS,
+    weight_bits: int | None = None,
 ) -> CostBreakdown:
     """FHE cost of ONE attention head (all heads of a config have the same shape)."""
     _check(cfg, seq_len, bits, round_bits)
-    ta = _head_tally(cfg, seq_len, bits, round_bits, constants)
+    ta = _head_tally(cfg, seq_len, bits, round_bits, constants, wide_bits,
+                     bits if weight_bits is None else weight_bits)
     return CostBreakdown(
         pbs_by_width=dict(ta.pbs),
         clear_macs=ta.macs,
@@ -237,12 +278,15 @@ def model_cost(
     *,
     round_bits: int = DEFAULT_ROUND_BITS,
     constants: CostConstants = DEFAULT_CONSTANTS,
+    wide_bits: int = DEFAULT_WIDE_BITS,
+    weight_bits: int | None = None,
 ) -> CostBreakdown:
     """FHE cost of all blocks: kept heads, attention glue, LayerNorms, MLP, residuals.
 
-    ``bits`` is one width for every layer or one per layer. ``heads_kept`` defaults to
-    ``cfg.heads_kept``. A layer with no heads left pays no attention cost at all in a pre-LN
-    model (its LayerNorm only fed the attention); a post-LN model still normalises there.
+    ``bits`` is one width for every layer or one per layer; ``weight_bits`` defaults to it
+    (as ``--weight-bits`` does). ``heads_kept`` defaults to ``cfg.heads_kept``. A layer
+    with no heads left pays no attention cost at all in a pre-LN model (its LayerNorm only
+    fed the attention); a post-LN model still normalises there.
     """
     heads_kept = cfg.heads_kept if heads_kept is None else heads_kept
     if len(heads_kept) != cfg.n_layer:
@@ -250,28 +294,32 @@ def model_cost(
     per_layer = [bits] * cfg.n_layer if isinstance(bits, int) else list(bits)
     if len(per_layer) != cfg.n_layer:
         raise CompileError(f"bits has {len(per_layer)} entries, model has {cfg.n_layer} layers")
-    t, d = seq_len, cfg.d_model
+    t, d, w = seq_len, cfg.d_model, wide_bits
+    stream = w + 1  # the residual stream: the input plus branches, never rounded
     out = CostBreakdown(constants=constants)
     pbs: Counter[int] = Counter()
     for layer, (kept, n) in enumerate(zip(heads_kept, per_layer, strict=True)):
         _check(cfg, seq_len, n, round_bits)
+        wb = n if weight_bits is None else weight_bits
         tallies: list[tuple[_Tally, str, int | None]] = []
         for h in kept:
-            tallies.append((_head_tally(cfg, t, n, round_bits, constants), "head", h))
-        glue = _Tally(n, round_bits, constants)
+            tallies.append((_head_tally(cfg, t, n, round_bits, constants, w, wb), "head", h))
+        glue = _Tally(n, round_bits, constants, w, wb)
         if kept:
-            glue.lookups(t * d, glue.acc_bits(len(kept) * cfg.head_dim))  # o output requant
+            if len(kept) > 1:  # all but one head's context re-aligned to a common scale
+                glue.lookups((len(kept) - 1) * t * cfg.head_dim, w)
+            glue.lookups(t * d, glue.acc_bits(len(kept) * cfg.head_dim))  # o → stream unit
             if cfg.pre_ln:
-                _layernorm(glue, t, d)  # ln1 feeds only the attention
+                _layernorm(glue, t, d, stream)  # ln1 feeds only the attention
         if not cfg.pre_ln:
-            _layernorm(glue, t, d)  # post-LN: ln1 normalises the residual stream anyway
+            _layernorm(glue, t, d, stream)  # post-LN: ln1 normalises the residual stream
         glue.adds += t * d  # attention residual
         tallies.append((glue, "attention", None))
-        mlp = _Tally(n, round_bits, constants)
-        _layernorm(mlp, t, d)  # ln2
+        mlp = _Tally(n, round_bits, constants, w, wb)
+        _layernorm(mlp, t, d, stream)  # ln2
         mlp.macs += 2 * t * d * cfg.d_ff
-        mlp.lookups(t * cfg.d_ff, mlp.acc_bits(d))  # requant → GELU → requant, fused
-        mlp.lookups(t * d, mlp.acc_bits(cfg.d_ff))  # fc2 output requant
+        mlp.lookups(t * cfg.d_ff, mlp.acc_bits(d))  # requant → GELU → wide, fused
+        mlp.lookups(t * d, mlp.acc_bits(cfg.d_ff))  # fc2 → stream unit
         mlp.adds += t * d  # MLP residual
         tallies.append((mlp, "mlp", None))
         for ta, part, h in tallies:
@@ -282,3 +330,51 @@ def model_cost(
             out.rows.append(ta.row(layer, part, h))
     out.pbs_by_width = dict(pbs)
     return out
+
+
+def graph_cost(graph: IntGraph, constants: CostConstants = DEFAULT_CONSTANTS) -> CostBreakdown:
+    """Price a lowered graph from its exact PBS counts (``IntGraph.pbs_by_node``).
+
+    Why beside :func:`model_cost`: once a graph exists its PBS are known exactly (equal to
+    concrete's statistics, tests/fhe/test_pbs_count.py), shared roundings, fused lookup
+    chains and folded constants included. A lookup's PBS — its rounding's and its table's
+    — are priced at its table-index width (for a fused chain, that of the chain's first
+    table, whose input the single PBS reads); a product's at its wider operand + 1 bit.
+    """
+    shapes = graph.shapes()
+    pbs: Counter[int] = Counter()
+    macs = adds = 0
+    for name, count in graph.pbs_by_node().items():
+        node = graph[name]
+        if node.op == "lut":
+            width = _table_width(graph, node)
+        else:
+            width = max(graph[i].bits for i in node.inputs) + constants.mul_extra_bits
+        pbs[width] += count
+    for node in graph.nodes:
+        size = int(np.prod(shapes[node.name]))
+        if node.op == "linear":
+            macs += size * int(node.attrs["weight"].shape[0])
+        elif node.op in ("add", "sub"):
+            adds += size
+        elif node.op == "sum":
+            adds += int(np.prod(shapes[node.inputs[0]]))
+        elif node.op == "matmul":
+            adds += size * shapes[node.inputs[0]][-1]
+    k = constants
+    total = sum(c * k.pbs_s(w) for w, c in pbs.items()) + macs * k.clear_mac_s + adds * k.add_s
+    return CostBreakdown(pbs_by_width=dict(pbs), clear_macs=macs, adds=adds, total=total,
+                         rows=[], constants=constants)
+
+
+def _table_width(graph: IntGraph, node: Node) -> int:
+    """Index width of the PBS that evaluates ``node``'s table.
+
+    A lookup fused with the lookup before it (``lsbs == 0``, that one read by it alone:
+    ``IntGraph.pbs_by_node``) is one PBS on that lookup's index, so walk back the chain.
+    """
+    src = graph[node.inputs[0]]
+    if (int(node.attrs["lsbs"]) == 0 and src.op == "lut" and src.name != graph.output
+            and [c.name for c in graph.consumers(src.name)] == [node.name]):
+        return _table_width(graph, src)
+    return node.lookup_bits

@@ -6,18 +6,24 @@ import dataclasses
 import json
 import math
 
+import numpy as np
 import pytest
 
 from cerberus.cost import (
     COST_TABLE,
     DEFAULT_CONSTANTS,
     CostConstants,
+    graph_cost,
     head_cost,
     load_constants,
     model_cost,
 )
 from cerberus.errors import CompileError
 from cerberus.frontends.canonical import TransformerConfig
+from cerberus.ir import IntGraph, Node
+from cerberus.lower import LoweringOptions, lower_blocks
+
+from .conftest import embedded
 
 
 def _cfg(**kw) -> TransformerConfig:
@@ -59,17 +65,42 @@ def test_default_constants_are_the_shipped_calibration_table():
 
 
 def test_head_counts_follow_the_attention_shapes():
-    """Products counted from the shapes: QKᵀ T²·h, softmax normalisation T², P·V T²·h."""
+    """Products counted from the shapes: QKᵀ T²·h, softmax normalisation T², P·V T²·h;
+    every lookup pays 1 PBS plus 1 per bit its exact rounding removes (SPEC C3, issue 5)."""
     cfg = _cfg()
-    t, n, hd = 16, 5, cfg.head_dim
-    c = head_cost(cfg, t, n)
+    t, n, hd, d, r, w = 16, 5, cfg.head_dim, cfg.d_model, 8, 12
+    c = head_cost(cfg, t, n, round_bits=r, wide_bits=w)
     products = t * t * hd + t * t + t * t * hd
     k = DEFAULT_CONSTANTS
     # mul_pbs_per_product lookups (2: (a+b)²/4 − (a−b)²/4) per enc×enc product
     assert c.pbs_by_width[n + k.mul_extra_bits] == k.mul_pbs_per_product * products
-    lookups = 3 * t * hd + t * t + t + t * hd  # q/k/v requant, exp, reciprocal, ctx requant
-    assert c.pbs == k.mul_pbs_per_product * products + lookups
-    assert c.clear_macs == 4 * t * cfg.d_model * hd
+
+    def lookup(count: int, source_bits: int) -> int:
+        return count * (1 + max(0, source_bits - r))
+
+    qkv = lookup(3 * t * hd, w + n + 6)  # W-bit input, n-bit weights, fan-in 64
+    row_max = lookup(t * (t - 1), 2 * n + 3)
+    exp, recip = lookup(t * t, 2 * n + 2), lookup(t, n + 4)
+    probs, ctx = lookup(t * t, 2 * n), lookup(t * hd, 2 * n)
+    assert c.pbs == k.mul_pbs_per_product * products + qkv + row_max + exp + recip + probs + ctx
+    assert c.clear_macs == 4 * t * d * hd
+
+
+def test_rounding_is_priced_one_pbs_per_removed_bit():
+    """The measured law (benchmarks/RESULTS.md, calibrate_cost): an exact
+    ``round_bit_pattern`` of k bits is k PBS per element, before the lookup's own."""
+    cfg = _cfg()
+    a = model_cost(cfg, 16, 6, wide_bits=10)
+    b = model_cost(cfg, 16, 6, wide_bits=12)
+    # 2 more wide bits: every lookup on a linear's accumulator removes 2 more bits
+    t, d, ff, heads = 16, cfg.d_model, cfg.d_ff, cfg.n_head
+    per_layer = (3 * t * d  # q/k/v of every head
+                 + t * d  # o → residual unit
+                 + t * ff + t * d  # GELU, fc2 → residual unit
+                 + 2 * (2 * t * d)  # each LayerNorm: square (centred stream) and output
+                 + (heads - 1) * t * cfg.head_dim)  # contexts re-aligned to one scale
+    assert b.pbs - a.pbs == 2 * cfg.n_layer * per_layer
+    assert b.pbs_by_width.keys() == a.pbs_by_width.keys() and b.total > a.total
 
 
 def test_head_cost_grows_with_sequence_and_bits():
@@ -144,3 +175,45 @@ def test_bad_arguments():
     with pytest.raises(CompileError, match="layers"):
         model_cost(cfg, 16, 6, [[0]])
     assert math.isfinite(head_cost(cfg, 1, 2).total)
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_closed_form_tracks_the_lowered_graph(tiny_gpt, gpt_windows, bits):
+    """model_cost (what squeezing uses before any graph exists) stays within 15% of the
+    exact PBS count and price of the graph ``lower.py`` actually emits for the shipped
+    model. Without the rounding PBS it was 4.6× too low at 8 bits (170k vs 780k PBS)."""
+    model, _ = tiny_gpt
+    opts = LoweringOptions(bits=bits, weight_bits=bits)
+    graph = lower_blocks(model, embedded(model, gpt_windows[0]), opts)
+    exact = graph_cost(graph)
+    assert exact.pbs == graph.pbs_count()
+    closed = model_cost(model.cfg, graph.meta["seq_len"], bits)
+    assert closed.pbs == pytest.approx(exact.pbs, rel=0.15)
+    assert closed.total == pytest.approx(exact.total, rel=0.15)
+
+
+def test_graph_cost_prices_rounding_at_the_lookup_width():
+    """One lookup of 2 elements on a 12-bit value: 1 + lsbs PBS each, all at the index
+    width; a fused lookup chain is one PBS on the first table's index."""
+    k = DEFAULT_CONSTANTS
+
+    def graph(lsbs: int, chain: bool = False) -> IntGraph:
+        off = -(1 << (11 - lsbs))
+        table = np.arange(off, -off + 1) // 2
+        nodes = [Node("input", "input", [], -2048, 2047),
+                 Node("a", "lut", ["input"], int(table.min()), int(table.max()),
+                      attrs={"table": table, "lsbs": lsbs, "offset": off})]
+        if chain:
+            t2 = np.arange(int(table.min()), int(table.max()) + 1) ** 2
+            nodes.append(Node("b", "lut", ["a"], 0, int(t2.max()),
+                              attrs={"table": t2, "lsbs": 0, "offset": int(table.min())}))
+        return IntGraph(nodes, "input", nodes[-1].name, {"seq_len": 1, "d_model": 2})
+
+    for lsbs in (0, 3, 6):
+        g = graph(lsbs)
+        c = graph_cost(g)
+        w = g["a"].lookup_bits
+        assert c.pbs_by_width == {w: 2 * (1 + lsbs)}
+        assert c.total == pytest.approx(2 * (1 + lsbs) * k.pbs_s(w))
+    fused = graph_cost(graph(6, chain=True))
+    assert fused.pbs_by_width == {graph(6)["a"].lookup_bits: 2 * 7}

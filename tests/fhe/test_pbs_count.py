@@ -15,6 +15,7 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 
+from cerberus.cost import graph_cost
 from cerberus.fhe.concrete_backend import compile_circuit, node_tag
 from cerberus.ir import IntGraph, Node, evaluate, round_lsbs
 from tests.fhe.test_concrete_backend import tiny_graph
@@ -110,6 +111,7 @@ def test_ir_pbs_equals_concrete_per_node(case: str) -> None:
     ours = {node_tag(k): v for k, v in graph.pbs_by_node().items() if v}
     assert ours == dict(stats["programmable_bootstrap_count_per_tag"])
     assert graph.pbs_count() == stats["programmable_bootstrap_count"]
+    assert graph_cost(graph).pbs == stats["programmable_bootstrap_count"]  # cost.py agrees
 
 
 def test_rounding_is_priced_one_pbs_per_removed_bit() -> None:
@@ -125,5 +127,6 @@ def test_ir_pbs_equals_concrete_on_a_lowered_block(kind: str) -> None:
     graph, xs = tiny_graph(kind)
     stats = compile_circuit(graph, list(xs)).statistics
     assert graph.pbs_count() == stats["programmable_bootstrap_count"] > 0
+    assert graph_cost(graph).pbs == graph.pbs_count()
     ours = {node_tag(k): v for k, v in graph.pbs_by_node().items() if v}
     assert ours == dict(stats["programmable_bootstrap_count_per_tag"])
