@@ -12,7 +12,7 @@ export TOKENIZERS_PARALLELISM := false
 export TRITON_INTERPRET ?= 1
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-slow test-all lint train-model clean
+.PHONY: setup demo test test-slow test-all lint train-model protos clean
 
 setup: $(STAMP)
 
@@ -43,6 +43,11 @@ test-all: setup
 
 lint: setup
 	$(VENV)/bin/ruff check .
+
+# The miner service's generated gRPC code is committed; regenerate it after editing the
+# .proto (tests/runtime/test_protos.py fails while it is stale).
+protos: setup
+	$(PY) -m grpc_tools.protoc -I. --python_out=. --grpc_python_out=. runtime/protos/miner.proto
 
 train-model: setup
 	$(PY) models/train_tiny_gpt.py

@@ -25,7 +25,7 @@ import json
 import shutil
 import tempfile
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
@@ -48,12 +48,23 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def artefact_hash(folder: Path) -> str:
-    """sha256 over ``relative path NUL file sha256 LF`` of every file, sorted by path."""
+def digest_of_files(digests: dict[str, str]) -> str:
+    """sha256 over ``relative path NUL file sha256 LF`` per file, sorted by path.
+
+    Separate from reading the files so that a client holding only some of an artefact's
+    files (and the miner's word for the other digests) can still check the whole hash.
+    """
     h = hashlib.sha256()
-    for p in sorted(q for q in folder.rglob("*") if q.is_file() and q.name != HASH_FILE):
-        h.update(f"{p.relative_to(folder).as_posix()}\0{file_sha256(p)}\n".encode())
+    for rel in sorted(digests, key=PurePosixPath):
+        if PurePosixPath(rel).name != HASH_FILE:
+            h.update(f"{rel}\0{digests[rel]}\n".encode())
     return h.hexdigest()
+
+
+def artefact_hash(folder: Path) -> str:
+    """The artefact's id: ``digest_of_files`` over every file in the folder."""
+    return digest_of_files({p.relative_to(folder).as_posix(): file_sha256(p)
+                            for p in folder.rglob("*") if p.is_file()})
 
 
 def adaptive_preprocess(x: np.ndarray, params: dict) -> np.ndarray:

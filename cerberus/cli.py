@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from cerberus import __version__
-from cerberus.errors import CompileError
+from cerberus.errors import CerberusError
 
 log = logging.getLogger("cerberus")
 
@@ -37,7 +37,8 @@ def _not_built(command: str, issue: int) -> Callable[[argparse.Namespace], int]:
 
 
 # Commands that exist, by module; each module has add_arguments(parser) and run(args).
-BUILT = {"compile": "cerberus.cli_compile"}
+BUILT = {"compile": "cerberus.cli_compile", "serve": "runtime.cli_serve",
+         "query": "runtime.cli_query"}
 
 
 def _lazy(module: str) -> Callable[[argparse.Namespace], int]:
@@ -87,7 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CLIError as e:
         print(f"cerberus: {e}", file=sys.stderr)
         return e.code
-    except CompileError as e:
+    except CerberusError as e:
         print(f"cerberus: {e}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:

@@ -26,11 +26,12 @@ def test_help_lists_every_command() -> None:
 def test_parser_knows_every_command() -> None:
     parser = build_parser()
     for command in COMMANDS:
-        args = [command, "MODEL"] if command == "compile" else [command]
+        args = {"compile": [command, "MODEL"], "serve": [command, "A.cerb"],
+                "query": [command, "--miner", "127.0.0.1:1", "hi"]}.get(command, [command])
         assert parser.parse_args(args).command == command
 
 
-@pytest.mark.parametrize("command", ["serve", "query", "bench", "join"])
+@pytest.mark.parametrize("command", ["bench", "join"])
 def test_unbuilt_command_fails_with_one_line(command: str, capsys: pytest.CaptureFixture) -> None:
     code = main([command])
     err = capsys.readouterr().err

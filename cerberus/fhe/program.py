@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import secrets
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -66,8 +67,9 @@ def save_programs(circuits: dict[str, fhe.Circuit], folder: Path) -> dict[str, d
     return stats
 
 
-def program_names(folder: Path) -> list[str]:
-    return sorted(d.name for d in folder.iterdir() if (d / "server.zip").is_file())
+def program_names(folder: Path, marker: str = "server.zip") -> list[str]:
+    """Programs under ``folder``: the miner looks for server.zip, a client for client.specs."""
+    return sorted(d.name for d in folder.iterdir() if (d / marker).is_file())
 
 
 class FheClient:
@@ -75,7 +77,7 @@ class FheClient:
 
     def __init__(self, folder: Path, *, key_cache: Path | None = DEFAULT_KEY_CACHE) -> None:
         self.clients: dict[str, fhe.Client] = {}
-        for name in program_names(folder):
+        for name in program_names(folder, "client.specs"):
             specs_bytes = (folder / name / "client.specs").read_bytes()
             cache = None
             if key_cache is not None:
@@ -85,7 +87,13 @@ class FheClient:
             raise CompileError(f"{folder} holds no FHE programs (compile with --fhe)")
 
     def keygen(self, seed: int | None = None) -> None:
-        """Generate (or load from the cache) every program's keys."""
+        """Generate (or load from the cache) every program's keys.
+
+        Without a seed the secret key is drawn from the OS's randomness: concrete itself
+        would use seed 0, giving every client the same secret key.
+        """
+        if seed is None:
+            seed = secrets.randbits(127)
         for name, client in self.clients.items():
             t0 = time.perf_counter()
             client.keygen(secret_seed=seed, encryption_seed=seed)
@@ -112,10 +120,19 @@ class FheServer:
         self.servers = {name: fhe.Server.load(folder / name / "server.zip")
                         for name in program_names(folder)}
 
-    def run(self, name: str, ciphertext: bytes, evaluation_keys: bytes) -> bytes:
+    def run(self, name: str, ciphertext: bytes,
+            evaluation_keys: bytes | fhe.EvaluationKeys) -> bytes:
+        """Run program ``name``; keys may come pre-deserialized (a miner's key cache)."""
         if name not in self.servers:
             raise KeyError(f"no FHE program {name!r}")
+        if isinstance(evaluation_keys, bytes):
+            evaluation_keys = fhe.EvaluationKeys.deserialize(evaluation_keys)
         result = self.servers[name].run(fhe.Value.deserialize(ciphertext),
-                                        evaluation_keys=fhe.EvaluationKeys.deserialize(
-                                            evaluation_keys))
+                                        evaluation_keys=evaluation_keys)
         return result.serialize()
+
+    def ciphertext_bytes(self, name: str) -> tuple[int, int]:
+        """Upper bounds of one input's and one output's ciphertext size, in bytes."""
+        server = self.servers[name]
+        fn = server.program_info.get_circuits()[0].get_name()
+        return int(server.size_of_inputs(fn)), int(server.size_of_outputs(fn))

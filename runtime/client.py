@@ -1,0 +1,432 @@
+"""Client SDK: private generation through a miner (SPEC R1–R3).
+
+    with MinerClient("127.0.0.1:50051") as c:
+        out = c.generate(c.tokenizer("def f(").input_ids, max_new_tokens=8)
+        print(c.tokenizer.decode(out.ids))
+
+The client holds the secret key and does everything that needs plaintext: tokenizing,
+embedding, quantizing, encrypting, decrypting and — in the hybrid partition — the norms,
+softmax and GELU between the miner's linears. The miner sees only ciphertexts.
+
+What the client needs from the artefact (weights for the client half, the tokenizer, the
+FHE client specs) it fetches from the miner once and checks against the artefact's
+sha256, so the address is enough; pass ``artefact=`` to use a local copy instead, and
+``expected_sha256=`` (a Brain's registered task, SPEC L6) to refuse any other model.
+
+Keys: the first run draws a secret seed from the OS, stores it (mode 0600) under the cache
+folder and generates keys; later runs reload them. The evaluation keys are uploaded once;
+if the miner evicted them (NOT_FOUND) the client uploads again and retries. UNAVAILABLE
+and RESOURCE_EXHAUSTED (a busy miner) are retried with exponential backoff.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import queue
+import random
+import secrets
+import shutil
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import grpc
+import numpy as np
+import torch
+
+from cerberus.artefact import Artefact, digest_of_files, file_sha256, load_artefact
+from cerberus.errors import CerberusError
+from runtime.protos import miner_pb2 as pb
+from runtime.protos import miner_pb2_grpc as pb_grpc
+from runtime.server import CHUNK, key_id
+
+log = logging.getLogger("runtime.client")
+DEFAULT_CACHE = Path(os.environ.get("CERBERUS_CACHE", Path.home() / ".cache" / "cerberus"))
+RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED)
+T = TypeVar("T")
+
+
+class MinerError(CerberusError):
+    """A miner call failed for good (after retries); ``code`` is the gRPC status."""
+
+    def __init__(self, message: str, code: grpc.StatusCode | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class _KeysLost(Exception):
+    """The miner no longer has our keys (evicted or restarted): upload and retry."""
+
+
+@dataclass
+class Generation:
+    """What ``generate`` returns: the new tokens and what they cost."""
+
+    ids: list[int]
+    token_seconds: list[float] = field(default_factory=list)
+    server_ms: float = 0.0
+    bytes_sent: int = 0
+    bytes_received: int = 0
+
+
+def sample(logits: np.ndarray, temperature: float, top_k: int, rng: np.random.Generator) -> int:
+    """Greedy when ``temperature`` is 0, else softmax sampling over the ``top_k`` best."""
+    if temperature <= 0:
+        return int(np.argmax(logits))
+    z = np.asarray(logits, dtype=np.float64) / temperature
+    if 0 < top_k < z.size:
+        z[z < np.partition(z, -top_k)[-top_k]] = -np.inf
+    p = np.exp(z - z.max())
+    return int(rng.choice(z.size, p=p / p.sum()))
+
+
+class _Stream:
+    """One ``Generate`` call: send a step, wait for its result, in order."""
+
+    def __init__(self, stub: pb_grpc.MinerStub, metadata: tuple, timeout: float) -> None:
+        self._requests: queue.Queue[pb.InferRequest | None] = queue.Queue()
+        self._replies: Iterator[pb.InferReply] = stub.Generate(
+            iter(self._requests.get, None), metadata=metadata, timeout=timeout)
+
+    def step(self, request: pb.InferRequest) -> pb.InferReply:
+        self._requests.put(request)
+        return next(self._replies)
+
+    def close(self) -> None:
+        """Half-close and wait for the call to end; a failure was already raised by step."""
+        self._requests.put(None)
+        try:
+            for _ in self._replies:
+                pass
+        except grpc.RpcError:
+            pass
+
+
+class MinerClient:
+    """A connection to one miner, with the keys and client half of its artefact."""
+
+    def __init__(self, address: str, *, artefact: Path | None = None,
+                 expected_sha256: str | None = None, cache_dir: Path = DEFAULT_CACHE,
+                 seed: int | None = None, timeout: float = 600.0, retries: int = 4,
+                 backoff: float = 0.25) -> None:
+        self.address = address
+        self.cache_dir = Path(cache_dir)
+        self.timeout = timeout
+        self.retries = retries
+        self.backoff = backoff
+        self._local = Path(artefact) if artefact is not None else None
+        self._expected = expected_sha256
+        self._seed = seed
+        self._info: pb.InfoReply | None = None
+        self._artefact: Artefact | None = None
+        self._fhe: Any = None  # cerberus.fhe.program.FheClient once keys exist
+        self._key_id: str | None = None
+        self._uploaded = False
+        self.channel = grpc.insecure_channel(address, options=[
+            ("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)])
+        self.stub = pb_grpc.MinerStub(self.channel)
+
+    def __enter__(self) -> MinerClient:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.channel.close()
+
+    # -- calls with retries ----------------------------------------------------------
+    def _call(self, what: str, fn: Callable[[tuple], T]) -> T:
+        """Run ``fn(metadata)``; retry UNAVAILABLE / busy with backoff, else MinerError."""
+        delay = self.backoff
+        for attempt in range(self.retries + 1):
+            metadata = (("x-request-id", uuid.uuid4().hex[:16]),)
+            try:
+                return fn(metadata)
+            except grpc.RpcError as e:
+                code, details = e.code(), e.details()
+                if code == grpc.StatusCode.NOT_FOUND and "key id" in (details or ""):
+                    raise _KeysLost() from e
+                busy = code in RETRYABLE and "larger than" not in (details or "")
+                if busy and attempt < self.retries:
+                    log.warning("%s: %s (%s); retry %d/%d in %.2f s", what, code.name, details,
+                                attempt + 1, self.retries, delay)
+                    time.sleep(delay * (1 + 0.25 * random.random()))
+                    delay *= 2
+                    continue
+                raise MinerError(f"{what} at {self.address} failed: {code.name}: {details}",
+                                 code) from e
+        raise AssertionError("unreachable")
+
+    def info(self) -> pb.InfoReply:
+        if self._info is None:
+            self._info = self._call("Info", lambda md: self.stub.Info(
+                pb.InfoRequest(), metadata=md, timeout=min(self.timeout, 30)))
+            if self._expected and self._info.artefact_sha256 != self._expected:
+                raise MinerError(f"miner {self.address} serves artefact "
+                                 f"{self._info.artefact_sha256[:16]}, not the expected "
+                                 f"{self._expected[:16]}")
+        return self._info
+
+    def health(self) -> pb.HealthReply:
+        return self._call("Health", lambda md: self.stub.Health(
+            pb.HealthRequest(), metadata=md, timeout=min(self.timeout, 30)))
+
+    def metrics(self) -> str:
+        return self._call("Metrics", lambda md: self.stub.Metrics(
+            pb.MetricsRequest(), metadata=md, timeout=min(self.timeout, 30))).text
+
+    # -- the artefact's client half ----------------------------------------------------
+    @property
+    def artefact(self) -> Artefact:
+        if self._artefact is None:
+            sha = self.info().artefact_sha256
+            if self._local is not None:
+                art = load_artefact(self._local)
+                if art.sha256 != sha:
+                    raise MinerError(f"{self._local} is artefact {art.sha256[:16]} but miner "
+                                     f"{self.address} serves {sha[:16]}")
+            else:
+                art = load_artefact(self._fetch(sha), verify=False)
+            self._artefact = art
+        return self._artefact
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.artefact.tokenizer
+
+    def _fetch(self, sha: str) -> Path:
+        """Download the client half into the cache once; every file checked against ``sha``."""
+        dest = self.cache_dir / "artefacts" / sha
+        if dest.is_dir():
+            return dest
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{sha[:16]}.", dir=dest.parent))
+        try:
+            digests = self._download(tmp)
+            for rel, digest in digests.items():
+                local = tmp / rel
+                if local.exists() and file_sha256(local) != digest:
+                    raise MinerError(f"miner sent {rel} with the wrong content")
+            if digest_of_files(digests) != sha:
+                raise MinerError(f"miner {self.address}'s files do not hash to its artefact "
+                                 f"{sha[:16]}")
+            try:
+                tmp.rename(dest)
+            except OSError:  # another process fetched it meanwhile
+                shutil.rmtree(tmp, ignore_errors=True)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        log.info("fetched the client half of artefact %s into %s", sha[:16], dest)
+        return dest
+
+    def _download(self, into: Path) -> dict[str, str]:
+        def run(md: tuple) -> dict[str, str]:
+            digests: dict[str, str] = {}
+            handle = None
+            for chunk in self.stub.FetchClient(pb.FetchClientRequest(), metadata=md,
+                                               timeout=self.timeout):
+                if chunk.sha256:  # a new file starts
+                    if chunk.path in digests or ".." in Path(chunk.path).parts \
+                            or Path(chunk.path).is_absolute():
+                        raise MinerError(f"miner sent a bad file path {chunk.path!r}")
+                    digests[chunk.path] = chunk.sha256
+                    if handle is not None:
+                        handle.close()
+                        handle = None
+                    if chunk.skipped:
+                        continue
+                    (into / chunk.path).parent.mkdir(parents=True, exist_ok=True)
+                    handle = open(into / chunk.path, "wb")  # noqa: SIM115
+                if handle is not None:
+                    handle.write(chunk.data)
+            if handle is not None:
+                handle.close()
+            return digests
+        return self._call("FetchClient", run)
+
+    # -- keys --------------------------------------------------------------------------
+    def keygen(self) -> str:
+        """Create (or reload) this client's keys; returns the key id."""
+        if self._fhe is None:
+            from cerberus.fhe.program import FheClient
+
+            sha = self.info().artefact_sha256
+            seed = self._seed if self._seed is not None else self._stored_seed(sha)
+            folder = self.cache_dir / "keys" / sha[:32] / f"seed-{hash_seed(seed)}"
+            self._fhe = FheClient(self.artefact.path / "fhe", key_cache=folder)
+            t0 = time.perf_counter()
+            self._fhe.keygen(seed)
+            log.info("keys ready in %.2f s (%d bytes of evaluation keys)",
+                     time.perf_counter() - t0, self._fhe.key_bytes())
+            keys = {n: self._fhe.evaluation_keys(n) for n in self._fhe.clients}
+            self._key_id = key_id(sha, keys)
+        assert self._key_id is not None
+        return self._key_id
+
+    def _stored_seed(self, sha: str) -> int:
+        """This machine's secret seed for an artefact: drawn once, kept private (0600)."""
+        path = self.cache_dir / "keys" / sha[:32] / "secret-seed"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(str(secrets.randbits(127)))
+        return int(path.read_text())
+
+    def upload_keys(self) -> str:
+        """Stream the evaluation keys to the miner; returns the key id it confirmed."""
+        kid = self.keygen()
+        sha = self.info().artefact_sha256
+
+        def chunks() -> Iterator[pb.KeyChunk]:
+            for name in sorted(self._fhe.clients):
+                data = self._fhe.evaluation_keys(name)
+                for i in range(0, max(len(data), 1), CHUNK):
+                    yield pb.KeyChunk(artefact_sha256=sha, program=name,
+                                      data=data[i:i + CHUNK])
+
+        reply = self._call("UploadKeys", lambda md: self.stub.UploadKeys(
+            chunks(), metadata=md, timeout=self.timeout))
+        if reply.key_id != kid:
+            raise MinerError(f"miner {self.address} computed key id {reply.key_id[:16]}, "
+                             f"expected {kid[:16]}")
+        log.info("uploaded %d bytes of evaluation keys (key id %s)", reply.bytes, kid[:16])
+        self._uploaded = True
+        return kid
+
+    def _with_keys(self, fn: Callable[[], T]) -> T:
+        """Run ``fn``; if the miner lost our keys, upload them and run it once more."""
+        try:
+            return fn()
+        except _KeysLost:
+            log.info("miner %s does not hold our keys; uploading", self.address)
+            self.upload_keys()
+            try:
+                return fn()
+            except _KeysLost as e:
+                raise MinerError(f"miner {self.address} lost our keys again right after "
+                                 "upload (is its key cache too small?)",
+                                 grpc.StatusCode.NOT_FOUND) from e
+
+    # -- encrypted computation ---------------------------------------------------------
+    def infer(self, program: str, x: np.ndarray) -> np.ndarray:
+        """One program on encrypted ``x`` (unary ``Infer``); returns the decrypted result."""
+        kid = self.keygen()
+        ct = self._fhe.encrypt(program, x)
+
+        def run() -> np.ndarray:
+            reply = self._call("Infer", lambda md: self.stub.Infer(
+                pb.InferRequest(key_id=kid, program=program, ciphertext=ct), metadata=md,
+                timeout=self.timeout))
+            return self._fhe.decrypt(program, reply.ciphertext)
+        return self._with_keys(run)
+
+    def next_logits(self, ids: list[int], stats: Generation | None = None) -> torch.Tensor:
+        """The logits after ``ids`` (its last T tokens), every miner step encrypted.
+
+        One ``Generate`` call per token: the client sends each step's ciphertext and waits
+        for its result before computing the next step's input.
+        """
+        art = self.artefact
+        kid = self.keygen()
+        window, pos = art.window(ids)
+
+        def run() -> torch.Tensor:
+            stream = self._call("Generate", lambda md: _Stream(self.stub, md, self.timeout))
+
+            def miner(program: str, x: np.ndarray) -> np.ndarray:
+                ct = self._fhe.encrypt(program, x)
+                try:
+                    reply = stream.step(pb.InferRequest(key_id=kid, program=program,
+                                                        ciphertext=ct))
+                except grpc.RpcError as e:
+                    if e.code() == grpc.StatusCode.NOT_FOUND and "key id" in (e.details() or ""):
+                        raise _KeysLost() from e
+                    raise
+                if stats is not None:
+                    stats.server_ms += reply.server_ms
+                    stats.bytes_sent += len(ct)
+                    stats.bytes_received += len(reply.ciphertext)
+                return self._fhe.decrypt(program, reply.ciphertext)
+
+            try:
+                with torch.no_grad():
+                    if art.parts is not None:
+                        from cerberus.hybrid import hybrid_model
+
+                        logits = hybrid_model(art.model, art.parts, _prep(art),
+                                              miner=miner)(window)
+                    else:
+                        logits = art.decode_output(miner("blocks", art.encode_input(window)[0])
+                                                   [None])
+            finally:
+                stream.close()
+            return logits[0, pos]
+
+        return self._with_keys(lambda: self._retry_stream(run))
+
+    def _retry_stream(self, run: Callable[[], T]) -> T:
+        """A token's steps are redone from the start if the stream breaks (UNAVAILABLE)."""
+        delay = self.backoff
+        for attempt in range(self.retries + 1):
+            try:
+                return run()
+            except grpc.RpcError as e:
+                if e.code() in RETRYABLE and attempt < self.retries:
+                    log.warning("Generate: %s (%s); redoing the token in %.2f s",
+                                e.code().name, e.details(), delay)
+                    time.sleep(delay)
+                    delay *= 2
+                    continue
+                raise MinerError(f"Generate at {self.address} failed: {e.code().name}: "
+                                 f"{e.details()}", e.code()) from e
+        raise AssertionError("unreachable")
+
+    def generate(self, prompt_ids: list[int], max_new_tokens: int, *,
+                 temperature: float = 0.0, top_k: int = 0, seed: int | None = None,
+                 on_token: Callable[[int, float], None] | None = None) -> Generation:
+        """Autoregressive generation under encryption; greedy unless ``temperature`` > 0.
+
+        ``on_token(token_id, seconds)`` is called as each token arrives (for progress).
+        """
+        if not prompt_ids:
+            raise MinerError("the prompt is empty")
+        if max_new_tokens < 1:
+            raise MinerError("max_new_tokens must be at least 1")
+        if not self._uploaded:
+            self.upload_keys()
+        rng = np.random.default_rng(seed)
+        out = Generation(ids=[])
+        ids = list(prompt_ids)
+        for _ in range(max_new_tokens):
+            t0 = time.perf_counter()
+            logits = self.next_logits(ids, out).double().numpy()
+            token = sample(logits, temperature, top_k, rng)
+            ids.append(token)
+            out.ids.append(token)
+            out.token_seconds.append(time.perf_counter() - t0)
+            if on_token is not None:
+                on_token(token, out.token_seconds[-1])
+        return out
+
+
+def hash_seed(seed: int) -> str:
+    """A folder name for a seed's keys that does not reveal the seed."""
+    return hashlib.sha256(str(seed).encode()).hexdigest()[:16]
+
+
+def _prep(art: Artefact) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    quant = art.manifest["quantization"]
+    if not quant.get("adaptive"):
+        return None
+    from cerberus.artefact import adaptive_torch
+
+    return adaptive_torch(quant["adaptive_params"])

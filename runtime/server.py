@@ -1,0 +1,354 @@
+"""The miner: serves one compiled artefact's FHE programs over gRPC (SPEC R1–R4).
+
+A miner holds the server half of an artefact (``fhe/NAME/server.zip``) and, per client,
+that client's evaluation keys. It receives ciphertexts, runs them and returns ciphertexts;
+it has no secret key, so it never sees a prompt, a token or an activation.
+
+Operational shape:
+
+* a bounded worker pool and a bounded number of concurrent RPCs: beyond it gRPC answers
+  RESOURCE_EXHAUSTED at once instead of queueing without limit;
+* evaluation keys in an LRU cache bounded in bytes (``runtime.keycache``);
+* message size limits derived from the programs' ciphertext sizes;
+* every RPC logged as one JSON line with a request id (the client's ``x-request-id`` or a
+  fresh one, echoed back in trailing metadata), counted in ``Metrics``;
+* SIGTERM/SIGINT drain: no new RPCs, in-flight ones finish (up to ``grace`` seconds).
+
+Bad input never reaches concrete unchecked: unknown programs and oversized or undecodable
+ciphertexts are INVALID_ARGUMENT, unknown key ids NOT_FOUND, keys for another artefact
+FAILED_PRECONDITION; the server keeps serving everyone else.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import logging
+import signal
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent import futures
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from cerberus import __version__
+from cerberus.artefact import HASH_FILE, artefact_hash, file_sha256
+from cerberus.errors import CerberusError
+from runtime.keycache import KeyCache, KeySet
+from runtime.metrics import Metrics
+from runtime.protos import miner_pb2 as pb
+from runtime.protos import miner_pb2_grpc as pb_grpc
+
+log = logging.getLogger("runtime.server")
+
+CHUNK = 1 << 20  # bytes per streamed chunk (keys, artefact files)
+SLACK = 1 << 20  # headroom over a ciphertext's size for framing
+# Files a client never needs: the server programs and the ONNX export.
+SERVER_ONLY = ("server.zip", "model.onnx")
+
+
+def key_id(artefact_sha256: str, keys: dict[str, bytes]) -> str:
+    """The id of a key set: sha256 over the artefact and every program's key digest.
+
+    Client and miner compute it independently, so a client knows its id before uploading.
+    """
+    h = hashlib.sha256(artefact_sha256.encode())
+    for name in sorted(keys):
+        h.update(f"\0{name}\0{hashlib.sha256(keys[name]).hexdigest()}".encode())
+    return h.hexdigest()
+
+
+class Abort(Exception):
+    """Ends an RPC with a gRPC status and a message for the client."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _rpc(method: Callable) -> Callable:
+    """Request id, JSON log line, metrics and status mapping around one RPC handler."""
+    streaming = method.__name__ in ("FetchClient", "Generate")
+
+    def begin(self: MinerService, context: grpc.ServicerContext) -> tuple[str, float]:
+        meta = dict(context.invocation_metadata() or ())
+        rid = str(meta.get("x-request-id") or uuid.uuid4().hex[:16])
+        context.set_trailing_metadata((("x-request-id", rid),))
+        with self.lock:
+            self.metrics.in_flight += 1
+        return rid, time.perf_counter()
+
+    def end(self: MinerService, context: grpc.ServicerContext, rid: str, t0: float,
+            error: BaseException | None, extra: dict[str, Any]) -> None:
+        code = "OK"
+        if isinstance(error, Abort):
+            code = error.code.name
+        elif error is not None:
+            code = "CANCELLED" if not context.is_active() else "INTERNAL"
+        dt = time.perf_counter() - t0
+        with self.lock:
+            self.metrics.in_flight -= 1
+        self.metrics.observe(method.__name__, code, dt)
+        log.info("rpc", extra={"json": dict(
+            extra, request_id=rid, method=method.__name__, peer=context.peer(), code=code,
+            ms=round(1000 * dt, 2), **({"error": str(error)} if error is not None else {}))})
+        if isinstance(error, Abort):
+            context.abort(error.code, str(error))
+        if error is not None and code == "INTERNAL":
+            context.abort(grpc.StatusCode.INTERNAL, f"internal error (request {rid})")
+
+    if streaming:
+        @functools.wraps(method)
+        def stream_wrapper(self: MinerService, request: Any, context: grpc.ServicerContext):
+            rid, t0 = begin(self, context)
+            extra: dict[str, Any] = {}
+            error = None
+            try:
+                yield from method(self, request, context, extra)
+            except Exception as e:  # noqa: BLE001 - mapped to a status in end()
+                error = e
+            end(self, context, rid, t0, error, extra)
+        return stream_wrapper
+
+    @functools.wraps(method)
+    def wrapper(self: MinerService, request: Any, context: grpc.ServicerContext):
+        rid, t0 = begin(self, context)
+        extra: dict[str, Any] = {}
+        error = result = None
+        try:
+            result = method(self, request, context, extra)
+        except Exception as e:  # noqa: BLE001 - mapped to a status in end()
+            error = e
+        end(self, context, rid, t0, error, extra)
+        return result
+    return wrapper
+
+
+class MinerService(pb_grpc.MinerServicer):
+    """The RPC handlers over one artefact's FHE programs and a key cache."""
+
+    def __init__(self, artefact: Path, *, key_cache_bytes: int = 4 << 30,
+                 record: Path | None = None) -> None:
+        from cerberus.fhe.program import FheServer
+
+        self.path = Path(artefact)
+        if not (self.path / "manifest.json").is_file():
+            raise CerberusError(f"{self.path} is not a Cerberus artefact (no manifest.json)")
+        recorded = (self.path / HASH_FILE).read_text().strip()
+        if artefact_hash(self.path) != recorded:
+            raise CerberusError(f"artefact {self.path} is corrupted: its files do not match "
+                                f"its sha256 {recorded}")
+        self.sha256 = recorded
+        self.manifest_json = (self.path / "manifest.json").read_text()
+        self.manifest = json.loads(self.manifest_json)
+        if not (self.path / "fhe").is_dir():
+            raise CerberusError(f"{self.path} has no FHE programs: compile it with --fhe")
+        self.fhe = FheServer(self.path / "fhe")
+        self.sizes = {n: self.fhe.ciphertext_bytes(n) for n in self.fhe.servers}
+        self.max_message_bytes = max(max(s) for s in self.sizes.values()) + SLACK
+        self.cache = KeyCache(key_cache_bytes)
+        self.metrics = Metrics()
+        self.lock = threading.Lock()
+        self.draining = False
+        self._record = open(record, "ab") if record is not None else None  # noqa: SIM115
+
+    # -- helpers ---------------------------------------------------------------------
+    def _recv(self, data: bytes) -> None:
+        """Test/audit hook: append every byte a client sent to the record file."""
+        if self._record is not None:
+            with self.lock:
+                self._record.write(data)
+                self._record.flush()
+
+    def _run(self, request: pb.InferRequest) -> pb.InferReply:
+        self._recv(request.ciphertext)
+        if request.program not in self.sizes:
+            raise Abort(grpc.StatusCode.INVALID_ARGUMENT,
+                        f"unknown program {request.program!r}; this artefact has "
+                        f"{', '.join(sorted(self.sizes))}")
+        limit = self.sizes[request.program][0] + SLACK
+        if len(request.ciphertext) > limit:
+            raise Abort(grpc.StatusCode.INVALID_ARGUMENT,
+                        f"ciphertext of {len(request.ciphertext)} bytes is larger than program "
+                        f"{request.program}'s input ({limit} bytes at most)")
+        keys = self.cache.get(request.key_id)
+        if keys is None:
+            raise Abort(grpc.StatusCode.NOT_FOUND,
+                        f"unknown key id {request.key_id[:16]!r}: upload keys first "
+                        "(they may have been evicted)")
+        t0 = time.perf_counter()
+        try:
+            out = self.fhe.run(request.program, request.ciphertext, keys.keys[request.program])
+        except RuntimeError as e:
+            first = str(e).splitlines()[0] if str(e) else type(e).__name__
+            if "incompatible raw info" in str(e):
+                first = "ciphertext shape or parameters do not match program " + request.program
+            raise Abort(grpc.StatusCode.INVALID_ARGUMENT, f"bad ciphertext: {first}") from e
+        return pb.InferReply(ciphertext=out, server_ms=1000 * (time.perf_counter() - t0))
+
+    # -- RPCs ------------------------------------------------------------------------
+    @_rpc
+    def Info(self, request: pb.InfoRequest, context: grpc.ServicerContext,  # noqa: N802
+             extra: dict) -> pb.InfoReply:
+        programs = [pb.Program(name=n, input_bytes=i, output_bytes=o)
+                    for n, (i, o) in sorted(self.sizes.items())]
+        return pb.InfoReply(artefact_sha256=self.sha256, manifest_json=self.manifest_json,
+                            programs=programs, max_message_bytes=self.max_message_bytes,
+                            partition=self.manifest.get("partition", {}).get("mode", "full"),
+                            version=__version__)
+
+    @_rpc
+    def FetchClient(self, request: pb.FetchClientRequest,  # noqa: N802
+                    context: grpc.ServicerContext, extra: dict) -> Iterator[pb.FileChunk]:
+        files = sorted(p for p in self.path.rglob("*") if p.is_file())
+        for p in files:
+            rel = p.relative_to(self.path).as_posix()
+            digest = file_sha256(p)
+            if p.name in SERVER_ONLY:
+                yield pb.FileChunk(path=rel, sha256=digest, skipped=True)
+                continue
+            with open(p, "rb") as f:
+                data = f.read(CHUNK)
+                yield pb.FileChunk(path=rel, sha256=digest, data=data)
+                while data := f.read(CHUNK):
+                    yield pb.FileChunk(path=rel, data=data)
+        extra["files"] = len(files)
+
+    @_rpc
+    def UploadKeys(self, request_iterator: Iterator[pb.KeyChunk],  # noqa: N802
+                   context: grpc.ServicerContext, extra: dict) -> pb.KeyId:
+        from concrete import fhe
+
+        parts: dict[str, bytearray] = {}
+        total = 0
+        for chunk in request_iterator:  # a client that dies mid-stream raises here
+            if chunk.artefact_sha256 != self.sha256:
+                raise Abort(grpc.StatusCode.FAILED_PRECONDITION,
+                            f"keys were generated for artefact {chunk.artefact_sha256[:16]!r}; "
+                            f"this miner serves {self.sha256[:16]}")
+            if chunk.program not in self.sizes:
+                raise Abort(grpc.StatusCode.FAILED_PRECONDITION,
+                            f"keys for program {chunk.program!r}, which this artefact does not "
+                            "have: they belong to another circuit")
+            total += len(chunk.data)
+            if total > self.cache.limit_bytes:
+                raise Abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                            f"keys exceed this miner's key cache ({self.cache.limit_bytes} B)")
+            parts.setdefault(chunk.program, bytearray()).extend(chunk.data)
+            self._recv(chunk.data)
+        if not context.is_active():  # the client went away: keep nothing
+            raise Abort(grpc.StatusCode.CANCELLED, "upload cancelled by the client")
+        missing = sorted(set(self.sizes) - set(parts))
+        if missing:
+            raise Abort(grpc.StatusCode.FAILED_PRECONDITION,
+                        f"no keys for program(s) {', '.join(missing)}")
+        raw = {n: bytes(b) for n, b in parts.items()}
+        keys = {}
+        for name, data in raw.items():
+            try:
+                keys[name] = fhe.EvaluationKeys.deserialize(data)
+            except RuntimeError as e:
+                raise Abort(grpc.StatusCode.INVALID_ARGUMENT,
+                            f"evaluation keys for {name} do not decode "
+                            f"({str(e).splitlines()[0][:120]})") from e
+        kid = key_id(self.sha256, raw)
+        self.cache.put(KeySet(kid, keys, total))
+        extra.update(key_id=kid[:16], bytes=total)
+        return pb.KeyId(key_id=kid, bytes=total)
+
+    @_rpc
+    def Infer(self, request: pb.InferRequest, context: grpc.ServicerContext,  # noqa: N802
+              extra: dict) -> pb.InferReply:
+        extra.update(program=request.program, bytes_in=len(request.ciphertext))
+        return self._run(request)
+
+    @_rpc
+    def Generate(self, request_iterator: Iterator[pb.InferRequest],  # noqa: N802
+                 context: grpc.ServicerContext, extra: dict) -> Iterator[pb.InferReply]:
+        steps = 0
+        for request in request_iterator:
+            reply = self._run(request)
+            steps += 1
+            extra["steps"] = steps
+            yield reply
+
+    @_rpc
+    def Health(self, request: pb.HealthRequest, context: grpc.ServicerContext,  # noqa: N802
+               extra: dict) -> pb.HealthReply:
+        return pb.HealthReply(status="DRAINING" if self.draining else "SERVING",
+                              artefact_sha256=self.sha256, cached_keys=len(self.cache),
+                              cache_bytes=self.cache.nbytes, in_flight=self.metrics.in_flight)
+
+    @_rpc
+    def Metrics(self, request: pb.MetricsRequest, context: grpc.ServicerContext,  # noqa: N802
+                extra: dict) -> pb.MetricsReply:
+        return pb.MetricsReply(text=self.metrics.render({
+            "cerberus_key_cache_bytes": self.cache.nbytes,
+            "cerberus_key_cache_limit_bytes": self.cache.limit_bytes,
+            "cerberus_key_cache_entries": len(self.cache),
+            "cerberus_key_cache_evictions_total": self.cache.evictions,
+        }))
+
+    def close(self) -> None:
+        if self._record is not None:
+            self._record.close()
+
+
+def start(service: MinerService, host: str = "127.0.0.1", port: int = 50051, *,
+          workers: int = 4, queue: int = 16) -> tuple[grpc.Server, int]:
+    """Start serving; returns the server and the bound port (``port=0`` picks a free one).
+
+    ``workers`` RPCs run at once; up to ``queue`` more wait for a worker; beyond that
+    gRPC answers RESOURCE_EXHAUSTED. Messages may be as large as the largest ciphertext.
+    """
+    limit = service.max_message_bytes
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="miner"),
+        maximum_concurrent_rpcs=workers + queue,
+        options=[("grpc.max_receive_message_length", limit),
+                 ("grpc.max_send_message_length", limit)],
+    )
+    pb_grpc.add_MinerServicer_to_server(service, server)
+    bound = server.add_insecure_port(f"{host}:{port}")
+    if bound == 0:
+        raise CerberusError(f"cannot listen on {host}:{port} (address in use?)")
+    server.start()
+    return server, bound
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: what log shippers and ``jq`` expect."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        doc = {"ts": round(record.created, 3), "level": record.levelname.lower(),
+               "logger": record.name, "msg": record.getMessage()}
+        doc.update(getattr(record, "json", {}))
+        return json.dumps(doc, default=str)
+
+
+def serve_forever(service: MinerService, host: str, port: int, *, workers: int, queue: int,
+                  grace: float = 30.0, on_ready: Callable[[int], None] | None = None) -> None:
+    """Serve until SIGTERM or SIGINT, then drain: in-flight RPCs get ``grace`` seconds."""
+    server, bound = start(service, host, port, workers=workers, queue=queue)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    log.info("serving", extra={"json": {"event": "serving", "address": f"{host}:{bound}",
+                                         "artefact": service.sha256,
+                                         "programs": len(service.sizes),
+                                         "max_message_bytes": service.max_message_bytes}})
+    if on_ready is not None:
+        on_ready(bound)
+    while not stop.wait(0.5):
+        pass
+    service.draining = True
+    log.info("draining", extra={"json": {"event": "draining", "grace_s": grace,
+                                          "in_flight": service.metrics.in_flight}})
+    server.stop(grace).wait()
+    log.info("stopped", extra={"json": {"event": "stopped"}})
+    service.close()

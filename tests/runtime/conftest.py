@@ -1,0 +1,72 @@
+"""Fixtures for the miner runtime: a real FHE artefact of the tiny model and real miners.
+
+Miners are real ``cerberus serve`` processes on 127.0.0.1 (a free port each); every wait
+is bounded.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from cerberus.artefact import Artefact, load_artefact
+from cerberus.compile import CompileOptions, compile_model
+from cerberus.paths import shipped_model
+
+SEQ_LEN = 8  # short windows keep each encrypted token to a few seconds on 2 cores
+
+
+@pytest.fixture(scope="session")
+def fhe_artefact(tmp_path_factory: pytest.TempPathFactory) -> Artefact:
+    """models/tiny-gpt compiled with --fhe (hybrid partition, 8 bits), loaded."""
+    out = tmp_path_factory.mktemp("art") / "tiny.cerb"
+    compile_model(shipped_model(), out, CompileOptions(seq_len=SEQ_LEN, fhe=True))
+    return load_artefact(out)
+
+
+class Miner:
+    """A ``cerberus serve`` child process and its address."""
+
+    def __init__(self, artefact: Path, tmp: Path, *args: str) -> None:
+        self.record = tmp / "received.bin"
+        self.log = tmp / "miner.log"
+        cmd = [sys.executable, "-m", "cerberus", "serve", str(artefact), "--port", "0",
+               "--record-inputs", str(self.record), *args]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=open(self.log, "wb"),
+                                     text=True, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+        line = self._first_line(timeout=120)
+        self.address = line.split(" on ")[1]
+
+    def _first_line(self, timeout: float) -> str:
+        deadline = time.monotonic() + timeout
+        assert self.proc.stdout is not None
+        os.set_blocking(self.proc.stdout.fileno(), False)
+        buf = ""
+        while time.monotonic() < deadline:
+            chunk = self.proc.stdout.readline()
+            buf += chunk or ""
+            if buf.endswith("\n"):
+                return buf.strip()
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"miner exited: {self.log.read_text()[-2000:]}")
+            time.sleep(0.05)
+        raise TimeoutError("miner did not start")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        return self.proc.wait(timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def miner(fhe_artefact: Artefact, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Miner]:
+    m = Miner(fhe_artefact.path, tmp_path_factory.mktemp("miner"), "--key-cache-mb", "1")
+    yield m
+    m.stop()

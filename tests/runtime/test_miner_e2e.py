@@ -1,0 +1,296 @@
+"""A real miner process on 127.0.0.1 serving the tiny model under real TFHE (issue #6).
+
+Every test talks to a ``cerberus serve`` child process through gRPC; keys, encryption and
+decryption are concrete-python's, and answers are checked against the bit-exact simulator.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+
+from cerberus.artefact import Artefact
+from runtime.client import MinerClient, MinerError
+from runtime.metrics import parse
+from runtime.protos import miner_pb2 as pb
+from runtime.protos import miner_pb2_grpc as pb_grpc
+
+from .conftest import Miner
+
+PROMPT = "The for statement is used to"
+
+
+def stub(address: str) -> pb_grpc.MinerStub:
+    channel = grpc.insecure_channel(address, options=[
+        ("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)])
+    return pb_grpc.MinerStub(channel)
+
+
+def in_shape(art: Artefact, program: str) -> tuple[int, int]:
+    """A hybrid program's input: one window of activations, [seq_len, in_features]."""
+    return int(art.manifest["seq_len"]), int(art.parts[program].graph.meta["d_model"])
+
+
+def client(miner: Miner, tmp: Path, seed: int, **kw) -> MinerClient:
+    return MinerClient(miner.address, cache_dir=tmp / f"cache-{seed}", seed=seed, **kw)
+
+
+def test_generation_is_encrypted_and_equals_the_simulator(
+        miner: Miner, fhe_artefact: Artefact, tmp_path: Path) -> None:
+    ids = fhe_artefact.tokenizer(PROMPT).input_ids
+    expected = fhe_artefact.generate(ids, 3)
+    before = miner.record.stat().st_size if miner.record.exists() else 0
+    with client(miner, tmp_path, seed=1) as c:
+        assert c.info().artefact_sha256 == fhe_artefact.sha256
+        out = c.generate(ids, 3)
+        # the client half was fetched from the miner and checked against the hash
+        assert c.artefact.path != fhe_artefact.path
+    assert out.ids == expected
+    assert out.bytes_sent > 0 and len(out.token_seconds) == 3
+
+    # What the miner received holds none of the plaintext: not the prompt, not the token
+    # ids, not the quantized activations it computed on.
+    received = miner.record.read_bytes()[before:]
+    assert len(received) >= out.bytes_sent
+    text = fhe_artefact.tokenizer.decode(ids + out.ids)
+    assert PROMPT.encode() not in received and text.encode() not in received
+    for dtype in (np.int64, np.int32, np.int16):
+        assert np.asarray(ids, dtype=dtype).tobytes() not in received
+    window, _ = fhe_artefact.window(ids)
+    record: dict[str, list[np.ndarray]] = {}
+    from cerberus.hybrid import hybrid_model
+
+    hybrid_model(fhe_artefact.model, fhe_artefact.parts, record=record)(window)
+    for name, xs in record.items():
+        for x in xs:
+            for row in x[:4]:
+                if np.count_nonzero(row) > 8:  # rows of mostly zeros say nothing
+                    for dtype in (np.int64, np.int32, np.int8):
+                        assert row.astype(dtype).tobytes() not in received, name
+
+
+def test_eight_concurrent_clients_with_distinct_keys(
+        miner: Miner, fhe_artefact: Artefact, tmp_path: Path) -> None:
+    prompts = ["def", "class A", "import os", "The while", "return x", "if x", "for i in",
+               "A list"]
+    tok = fhe_artefact.tokenizer
+    expected = [fhe_artefact.generate(tok(p).input_ids, 1) for p in prompts]
+    results: dict[int, list[int]] = {}
+    errors: list[BaseException] = []
+    clients = [client(miner, tmp_path, seed=100 + i) for i in range(len(prompts))]
+
+    def work(i: int) -> None:
+        try:
+            results[i] = clients[i].generate(tok(prompts[i]).input_ids, 1).ids
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(prompts))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=600)
+    assert not errors, errors
+    assert [results[i] for i in range(len(prompts))] == expected
+    # distinct secret keys: a ciphertext of one client means nothing under another's key
+    name = next(iter(fhe_artefact.parts))
+    x = np.arange(np.prod(in_shape(fhe_artefact, name))).reshape(
+        in_shape(fhe_artefact, name)) % 7
+    ct = clients[0]._fhe.encrypt(name, x)  # noqa: SLF001 - the test reaches into the SDK
+    reply = stub(miner.address).Infer(pb.InferRequest(
+        key_id=clients[0].keygen(), program=name, ciphertext=ct), timeout=120).ciphertext
+    from cerberus.ir import evaluate
+
+    want = evaluate(fhe_artefact.parts[name].graph, x)["output"]
+    assert np.array_equal(clients[0]._fhe.decrypt(name, reply), want)  # noqa: SLF001
+    assert not np.array_equal(clients[1]._fhe.decrypt(name, reply), want)  # noqa: SLF001
+    for c in clients:
+        c.close()
+    m = parse(MinerClient(miner.address).metrics())
+    assert m["cerberus_key_cache_bytes"] <= m["cerberus_key_cache_limit_bytes"]
+    assert m['cerberus_requests_total{method="Generate",code="OK"}'] >= len(prompts)
+
+
+def test_bad_requests_get_clear_statuses_and_the_miner_keeps_serving(
+        miner: Miner, fhe_artefact: Artefact, tmp_path: Path) -> None:
+    s = stub(miner.address)
+    with client(miner, tmp_path, seed=7) as c:
+        kid = c.upload_keys()
+        names = sorted(fhe_artefact.parts)
+        shape = in_shape(fhe_artefact, names[0])
+        good = c._fhe.encrypt(names[0], np.ones(shape, dtype=np.int64))  # noqa: SLF001
+
+        def status(req: pb.InferRequest) -> tuple[grpc.StatusCode, str]:
+            with pytest.raises(grpc.RpcError) as e:
+                s.Infer(req, timeout=60)
+            return e.value.code(), e.value.details()
+
+        code, msg = status(pb.InferRequest(key_id=kid, program=names[0], ciphertext=b"x" * 99))
+        assert code == grpc.StatusCode.INVALID_ARGUMENT and "bad ciphertext" in msg
+        code, msg = status(pb.InferRequest(key_id="0" * 64, program=names[0], ciphertext=good))
+        assert code == grpc.StatusCode.NOT_FOUND and "unknown key id" in msg
+        code, msg = status(pb.InferRequest(key_id=kid, program="nope", ciphertext=good))
+        assert code == grpc.StatusCode.INVALID_ARGUMENT and "unknown program" in msg
+        other = next(n for n in names if in_shape(fhe_artefact, n) != shape)
+        code, msg = status(pb.InferRequest(key_id=kid, program=other, ciphertext=good))
+        assert code == grpc.StatusCode.INVALID_ARGUMENT and "do not match" in msg
+        code, msg = status(pb.InferRequest(key_id=kid, program=names[0],
+                                           ciphertext=good + b"\0" * (2 << 20)))
+        assert code == grpc.StatusCode.INVALID_ARGUMENT and "larger than" in msg
+        info = c.info()
+        code, msg = status(pb.InferRequest(key_id=kid, program=names[0],
+                                           ciphertext=b"\0" * (info.max_message_bytes + 1)))
+        assert code == grpc.StatusCode.RESOURCE_EXHAUSTED  # gRPC's own limit
+        # keys generated for another artefact, or for programs this one does not have
+        for chunk, word in ((pb.KeyChunk(artefact_sha256="f" * 64, program=names[0], data=b"k"),
+                             "generated for artefact"),
+                            (pb.KeyChunk(artefact_sha256=info.artefact_sha256,
+                                         program="blocks.9.q", data=b"k"), "another circuit")):
+            with pytest.raises(grpc.RpcError) as e:
+                s.UploadKeys(iter([chunk]), timeout=60)
+            assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+            assert word in e.value.details()
+        with pytest.raises(grpc.RpcError) as e:  # undecodable keys
+            s.UploadKeys(iter([pb.KeyChunk(artefact_sha256=info.artefact_sha256, program=n,
+                                           data=b"junk" * 4) for n in names]), timeout=60)
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        # … and the next good request is answered correctly
+        out = c.infer(names[0], np.ones(shape, dtype=np.int64))
+        from cerberus.ir import evaluate
+
+        graph = fhe_artefact.parts[names[0]].graph
+        assert np.array_equal(out, evaluate(graph, np.ones(shape, dtype=np.int64))["output"])
+
+
+KILLED_UPLOADER = """
+import sys, time, grpc
+from runtime.protos import miner_pb2 as pb, miner_pb2_grpc as pb_grpc
+address, sha, program = sys.argv[1:]
+def chunks():
+    yield pb.KeyChunk(artefact_sha256=sha, program=program, data=b"\\0" * 10)
+    print("sent", flush=True)
+    time.sleep(600)
+pb_grpc.MinerStub(grpc.insecure_channel(address)).UploadKeys(chunks(), timeout=600)
+"""
+
+
+def test_a_client_killed_mid_upload_leaves_no_partial_key(miner: Miner) -> None:
+    with MinerClient(miner.address) as c:
+        info, before = c.info(), c.health().cached_keys
+        cancelled = parse(c.metrics()).get(
+            'cerberus_requests_total{method="UploadKeys",code="CANCELLED"}', 0)
+        program = info.programs[0].name
+        proc = subprocess.Popen([sys.executable, "-c", KILLED_UPLOADER, miner.address,
+                                 info.artefact_sha256, program], stdout=subprocess.PIPE, text=True)
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "sent"
+        proc.kill()
+        proc.wait(timeout=30)
+        for _ in range(100):  # bounded: the miner notices the reset within moments
+            m = parse(c.metrics())
+            if m.get('cerberus_requests_total{method="UploadKeys",code="CANCELLED"}', 0) \
+                    > cancelled:
+                break
+            threading.Event().wait(0.1)
+        assert m['cerberus_requests_total{method="UploadKeys",code="CANCELLED"}'] == cancelled + 1
+        assert c.health().cached_keys == before
+
+
+def test_unknown_keys_are_uploaded_by_the_sdk(fhe_artefact: Artefact, tmp_path: Path) -> None:
+    """A miner that does not hold a client's keys (never uploaded, evicted, restarted)
+    answers NOT_FOUND; the SDK uploads them and retries by itself."""
+    m = Miner(fhe_artefact.path, tmp_path)  # a fresh miner: an empty key cache
+    try:
+        with client(m, tmp_path, seed=11) as c:
+            name = sorted(fhe_artefact.parts)[0]
+            x = np.ones(in_shape(fhe_artefact, name), dtype=np.int64)
+            from cerberus.ir import evaluate
+
+            assert np.array_equal(c.infer(name, x),
+                                  evaluate(fhe_artefact.parts[name].graph, x)["output"])
+            after = parse(c.metrics())
+    finally:
+        assert m.stop() == 0
+    assert after['cerberus_requests_total{method="Infer",code="NOT_FOUND"}'] == 1
+    assert after['cerberus_requests_total{method="UploadKeys",code="OK"}'] == 1
+    assert after['cerberus_requests_total{method="Infer",code="OK"}'] == 1
+    assert after["cerberus_key_cache_bytes"] <= after["cerberus_key_cache_limit_bytes"]
+    assert '"request_id"' in m.log.read_text()  # structured logs with request ids
+
+
+def test_sigterm_lets_in_flight_calls_finish(fhe_artefact: Artefact, tmp_path: Path) -> None:
+    m = Miner(fhe_artefact.path, tmp_path)
+    with client(m, tmp_path, seed=3) as c:
+        kid = c.upload_keys()
+        name = sorted(fhe_artefact.parts)[0]
+        shape = in_shape(fhe_artefact, name)
+        x = np.full(shape, 2, dtype=np.int64)
+        from runtime.client import _Stream
+
+        stream = _Stream(c.stub, (), 120)
+        req = pb.InferRequest(key_id=kid, program=name, ciphertext=c._fhe.encrypt(name, x))  # noqa: SLF001
+        first = c._fhe.decrypt(name, stream.step(req).ciphertext)  # noqa: SLF001
+        m.proc.send_signal(15)
+        for _ in range(100):  # bounded wait until the miner reports it is draining
+            if '"event": "draining"' in m.log.read_text():
+                break
+            threading.Event().wait(0.1)
+        second = c._fhe.decrypt(name, stream.step(req).ciphertext)  # in flight: still served  # noqa: SLF001
+        assert np.array_equal(first, second)
+        with pytest.raises(grpc.RpcError):  # new calls are refused while draining
+            stub(m.address).Health(pb.HealthRequest(), timeout=10)
+        stream.close()
+    assert m.proc.wait(timeout=60) == 0
+
+
+def test_a_busy_miner_says_resource_exhausted_and_the_client_backs_off(
+        fhe_artefact: Artefact, tmp_path: Path) -> None:
+    m = Miner(fhe_artefact.path, tmp_path, "--workers", "1", "--queue", "0")
+    try:
+        holder = client(m, tmp_path, seed=4)
+        holder.upload_keys()
+        from runtime.client import _Stream
+
+        stream = _Stream(holder.stub, (), 120)  # holds the only slot until closed
+        threading.Event().wait(0.5)
+        impatient = client(m, tmp_path, seed=5, retries=0)
+        with pytest.raises(MinerError) as e:
+            impatient.health()
+        assert e.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+        patient = client(m, tmp_path, seed=6, retries=6, backoff=0.2)
+        threading.Timer(0.5, stream.close).start()
+        assert patient.health().status == "SERVING"  # succeeded after backing off
+        for c in (holder, impatient, patient):
+            c.close()
+    finally:
+        m.stop()
+
+
+def test_cerberus_query_prints_the_simulators_text(
+        miner: Miner, fhe_artefact: Artefact, tmp_path: Path) -> None:
+    tok = fhe_artefact.tokenizer
+    ids = tok(PROMPT).input_ids
+    expected = tok.decode(ids + fhe_artefact.generate(ids, 2))
+    result = subprocess.run([sys.executable, "-m", "cerberus", "query", "--miner", miner.address,
+                             PROMPT, "-n", "2", "--cache", str(tmp_path / "c"), "--key-seed", "9"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == expected.strip()
+    assert "2 tokens in" in result.stderr
+
+
+def test_cli_errors_are_one_line(fhe_artefact: Artefact, tmp_path: Path) -> None:
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "cerberus", *args], capture_output=True,
+                              text=True, timeout=120)
+
+    r = run("serve", str(tmp_path / "missing.cerb"))
+    assert r.returncode == 1 and r.stderr.strip().startswith("cerberus:")
+    assert r.stderr.strip().count("\n") == 0
+    r = run("query", "--miner", "127.0.0.1:1", "hi", "--timeout", "2", "--cache", str(tmp_path))
+    assert r.returncode == 1 and "cerberus:" in r.stderr and "UNAVAILABLE" in r.stderr
