@@ -1,17 +1,20 @@
 """``make demo``: the main job end to end, as far as it is built.
 
 1. load the shipped tiny GPT-2 offline and generate in the clear (the float reference);
-2. ``cerberus compile`` it: significance, squeezing, quantization, fusion, integer graph,
-   content-addressed artefact;
-3. generate through the artefact's integer path — the computation the miner will run
-   under FHE (issue #5), here evaluated in the clear by the bit-exact simulator.
-Later issues extend this to serve → encrypted query → network.
+2. ``cerberus compile --fhe`` it: significance, squeezing, quantization, fusion, integer
+   graph, concrete-python programs, content-addressed artefact;
+3. generate through the artefact's integer path in the clear (the bit-exact simulator);
+4. ``cerberus serve`` the artefact as a miner on 127.0.0.1 and query it under real TFHE
+   through the client SDK: the miner sees only ciphertexts, the answer equals step 3's.
+The network (issue #8) will extend this with routing and the ledger.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -25,6 +28,7 @@ from cerberus.paths import shipped_model
 
 PROMPTS = ("The for statement is used to", "A class definition")
 NEW_TOKENS = 12
+ENCRYPTED_TOKENS = 6
 
 
 def main() -> int:
@@ -42,7 +46,7 @@ def main() -> int:
 
     log.info("== 2. cerberus compile ==")
     with tempfile.TemporaryDirectory() as tmp:
-        out, digest, m = compile_model(path, Path(tmp) / "tiny-gpt.cerb", CompileOptions())
+        out, digest, m = compile_model(path, Path(tmp) / "tiny-gpt.cerb", CompileOptions(fhe=True))
         fuse = m["fusion"]
         log.info("artefact %s  sha256 %s", out.name, digest)
         log.info("partition %s: the miner runs %s", m["partition"]["mode"],
@@ -68,8 +72,45 @@ def main() -> int:
             log.info("  float  %r", tokenizer.decode(ref[0, len(ids):]))
             log.info("  int    %r  (%.0f ms/token in the clear)", tokenizer.decode(got),
                      1000 * dt / NEW_TOKENS)
-    log.info("next: the FHE backend (issue #5) runs step 3 under real encryption")
+        log.info("== 4. cerberus serve + an encrypted query (real TFHE) ==")
+        encrypted_query(out, art, tokenizer, Path(tmp), log)
     return 0
+
+
+def encrypted_query(artefact: Path, art, tokenizer, tmp: Path, log: logging.Logger) -> None:
+    """Start a miner process on 127.0.0.1, generate through it, compare with the simulator."""
+    from runtime.client import MinerClient
+
+    miner = subprocess.Popen([sys.executable, "-m", "cerberus", "serve", str(artefact),
+                              "--port", "0"], stdout=subprocess.PIPE,
+                             stderr=open(tmp / "miner.log", "wb"), text=True)
+    try:
+        assert miner.stdout is not None
+        line = miner.stdout.readline().strip()  # "serving SHA on HOST:PORT"
+        if not line:
+            raise RuntimeError(f"the miner did not start: {(tmp / 'miner.log').read_text()}")
+        address = line.rsplit(" ", 1)[1]
+        log.info("miner %s", line)
+        with MinerClient(address, cache_dir=tmp / "client-cache") as client:
+            t0 = time.perf_counter()
+            client.keygen()
+            client.upload_keys()
+            log.info("keys generated and uploaded in %.2f s", time.perf_counter() - t0)
+            prompt = PROMPTS[0]
+            ids = tokenizer(prompt).input_ids
+            out = client.generate(ids, ENCRYPTED_TOKENS)
+            total = sum(out.token_seconds)
+            log.info("prompt     %r", prompt)
+            log.info("  answer   %r", tokenizer.decode(out.ids))
+            log.info("  latency  %.2f s/token end to end (miner %.2f s/token), %.0f MB of "
+                     "ciphertext per token", total / len(out.ids),
+                     out.server_ms / 1000 / len(out.ids),
+                     (out.bytes_sent + out.bytes_received) / 1e6 / len(out.ids))
+            same = out.ids == art.generate(ids, ENCRYPTED_TOKENS)
+            log.info("  equals the simulator's tokens: %s", same)
+    finally:
+        miner.terminate()
+        miner.wait(timeout=60)
 
 
 if __name__ == "__main__":
