@@ -38,7 +38,7 @@ def _not_built(command: str, issue: int) -> Callable[[argparse.Namespace], int]:
 
 # Commands that exist, by module; each module has add_arguments(parser) and run(args).
 BUILT = {"compile": "cerberus.cli_compile", "serve": "runtime.cli_serve",
-         "query": "runtime.cli_query"}
+         "query": "runtime.cli_query", "bench": "runtime.cli_bench"}
 
 
 def _lazy(module: str) -> Callable[[argparse.Namespace], int]:
