@@ -22,6 +22,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--record-inputs", type=Path, metavar="FILE",
                    help="append every byte clients send to FILE (audits and tests: it shows "
                         "what a miner can see)")
+    p.add_argument("--misbehave", choices=["replay"],
+                   help="FOR TESTING VALIDATORS ONLY: 'replay' answers every program with the "
+                        "first reply it computed for it (valid ciphertext, wrong answer)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -37,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
     for handler in logging.getLogger().handlers:  # structured logs for operators
         handler.setFormatter(JsonFormatter())
     service = MinerService(args.artefact, key_cache_bytes=int(args.key_cache_mb * 2**20),
-                           record=args.record_inputs)
+                           record=args.record_inputs, misbehave=args.misbehave)
 
     def ready(port: int) -> None:  # one plain line on stdout: scripts wait for it
         print(f"serving {service.sha256} on {args.host}:{port}", flush=True)

@@ -17,6 +17,12 @@ Operational shape:
 Bad input never reaches concrete unchecked: unknown programs and oversized or undecodable
 ciphertexts are INVALID_ARGUMENT, unknown key ids NOT_FOUND, keys for another artefact
 FAILED_PRECONDITION; the server keeps serving everyone else.
+
+``misbehave="replay"`` exists only to test validators (SPEC N2, issue #8): such a miner
+answers every program with the first reply it ever computed for that program — a valid
+ciphertext of the right size, so nothing at the protocol level gives it away, but the
+wrong answer: a lazy miner replaying old work. Only the validators' bit-exact spot checks
+can catch it, which is what their tests need to show.
 """
 
 from __future__ import annotations
@@ -50,6 +56,7 @@ CHUNK = 1 << 20  # bytes per streamed chunk (keys, artefact files)
 SLACK = 1 << 20  # headroom over a ciphertext's size for framing
 # Files a client never needs: the server programs and the ONNX export.
 SERVER_ONLY = ("server.zip", "model.onnx")
+MISBEHAVIOURS = ("replay",)  # for testing validators only; see the module docstring
 
 
 def key_id(artefact_sha256: str, keys: dict[str, bytes]) -> str:
@@ -133,9 +140,14 @@ class MinerService(pb_grpc.MinerServicer):
     """The RPC handlers over one artefact's FHE programs and a key cache."""
 
     def __init__(self, artefact: Path, *, key_cache_bytes: int = 4 << 30,
-                 record: Path | None = None) -> None:
+                 record: Path | None = None, misbehave: str | None = None) -> None:
         from cerberus.fhe.program import FheServer
 
+        if misbehave is not None and misbehave not in MISBEHAVIOURS:
+            raise CerberusError(f"unknown misbehaviour {misbehave!r}; known: "
+                                f"{', '.join(MISBEHAVIOURS)}")
+        self.misbehave = misbehave
+        self._replies: dict[str, bytes] = {}  # misbehave="replay": program → first reply
         self.path = Path(artefact)
         if not (self.path / "manifest.json").is_file():
             raise CerberusError(f"{self.path} is not a Cerberus artefact (no manifest.json)")
@@ -181,6 +193,11 @@ class MinerService(pb_grpc.MinerServicer):
             raise Abort(grpc.StatusCode.NOT_FOUND,
                         f"unknown key id {request.key_id[:16]!r}: upload keys first "
                         "(they may have been evicted)")
+        if self.misbehave == "replay":
+            with self.lock:
+                old = self._replies.get(request.program)
+            if old is not None:  # lazy: the old answer, no computation
+                return pb.InferReply(ciphertext=old, server_ms=0.0)
         t0 = time.perf_counter()
         try:
             out = self.fhe.run(request.program, request.ciphertext, keys.keys[request.program])
@@ -189,6 +206,9 @@ class MinerService(pb_grpc.MinerServicer):
             if "incompatible raw info" in str(e):
                 first = "ciphertext shape or parameters do not match program " + request.program
             raise Abort(grpc.StatusCode.INVALID_ARGUMENT, f"bad ciphertext: {first}") from e
+        if self.misbehave == "replay":
+            with self.lock:
+                self._replies.setdefault(request.program, out)
         return pb.InferReply(ciphertext=out, server_ms=1000 * (time.perf_counter() - t0))
 
     # -- RPCs ------------------------------------------------------------------------
