@@ -91,7 +91,7 @@ def _rpc(method: Callable) -> Callable:
         return rid, time.perf_counter()
 
     def end(self: MinerService, context: grpc.ServicerContext, rid: str, t0: float,
-            error: BaseException | None, extra: dict[str, Any]) -> None:
+            error: BaseException | None, extra: dict[str, Any], reply: bool = True) -> None:
         code = "OK"
         if isinstance(error, Abort):
             code = error.code.name
@@ -104,6 +104,8 @@ def _rpc(method: Callable) -> Callable:
         log.info("rpc", extra={"json": dict(
             extra, request_id=rid, method=method.__name__, peer=context.peer(), code=code,
             ms=round(1000 * dt, 2), **({"error": str(error)} if error is not None else {}))})
+        if not reply:
+            return
         if isinstance(error, Abort):
             context.abort(error.code, str(error))
         if error is not None and code == "INTERNAL":
@@ -117,6 +119,10 @@ def _rpc(method: Callable) -> Callable:
             error = None
             try:
                 yield from method(self, request, context, extra)
+            except GeneratorExit:  # the client went away mid-stream: count it, then close
+                end(self, context, rid, t0, Abort(grpc.StatusCode.CANCELLED, "client left"),
+                    extra, reply=False)
+                raise
             except Exception as e:  # noqa: BLE001 - mapped to a status in end()
                 error = e
             end(self, context, rid, t0, error, extra)
@@ -296,6 +302,8 @@ class MinerService(pb_grpc.MinerServicer):
             steps += 1
             extra["steps"] = steps
             yield reply
+        if not context.is_active():  # gRPC ends the request stream quietly on cancel
+            raise Abort(grpc.StatusCode.CANCELLED, "the client left mid-stream")
 
     @_rpc
     def Health(self, request: pb.HealthRequest, context: grpc.ServicerContext,  # noqa: N802

@@ -294,3 +294,25 @@ def test_cli_errors_are_one_line(fhe_artefact: Artefact, tmp_path: Path) -> None
     assert r.stderr.strip().count("\n") == 0
     r = run("query", "--miner", "127.0.0.1:1", "hi", "--timeout", "2", "--cache", str(tmp_path))
     assert r.returncode == 1 and "cerberus:" in r.stderr and "UNAVAILABLE" in r.stderr
+
+
+def test_a_client_leaving_mid_stream_is_counted_and_frees_its_slot(
+        miner: Miner, fhe_artefact: Artefact, tmp_path: Path) -> None:
+    with client(miner, tmp_path, seed=12) as c:
+        kid = c.upload_keys()
+        key = 'cerberus_requests_total{method="Generate",code="CANCELLED"}'
+        before = parse(c.metrics()).get(key, 0)
+        name = sorted(fhe_artefact.parts)[0]
+        from runtime.client import _Stream
+
+        stream = _Stream(c.stub, (), 120)
+        x = np.ones(in_shape(fhe_artefact, name), dtype=np.int64)
+        stream.step(pb.InferRequest(key_id=kid, program=name,
+                                    ciphertext=c._fhe.encrypt(name, x)))  # noqa: SLF001
+        stream._replies.cancel()  # noqa: SLF001 - the client walks away mid-call
+        for _ in range(100):  # bounded: the miner sees the cancellation within moments
+            if parse(c.metrics()).get(key, 0) > before:
+                break
+            threading.Event().wait(0.1)
+        assert parse(c.metrics())[key] == before + 1
+        assert c.health().in_flight == 1  # only this Health call
