@@ -1,0 +1,177 @@
+"""A validator's epoch against real miners and a real chain (SPEC N2, issue #8).
+
+The miners are real gRPC servers under real TFHE: an honest one, a ``replay`` one (valid
+ciphertexts, old answers), a dead address and a miner with no endpoint. The validator's
+``set_weights`` tx is applied by a real in-memory ``ledger.chain.Chain`` whose Brain was
+set up by real, signed registration txs.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cerberus.artefact import Artefact
+from ledger.chain import Chain
+from ledger.genesis import Genesis
+from ledger.keys import Wallet
+from ledger.tx import Tx, make_tx
+from ledger.units import BASED
+from network.validator import U16_MAX, Validator, challenge_index, speed_weights
+
+BRAIN = 3  # a reserved Brain, owned by the operator at genesis
+OPERATOR, BRIDGE, PROPOSER = (Wallet.from_seed(s) for s in ("operator", "bridge", "proposer"))
+VALIDATOR = Wallet.from_seed("validator")
+MINERS = [Wallet.from_seed(f"miner-{i}") for i in range(4)]
+CHALLENGES = ["The for statement is used to", "def f(x):", "import os", "class A:"]
+
+
+class LocalChain:
+    """``ChainView`` over a real in-memory chain: each accepted tx goes into a new block."""
+
+    def __init__(self, chain: Chain, endpoints: dict[str, str | None]) -> None:
+        self.chain = chain
+        self.chain_id = chain.genesis.chain_id
+        self.endpoints = endpoints  # announced by miners off chain in this test
+
+    def miners(self, brain: int) -> dict[int, tuple[str, str | None]]:
+        b = self.chain.state.get("brain", brain)
+        return {uid: (a, self.endpoints.get(a)) for uid, a in enumerate(b.miners)
+                if a is not None}
+
+    def nonce(self, address: str) -> int:
+        return self.chain.nonce(address)
+
+    def submit(self, tx: Tx) -> str | None:
+        reason = self.chain.validate_tx(tx)
+        if reason is None:
+            block, rejected = self.chain.produce_block([tx], PROPOSER, self.chain.height + 1)
+            assert rejected == []
+            self.chain.apply_block(block)
+        return reason
+
+
+def _chain() -> Chain:
+    """Genesis, then the operator sets a zero fee and everyone registers, by signed txs."""
+    people = [VALIDATOR, *MINERS]
+    chain = Chain(Genesis(chain_id="cerberus-test", operator=OPERATOR.address,
+                          bridge=BRIDGE.address, tempo=1_000_000,
+                          balances={p.address: 1000 * BASED
+                                    for p in [OPERATOR, *people]}))
+    cid = chain.genesis.chain_id
+
+    def block(txs: list[Tx]) -> None:
+        b, rejected = chain.produce_block(txs, PROPOSER, chain.height + 1)
+        assert rejected == []
+        chain.apply_block(b)
+
+    block([make_tx(OPERATOR, "brain_config", 0, cid, brain=BRAIN, key="registration_fee",
+                   value="0")])
+    block([make_tx(w, "register", 0, cid, brain=BRAIN, role=role, max_fee=0)
+           for w, role in [(VALIDATOR, "validator"), *[(m, "miner") for m in MINERS]]])
+    return chain
+
+
+@pytest.fixture()
+def hung_address() -> Iterator[str]:
+    """A port that accepts TCP connections and never says a word (a hung miner)."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.bind(("127.0.0.1", 0))
+    s.listen(16)
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        s.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(s.accept()[0])
+            except OSError:
+                continue
+
+    t = threading.Thread(target=accept, daemon=True)
+    t.start()
+    yield f"127.0.0.1:{s.getsockname()[1]}"
+    stop.set()
+    t.join(5)
+    for c in held:
+        c.close()
+    s.close()
+
+
+def test_epoch_weights_honest_miner_zeroes_replay_dead_and_silent_ones_and_applies(
+        fhe_artefact: Artefact, start_miner: Callable[..., str], dead_address: str,
+        tmp_path: Path) -> None:
+    honest, replay = start_miner(), start_miner(misbehave="replay")
+    chain = _chain()
+    view = LocalChain(chain, {MINERS[0].address: honest, MINERS[1].address: replay,
+                              MINERS[2].address: dead_address, MINERS[3].address: None})
+    v = Validator(VALIDATOR, BRAIN, Path(fhe_artefact.path), view, CHALLENGES, tokens=2,
+                  timeout=120, cache_dir=tmp_path / "validator")
+    report = v.run_epoch(5)
+
+    r = report.results
+    assert sorted(r) == [0, 1, 2, 3]
+    assert r[0].correct and r[0].error is None and r[0].latency_s is not None
+    assert r[0].got == fhe_artefact.generate(
+        fhe_artefact.tokenizer(r[0].prompt).input_ids, 2)
+    # the replay miner answered (valid ciphertexts) but with old work: caught bit for bit
+    assert not r[1].correct and r[1].got is not None and r[1].got != r[1].expected
+    assert "wrong tokens" in (r[1].error or "")
+    assert not r[2].correct and r[2].got is None and "UNAVAILABLE" in (r[2].error or "")
+    assert not r[3].correct and r[3].error == "no endpoint announced"
+    assert report.weights == {0: U16_MAX, 1: 0, 2: 0, 3: 0}
+
+    # the signed tx was accepted and the chain now holds exactly those weights
+    assert report.accepted and report.tx is not None and report.tx.sender == VALIDATOR.address
+    slot = chain.state.get("reg", (BRAIN, VALIDATOR.address)).slot
+    _, row = chain.state.get("wrow", (BRAIN, slot))
+    assert row.tolist() == [U16_MAX, 0, 0, 0]
+    assert chain.nonce(VALIDATOR.address) == 2  # register, set_weights
+    d = json.loads(json.dumps(report.to_dict()))
+    assert d["weights"] == {"0": U16_MAX, "1": 0, "2": 0, "3": 0}
+    assert d["results"]["0"]["correct"] is True and d["accepted"] is True
+
+
+def test_a_hung_miner_times_out_and_a_rejected_tx_is_reported(
+        fhe_artefact: Artefact, hung_address: str, tmp_path: Path) -> None:
+    chain = _chain()
+    view = LocalChain(chain, {MINERS[0].address: hung_address})
+    v = Validator(VALIDATOR, BRAIN, Path(fhe_artefact.path), view, CHALLENGES, tokens=1,
+                  timeout=2, cache_dir=tmp_path / "validator")
+    report = v.run_epoch(1)
+    assert not report.results[0].correct and report.results[0].error
+    assert report.weights[0] == 0 and report.accepted
+
+    # a validator that is not registered in the Brain: the chain refuses, the report says why
+    outsider = Validator(Wallet.from_seed("outsider"), BRAIN, Path(fhe_artefact.path), view,
+                         CHALLENGES, tokens=1, timeout=2, cache_dir=tmp_path / "outsider")
+    rep = outsider.run_epoch(1)
+    assert rep.tx is not None and not rep.accepted and rep.rejected
+
+
+def test_challenges_are_deterministic_per_epoch_and_vary() -> None:
+    pick = [challenge_index("c", BRAIN, e, VALIDATOR.address, 0, 8) for e in range(32)]
+    assert pick == [challenge_index("c", BRAIN, e, VALIDATOR.address, 0, 8)
+                    for e in range(32)]
+    assert len(set(pick)) > 1  # not a fixed prompt
+    other = [challenge_index("c", BRAIN, e, MINERS[0].address, 0, 8) for e in range(32)]
+    assert other != pick  # another validator checks with other prompts
+
+
+def test_speed_weights() -> None:
+    w = speed_weights({0: 1.0, 1: 2.0, 2: None, 3: 4.0})
+    assert sum(w.values()) == U16_MAX and w[2] == 0
+    assert w[0] > w[1] > w[3] > 0
+    assert abs(w[0] / w[1] - 2) < 1e-3  # proportional to 1/latency
+    assert speed_weights({0: None, 1: None}) == {0: 0, 1: 0}
+    assert speed_weights({}) == {}
+    many = speed_weights({u: 1.0 + u for u in range(1792)})  # a full Brain
+    assert sum(many.values()) == U16_MAX and min(many.values()) >= 1
+    assert np.all(np.diff([many[u] for u in range(1792)]) <= 0)
