@@ -1,0 +1,948 @@
+"""The P2P node (SPEC N1, issue #8): gossip, sync, block production and finality over gRPC.
+
+One ``Node`` owns one ledger ``Chain`` (``data_dir/chain.db``) and its own ``NodeStore``
+(``data_dir/node.db``: finality certificates, its validator's votes, equivocation evidence,
+the miner directory), so a node killed at any point restarts where it was.
+
+Apply / fork rule — **finalize, then apply** (why: no block is ever reverted, so the
+ledger needs no fork choice and every applied block is final):
+
+1. A *proposal* for height h = head + 1 is a signed block whose proposer is in the voting
+   set of h (``network.consensus``). A validator votes for at most one block per height
+   (its vote is persisted before it is sent, so a restart cannot make it vote twice): the
+   lowest-ranked valid proposal whose round has opened on its clock. Valid = the ledger's
+   full check against the head passes (dry run) and its time is not in the future by more
+   than ``MAX_DRIFT`` seconds. Round r opens at ``anchor + block_interval + r ×
+   round_timeout``, where anchor is when this node applied the parent (or started); a
+   validator proposes in its round only if it has not voted at that height yet.
+2. A block is *final* once votes from ≥ 2/3 of the voting set's stake for (h, hash) are
+   seen; only then is it applied, with its certificate stored first. Head = finalized
+   height; a final block is never reverted.
+3. *Sync*: a node behind a peer (peer heights come with Hello, every ``hello_interval``)
+   fetches blocks with their certificates by GetBlocks and applies each one whose
+   certificate holds a quorum of the voting set it computes itself.
+4. *Equivocation*: a second, different, validly signed block by the same proposer for the
+   same height is recorded as evidence (``node.db``, shown in ``status()``) and never
+   voted for or applied through this node's proposal table.
+
+Known limit: if two proposals of one height split the votes so that neither can reach
+2/3 (possible only when a round-r proposer did not see an earlier proposal in time), the
+height stalls; validators do not re-vote, because a second vote could finalize two blocks.
+
+Robustness: gRPC messages over ``MAX_MESSAGE`` bytes are refused by gRPC itself
+(RESOURCE_EXHAUSTED); per-kind payload limits, malformed JSON and bad signatures give
+INVALID_ARGUMENT; every peer connection has a token bucket (over it: RESOURCE_EXHAUSTED,
+the message is dropped and counted); fresh gossip goes to at most ``fanout`` peers; the
+seen-set, mempool, peer table, proposal and vote buffers are all bounded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import queue
+import random
+import re
+import signal
+import sys
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from concurrent import futures
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import grpc
+
+from ledger.block import Block
+from ledger.chain import Chain, InvalidBlock
+from ledger.encoding import canonical
+from ledger.genesis import Genesis
+from ledger.keys import Wallet
+from ledger.rules import apply_block as dry_run_block
+from ledger.tx import Tx, TxFormatError
+from network.consensus import (
+    Announcement,
+    Vote,
+    has_quorum,
+    proposer_ranking,
+    voting_set,
+)
+from network.protos import node_pb2, node_pb2_grpc
+from network.store import NodeStore
+
+log = logging.getLogger("cerberus.network")
+
+T = TypeVar("T")
+
+MAX_MESSAGE = 4 * 1024 * 1024  # gRPC refuses anything larger (RESOURCE_EXHAUSTED)
+PAYLOAD_LIMITS = {"tx": 16 * 1024, "vote": 1024, "announce": 2048, "block": 3 * 1024 * 1024}
+MAX_DRIFT = 10  # seconds a proposal's time may be ahead of this node's clock
+SEEN_CAP = 50_000  # dedup set size (oldest forgotten first)
+VOTE_WINDOW = 16  # heights ahead of the head for which proposals/votes are buffered
+MAX_HASHES_PER_HEIGHT = 16
+MAX_VOTERS = 1024  # votes kept per (height, hash); a voting set is far smaller in practice
+MAX_SYNC_BATCH = 128  # blocks per GetBlocks call
+MAX_BUCKETS = 1024
+PEER_RE = re.compile(r"^[A-Za-z0-9.\-]{1,253}:[0-9]{1,5}$")
+CHANNEL_OPTIONS = [
+    ("grpc.max_receive_message_length", MAX_MESSAGE),
+    ("grpc.max_send_message_length", MAX_MESSAGE),
+    # A restarted peer must be reachable again within about a second, not minutes.
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.min_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+]
+
+
+class Rejected(ValueError):
+    """A peer's message that is malformed, oversized or badly signed (INVALID_ARGUMENT)."""
+
+
+@dataclass
+class NodeConfig:
+    """Everything a node needs; times are seconds."""
+
+    data_dir: Path
+    genesis: Genesis
+    wallet: Wallet | None = None
+    host: str = "127.0.0.1"
+    port: int = 0
+    bootstrap: list[str] = field(default_factory=list)
+    block_interval: float | None = None  # round 0 opens this long after the parent;
+    # None = genesis.block_time
+    round_timeout: float = 3.0
+    tick: float = 0.1
+    hello_interval: float = 1.0
+    announce_interval: float = 5.0
+    fanout: int = 8
+    max_peers: int = 32
+    rate: float = 200.0  # messages per second per peer connection
+    burst: float = 400.0
+    max_mempool: int = 5_000
+    max_block_txs: int = 1_000
+    mempool_ttl: float = 300.0
+    workers: int = 16
+
+
+class TokenBucket:
+    """Classic token bucket: ``rate`` tokens/s up to ``burst``; one token per message."""
+
+    def __init__(self, rate: float, burst: float) -> None:
+        self.rate, self.burst = rate, burst
+        self.tokens = burst
+        self.stamp = time.monotonic()
+
+    def take(self) -> bool:
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return True
+        return False
+
+
+@dataclass
+class Peer:
+    """What this node knows about one peer (by its listen address)."""
+
+    listen: str
+    address: str = ""
+    height: int = 0
+    failures: int = 0
+    last_try: float = 0.0
+    channel: grpc.Channel | None = None
+    stub: node_pb2_grpc.NodeStub | None = None
+
+
+def _json(payload: bytes, kind: str) -> Any:
+    """Parse a peer's JSON payload with its kind's size limit, or raise ``Rejected``."""
+    limit = PAYLOAD_LIMITS.get(kind)
+    if limit is None:
+        raise Rejected(f"unknown envelope kind {kind!r}")
+    if len(payload) > limit:
+        raise Rejected(f"{kind} payload of {len(payload)} bytes exceeds {limit}")
+    try:
+        return json.loads(payload)
+    except (ValueError, RecursionError, UnicodeDecodeError) as e:
+        raise Rejected(f"malformed {kind} JSON: {e}") from e
+
+
+def _parse_tx(obj: Any, chain_id: str) -> Tx:
+    try:
+        tx = Tx.from_dict(obj)
+        tx.check_format()
+    except (TxFormatError, TypeError, AttributeError) as e:
+        raise Rejected(str(e)) from e
+    if not tx.verify_signature(chain_id):
+        raise Rejected("bad tx signature")
+    return tx
+
+
+class Node:
+    """A P2P node: see the module docstring for the rules it follows."""
+
+    def __init__(self, config: NodeConfig) -> None:
+        self.config = config
+        self.genesis = config.genesis
+        self.chain_id = config.genesis.chain_id
+        self.wallet = config.wallet
+        self.address = self.wallet.address if self.wallet else ""
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+        self.chain = Chain.open_sqlite(config.data_dir / "chain.db", config.genesis)
+        self.store = NodeStore(config.data_dir / "node.db")
+        self.interval = float(config.block_interval if config.block_interval is not None
+                              else config.genesis.block_time)
+        self._lock = threading.RLock()
+        self._stop = threading.Event()
+        self._mempool: OrderedDict[bytes, tuple[Tx, float]] = OrderedDict()
+        self._seen: OrderedDict[bytes, None] = OrderedDict()
+        # height → hash → block (heights head+1 .. head+VOTE_WINDOW)
+        self._proposals: dict[int, dict[str, Block]] = {}
+        self._validity: dict[str, str | None] = {}  # hash → None (valid) or reason
+        self._by_proposer: dict[tuple[int, str], str] = {}
+        self._votes: dict[int, dict[str, dict[str, Vote]]] = {}
+        self._proposed: set[int] = set()
+        self._head_since = time.time()
+        self._peers: dict[str, Peer] = {}
+        self._buckets: OrderedDict[str, TokenBucket] = OrderedDict()
+        self._out: queue.Queue[tuple[Peer, node_pb2.Envelope]] = queue.Queue(maxsize=4096)
+        self._my_announcements: dict[int, str] = {}
+        self._last_announce = 0.0
+        self._last_hello = 0.0
+        self.counters = {"rate_limited": 0, "rejected": 0, "dropped_out": 0}
+        self._server: grpc.Server | None = None
+        self._threads: list[threading.Thread] = []
+        self.port = config.port
+        self.listen = ""
+
+    # ---- lifecycle ---------------------------------------------------------------------
+    def start(self) -> int:
+        """Serve gRPC, start the loop and gossip senders; returns the bound port."""
+        server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=self.config.workers,
+                                       thread_name_prefix="node-rpc"),
+            options=CHANNEL_OPTIONS[:2])
+        node_pb2_grpc.add_NodeServicer_to_server(_Servicer(self), server)
+        port = server.add_insecure_port(f"{self.config.host}:{self.config.port}")
+        if port == 0:
+            raise OSError(f"cannot bind {self.config.host}:{self.config.port}")
+        server.start()
+        self._server = server
+        self.port = port
+        self.listen = f"{self.config.host}:{port}"
+        with self._lock:
+            for b in self.config.bootstrap:
+                self._add_peer(b)
+            self._head_since = time.time()
+        self._threads = [threading.Thread(target=self._loop, name="node-loop", daemon=True)]
+        self._threads += [threading.Thread(target=self._sender, name=f"node-send-{i}",
+                                           daemon=True) for i in range(4)]
+        for t in self._threads:
+            t.start()
+        log.info("node %s listening on %s (height %d)", self.address or "-", self.listen,
+                 self.chain.height)
+        return port
+
+    def stop(self) -> None:
+        """Stop serving and close the databases (idempotent)."""
+        self._stop.set()
+        if self._server is not None:
+            self._server.stop(grace=0.5).wait(2.0)
+            self._server = None
+        for t in self._threads:
+            t.join(timeout=3.0)
+        self._threads = []
+        with self._lock:
+            for p in self._peers.values():
+                if p.channel is not None:
+                    p.channel.close()
+            self.chain.close()
+            self.store.close()
+
+    # ---- public API --------------------------------------------------------------------
+    def read(self, fn: Callable[[Chain], T]) -> T:
+        """Run ``fn(chain)`` under the node's lock (``Chain`` is not thread-safe)."""
+        with self._lock:
+            return fn(self.chain)
+
+    def submit(self, tx: Tx) -> str | None:
+        """Admit ``tx`` to the mempool and gossip it; returns the reason if rejected."""
+        try:
+            tx.check_format()
+        except TxFormatError as e:
+            return str(e)
+        if not tx.verify_signature(self.chain_id):
+            return "bad tx signature"
+        with self._lock:
+            reason = self._admit(tx)
+        if reason is None:
+            payload = canonical(tx.to_dict())
+            self._mark_seen("tx", payload)
+            self._broadcast(node_pb2.Envelope(kind="tx", payload=payload))
+        return reason
+
+    def status(self) -> dict[str, Any]:
+        """Height, finalized height, state root, head hash, peers, address, evidence."""
+        with self._lock:
+            weights = self._weights()
+            return {
+                "height": self.chain.height,
+                "finalized_height": self.chain.height,  # finalize-then-apply: head is final
+                "state_root": self.chain.state_root(),
+                "head_hash": self.chain.head_hash,
+                "time": self.chain.state.meta("time"),
+                "address": self.address,
+                "listen": self.listen,
+                "chain_id": self.chain_id,
+                "genesis_hash": self.genesis.genesis_hash(),
+                "peers": sorted(p.listen for p in self._peers.values() if p.failures == 0),
+                "known_peers": sorted(self._peers),
+                "mempool": len(self._mempool),
+                "validators": weights,
+                "evidence": self.store.evidence_count(),
+                "evidence_list": self.store.evidence(limit=10),
+                **self.counters,
+            }
+
+    def account(self, address: str) -> dict[str, Any]:
+        """Balance and next nonce of ``address`` at the head."""
+        with self._lock:
+            return {"address": address, "balance": self.chain.balance(address),
+                    "nonce": self.chain.nonce(address), "height": self.chain.height}
+
+    def brain_info(self, brain_id: int) -> dict[str, Any] | None:
+        """A Brain's config and registrations (uid = slot per role), or None if absent."""
+        with self._lock:
+            b = self.chain.state.brain(brain_id)
+            if b is None:
+                return None
+            miners = {i: a for i, a in enumerate(b.miners) if a is not None}
+            validators = {i: a for i, a in enumerate(b.validators) if a is not None}
+            return {
+                "id": b.id, "owner": b.owner, "method": b.method, "name": b.name,
+                "task": b.task, "reward_address": b.reward_address, "owner_bps": b.owner_bps,
+                "miner_bps": b.miner_bps, "registration_fee": b.registration_fee,
+                "miners": miners, "validators": validators,
+                "registrations": (
+                    [{"uid": u, "address": a, "role": "miner"} for u, a in miners.items()]
+                    + [{"uid": u, "address": a, "role": "validator"}
+                       for u, a in validators.items()]),
+                "height": self.chain.height,
+            }
+
+    def announce(self, brain: int, endpoint: str) -> None:
+        """Gossip this node's signed endpoint for ``brain`` (re-announced periodically)."""
+        if self.wallet is None:
+            raise ValueError("announce needs a wallet")
+        with self._lock:
+            self._my_announcements[brain] = endpoint
+        self._announce(brain, endpoint)
+
+    def directory(self, brain: int) -> dict[str, str]:
+        """Announced endpoints of the Brain's currently registered miners: {address: endpoint}."""
+        with self._lock:
+            out = {}
+            for addr, endpoint in self.store.directory(brain).items():
+                reg = self.chain.state.get("reg", (brain, addr))
+                if reg is not None and reg.role == "miner":
+                    out[addr] = endpoint
+            return out
+
+    # ---- mempool -----------------------------------------------------------------------
+    def _admit(self, tx: Tx) -> str | None:
+        """Mempool admission (lock held; format and signature already checked)."""
+        h = tx.tx_hash()
+        if h in self._mempool:
+            return None
+        if len(self._mempool) >= self.config.max_mempool:
+            return "mempool full"
+        current = self.chain.nonce(tx.sender)
+        if tx.nonce > current:
+            # A later tx of a sender whose earlier ones wait in the mempool: the ledger can
+            # only judge it after them, so admit it if the nonces are contiguous.
+            pending = sum(1 for t, _ in self._mempool.values() if t.sender == tx.sender)
+            if tx.nonce > current + pending:
+                return f"nonce {tx.nonce} is ahead of the next ({current}) + {pending} pending"
+        else:
+            reason = self.chain.validate_tx(tx)
+            if reason is not None:
+                return reason
+        self._mempool[h] = (tx, time.monotonic())
+        return None
+
+    def _block_txs(self) -> list[Tx]:
+        """Mempool txs for a block: senders in arrival order, each sender's by nonce."""
+        first: dict[str, int] = {}
+        txs = [t for t, _ in self._mempool.values()]
+        for i, t in enumerate(txs):
+            first.setdefault(t.sender, i)
+        txs.sort(key=lambda t: (first[t.sender], t.nonce))
+        return txs[: self.config.max_block_txs]
+
+    def _prune_mempool(self) -> None:
+        now = time.monotonic()
+        for h, (t, added) in list(self._mempool.items()):
+            if t.nonce < self.chain.nonce(t.sender) or now - added > self.config.mempool_ttl:
+                del self._mempool[h]
+
+    # ---- consensus ---------------------------------------------------------------------
+    def _weights(self) -> dict[str, int]:
+        """Voting set for the next height (lock held)."""
+        return voting_set(self.chain.validator_set(), self.genesis)
+
+    def _round_open(self, rank: int) -> float:
+        anchor = max(self._head_since, float(self.chain.state.meta("time")))
+        return anchor + self.interval + rank * self.config.round_timeout
+
+    def _on_block(self, block: Block) -> bool:
+        """Record a signed block from a peer or ourselves; False if not new/usable."""
+        h, proposer, bh = block.height, block.header.proposer, block.block_hash()
+        head = self.chain.height
+        if h <= head:
+            final = self.chain.block(h)
+            if final is not None and final.header.proposer == proposer \
+                    and final.block_hash() != bh:
+                self._record_equivocation(final, block)
+            return False
+        if h > head + VOTE_WINDOW:
+            return False
+        prev = self._by_proposer.get((h, proposer))
+        if prev is not None and prev != bh:
+            first = self._proposals.get(h, {}).get(prev)
+            if first is not None:
+                self._record_equivocation(first, block)
+            return False
+        if prev == bh:
+            return False
+        at_h = self._proposals.setdefault(h, {})
+        if len(at_h) >= MAX_HASHES_PER_HEIGHT:
+            return False
+        self._by_proposer[(h, proposer)] = bh
+        at_h[bh] = block
+        return True
+
+    def _record_equivocation(self, first: Block, second: Block) -> None:
+        if self.store.add_evidence(second.height, second.header.proposer, first.block_hash(),
+                                   second.block_hash(),
+                                   [first.to_dict()["header"], second.to_dict()["header"]]):
+            log.warning("equivocation by %s at height %d", second.header.proposer,
+                        second.height)
+
+    def _check_proposal(self, block: Block, ranking: list[str]) -> str | None:
+        """Why this node must not vote for ``block`` at head+1, or None (cached by hash)."""
+        bh = block.block_hash()
+        if bh in self._validity:
+            return self._validity[bh]
+        reason: str | None = None
+        if block.header.proposer not in ranking:
+            reason = "proposer is not in the voting set"
+        elif block.header.time > time.time() + MAX_DRIFT:
+            reason = "block time is in the future"
+        else:
+            try:
+                dry_run_block(self.chain.state, block, self.genesis, self.chain.head_hash)
+            except InvalidBlock as e:
+                reason = str(e)
+        self._validity[bh] = reason
+        return reason
+
+    def _on_vote(self, vote: Vote) -> bool:
+        head = self.chain.height
+        if not head < vote.height <= head + VOTE_WINDOW:
+            return False
+        if vote.height == head + 1 and vote.voter not in self._weights():
+            return False
+        by_hash = self._votes.setdefault(vote.height, {})
+        if vote.block_hash not in by_hash and len(by_hash) >= MAX_HASHES_PER_HEIGHT:
+            return False
+        voters = by_hash.setdefault(vote.block_hash, {})
+        if vote.voter in voters or len(voters) >= MAX_VOTERS:
+            return False
+        voters[vote.voter] = vote
+        return True
+
+    def _cast_vote(self, block: Block) -> None:
+        assert self.wallet is not None
+        h, bh = block.height, block.block_hash()
+        if not self.store.record_my_vote(h, bh):
+            return
+        vote = Vote.make(self.wallet, self.chain_id, h, bh)
+        self._on_vote(vote)
+        payload = canonical(vote.to_dict())
+        self._mark_seen("vote", payload)
+        self._broadcast(node_pb2.Envelope(kind="vote", payload=payload))
+
+    def _step(self) -> None:
+        """Finalize, vote, propose — as far as the current view allows (lock held)."""
+        for _ in range(VOTE_WINDOW):
+            if not self._try_finalize():
+                break
+        self._maybe_vote()
+        self._maybe_propose()
+
+    def _try_finalize(self) -> bool:
+        h = self.chain.height + 1
+        weights = self._weights()
+        for bh, voters in self._votes.get(h, {}).items():
+            block = self._proposals.get(h, {}).get(bh)
+            if block is None or not has_quorum(list(voters), weights):
+                continue
+            cert = [v.to_dict() for v in voters.values() if v.voter in weights]
+            self.store.put_cert(h, bh, cert)
+            try:
+                self.chain.apply_block(block)
+            except InvalidBlock as e:  # 2/3 signed a block this node finds invalid
+                log.error("final block %d %s does not apply here: %s", h, bh[:12], e)
+                self._proposals[h].pop(bh, None)
+                return False
+            self._after_apply()
+            return True
+        return False
+
+    def _after_apply(self) -> None:
+        head = self.chain.height
+        self._head_since = time.time()
+        for table in (self._proposals, self._votes):
+            for h in [h for h in table if h <= head]:
+                del table[h]
+        self._by_proposer = {k: v for k, v in self._by_proposer.items() if k[0] > head}
+        self._proposed = {h for h in self._proposed if h > head}
+        self._validity.clear()
+        self._prune_mempool()
+        log.debug("height %d %s", head, self.chain.head_hash[:12])
+
+    def _maybe_vote(self) -> None:
+        if self.wallet is None:
+            return
+        h = self.chain.height + 1
+        weights = self._weights()
+        if self.address not in weights or self.store.my_vote(h) is not None:
+            return
+        ranking = proposer_ranking(self.chain.head_hash, weights)
+        now = time.time()
+        best: tuple[int, Block] | None = None
+        for block in self._proposals.get(h, {}).values():
+            if self._check_proposal(block, ranking) is not None:
+                continue
+            rank = ranking.index(block.header.proposer)
+            # a later round's block counts only once that round has opened here
+            if rank > 0 and now < self._round_open(rank) - 0.5:
+                continue
+            if best is None or rank < best[0]:
+                best = (rank, block)
+        if best is not None:
+            self._cast_vote(best[1])
+
+    def _maybe_propose(self) -> None:
+        if self.wallet is None:
+            return
+        h = self.chain.height + 1
+        if h in self._proposed or self.store.my_vote(h) is not None:
+            return
+        weights = self._weights()
+        ranking = proposer_ranking(self.chain.head_hash, weights)
+        if self.address not in ranking:
+            return
+        rank = ranking.index(self.address)
+        now = time.time()
+        # one proposal per height, from the moment this validator's round opens
+        if now < self._round_open(rank):
+            return
+        t = max(int(now), int(self.chain.state.meta("time")) + 1)
+        if t > now + 1:
+            return
+        block, rejected = self.chain.produce_block(self._block_txs(), self.wallet, t)
+        for tx, _ in rejected:
+            if tx.nonce <= self.chain.nonce(tx.sender):
+                self._mempool.pop(tx.tx_hash(), None)
+        self._proposed.add(h)
+        self._on_block(block)
+        payload = canonical(block.to_dict())
+        self._mark_seen("block", payload)
+        self._broadcast(node_pb2.Envelope(kind="block", payload=payload))
+        log.debug("proposed %d %s (rank %d, %d txs)", h, block.block_hash()[:12], rank,
+                  len(block.txs))
+        self._maybe_vote()
+
+    # ---- sync --------------------------------------------------------------------------
+    def _apply_synced(self, block: Block, votes: list[Any]) -> bool:
+        """Apply a block from GetBlocks if its certificate is a quorum (lock held)."""
+        h, bh = block.height, block.block_hash()
+        if h != self.chain.height + 1:
+            return False
+        weights = self._weights()
+        good: dict[str, Vote] = {}
+        for d in votes[: 4 * len(weights) + 4]:
+            try:
+                v = Vote.from_dict(d)
+            except ValueError:
+                continue
+            if v.height == h and v.block_hash == bh and v.voter in weights \
+                    and v.verify(self.chain_id):
+                good[v.voter] = v
+        if not has_quorum(list(good), weights):
+            log.warning("synced block %d lacks a quorum certificate", h)
+            return False
+        self.store.put_cert(h, bh, [v.to_dict() for v in good.values()])
+        try:
+            self.chain.apply_block(block)
+        except InvalidBlock as e:
+            log.warning("synced block %d invalid: %s", h, e)
+            return False
+        self._after_apply()
+        return True
+
+    def _sync_once(self) -> None:
+        with self._lock:
+            mine = self.chain.height
+            ahead = [p for p in self._peers.values()
+                     if p.height > mine and p.failures == 0 and p.stub is not None]
+        if not ahead:
+            return
+        peer = max(ahead, key=lambda p: p.height)
+        to = min(peer.height, mine + MAX_SYNC_BATCH)
+        assert peer.stub is not None
+        try:
+            items = list(peer.stub.GetBlocks(
+                node_pb2.BlocksRequest(from_height=mine + 1, to_height=to), timeout=10.0))
+        except grpc.RpcError as e:
+            log.debug("sync from %s failed: %s", peer.listen, e.code())
+            return
+        for item in items[: MAX_SYNC_BATCH]:
+            try:
+                block = Block.from_dict(json.loads(item.block))
+                votes = json.loads(item.votes)
+                if not isinstance(votes, list):
+                    raise ValueError("votes must be a list")
+            except (ValueError, TypeError, RecursionError) as e:
+                log.warning("bad block from %s: %s", peer.listen, e)
+                return
+            with self._lock:
+                if not self._apply_synced(block, votes):
+                    return
+
+    # ---- peers and gossip --------------------------------------------------------------
+    def _add_peer(self, listen: str) -> None:
+        if not PEER_RE.match(listen) or listen == self.listen or listen in self._peers:
+            return
+        if not 0 < int(listen.rsplit(":", 1)[1]) < 65536:
+            return
+        if len(self._peers) >= self.config.max_peers:
+            return
+        channel = grpc.insecure_channel(listen, options=CHANNEL_OPTIONS)
+        self._peers[listen] = Peer(listen, channel=channel,
+                                   stub=node_pb2_grpc.NodeStub(channel))
+
+    def _mark_seen(self, kind: str, payload: bytes) -> bool:
+        """Remember a message; False if it was already seen (dedup)."""
+        key = hashlib.sha256(kind.encode() + b"\0" + payload).digest()
+        with self._lock:
+            if key in self._seen:
+                return False
+            self._seen[key] = None
+            while len(self._seen) > SEEN_CAP:
+                self._seen.popitem(last=False)
+            return True
+
+    def _broadcast(self, env: node_pb2.Envelope, exclude: str = "") -> None:
+        with self._lock:
+            peers = [p for p in self._peers.values() if p.listen != exclude
+                     and p.failures < 3 and p.stub is not None]
+        if len(peers) > self.config.fanout:
+            peers = random.sample(peers, self.config.fanout)
+        env = node_pb2.Envelope(kind=env.kind, payload=env.payload, origin=self.listen)
+        for p in peers:
+            try:
+                self._out.put_nowait((p, env))
+            except queue.Full:
+                self.counters["dropped_out"] += 1
+
+    def _sender(self) -> None:
+        while not self._stop.is_set():
+            try:
+                peer, env = self._out.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            if peer.stub is None:
+                continue
+            try:
+                peer.stub.Gossip(env, timeout=2.0)
+                peer.failures = 0
+            except grpc.RpcError as e:
+                if e.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                    peer.failures += 1
+            except ValueError:  # channel closed during stop()
+                return
+
+    def _hello_all(self) -> None:
+        with self._lock:
+            req = node_pb2.HelloRequest(genesis_hash=self.genesis.genesis_hash(),
+                                        listen=self.listen, address=self.address,
+                                        height=self.chain.height)
+            peers = list(self._peers.values())
+        now = time.monotonic()
+        for p in peers:
+            if self._stop.is_set():
+                return
+            # a failing peer is retried less often, but always retried (it may restart)
+            if p.failures >= 3 and now - p.last_try < 3.0:
+                continue
+            p.last_try = now
+            assert p.stub is not None
+            try:
+                reply = p.stub.Hello(req, timeout=1.0)
+            except grpc.RpcError as e:
+                p.failures += 1
+                if e.code() == grpc.StatusCode.FAILED_PRECONDITION:
+                    log.warning("peer %s: %s", p.listen, e.details())
+                continue
+            except ValueError:
+                return
+            p.failures, p.address, p.height = 0, reply.address, reply.height
+            with self._lock:
+                for listen in list(reply.peers)[: self.config.max_peers]:
+                    self._add_peer(listen)
+
+    def _announce(self, brain: int, endpoint: str) -> None:
+        assert self.wallet is not None
+        ann = Announcement.make(self.wallet, self.chain_id, brain, endpoint,
+                                time.time_ns() // 1000)
+        record = ann.to_dict()
+        with self._lock:
+            self.store.put_announcement(brain, ann.address, endpoint, ann.seq, record)
+        payload = canonical(record)
+        self._mark_seen("announce", payload)
+        self._broadcast(node_pb2.Envelope(kind="announce", payload=payload))
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.config.tick):
+            try:
+                now = time.monotonic()
+                if now - self._last_hello >= self.config.hello_interval:
+                    self._last_hello = now
+                    self._hello_all()
+                    self._sync_once()
+                if self._my_announcements and \
+                        now - self._last_announce >= self.config.announce_interval:
+                    self._last_announce = now
+                    with self._lock:
+                        mine = dict(self._my_announcements)
+                    for brain, endpoint in mine.items():
+                        self._announce(brain, endpoint)
+                with self._lock:
+                    self._step()
+            except Exception:  # the loop must survive anything a bad state throws at it
+                log.exception("node loop step failed")
+
+    # ---- inbound -----------------------------------------------------------------------
+    def take_token(self, peer: str) -> bool:
+        """Per-connection rate limit; False when the peer is over its budget."""
+        with self._lock:
+            bucket = self._buckets.get(peer)
+            if bucket is None:
+                bucket = self._buckets[peer] = TokenBucket(self.config.rate, self.config.burst)
+                while len(self._buckets) > MAX_BUCKETS:
+                    self._buckets.popitem(last=False)
+            else:
+                self._buckets.move_to_end(peer)
+            if bucket.take():
+                return True
+            self.counters["rate_limited"] += 1
+            return False
+
+    def handle_envelope(self, env: node_pb2.Envelope) -> bool:
+        """Process one gossiped envelope; True if fresh. Raises ``Rejected`` on bad input."""
+        kind, payload = env.kind, bytes(env.payload)
+        obj = _json(payload, kind)  # size limit + JSON first: cheap rejections
+        key = hashlib.sha256(kind.encode() + b"\0" + payload).digest()
+        with self._lock:
+            if key in self._seen:
+                return False
+        fresh = False
+        if kind == "tx":
+            tx = _parse_tx(obj, self.chain_id)
+            with self._lock:
+                fresh = self._admit(tx) is None
+        elif kind == "block":
+            try:
+                block = Block.from_dict(obj)
+            except (ValueError, TypeError, AttributeError) as e:
+                raise Rejected(str(e)) from e
+            if not block.header.verify_signature(self.chain_id):
+                raise Rejected("bad block signature")
+            with self._lock:
+                fresh = self._on_block(block)
+                self._step()
+        elif kind == "vote":
+            try:
+                vote = Vote.from_dict(obj)
+            except ValueError as e:
+                raise Rejected(str(e)) from e
+            if not vote.verify(self.chain_id):
+                raise Rejected("bad vote signature")
+            with self._lock:
+                fresh = self._on_vote(vote)
+                self._step()
+        else:  # announce
+            try:
+                ann = Announcement.from_dict(obj)
+            except ValueError as e:
+                raise Rejected(str(e)) from e
+            if not ann.verify(self.chain_id):
+                raise Rejected("bad announcement signature")
+            with self._lock:
+                fresh = self.store.put_announcement(ann.brain, ann.address, ann.endpoint,
+                                                    ann.seq, ann.to_dict())
+        self._mark_seen(kind, payload)
+        if fresh:
+            self._broadcast(env, exclude=env.origin)
+        return fresh
+
+    def hello(self, req: node_pb2.HelloRequest) -> node_pb2.HelloReply:
+        if req.genesis_hash != self.genesis.genesis_hash():
+            raise Rejected("different genesis")
+        with self._lock:
+            if req.listen:
+                self._add_peer(req.listen)
+                p = self._peers.get(req.listen)
+                if p is not None:
+                    p.height, p.address = max(p.height, req.height), req.address
+            peers = sorted(p.listen for p in self._peers.values() if p.failures == 0)
+            return node_pb2.HelloReply(genesis_hash=self.genesis.genesis_hash(),
+                                       address=self.address, height=self.chain.height,
+                                       peers=peers[: self.config.max_peers])
+
+    def blocks(self, lo: int, hi: int) -> Iterator[node_pb2.BlockWithVotes]:
+        hi = min(hi, lo + MAX_SYNC_BATCH - 1)
+        for h in range(max(lo, 1), hi + 1):
+            with self._lock:
+                if h > self.chain.height:
+                    return
+                block = self.chain.block(h)
+                cert = self.store.cert(h)
+            if block is None:
+                return
+            votes = cert[1] if cert is not None and cert[0] == block.block_hash() else []
+            yield node_pb2.BlockWithVotes(block=canonical(block.to_dict()),
+                                          votes=json.dumps(votes).encode())
+
+
+class _Servicer(node_pb2_grpc.NodeServicer):
+    """gRPC face of a ``Node``: rate limit, then map ``Rejected`` to INVALID_ARGUMENT."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+
+    def _guard(self, context: grpc.ServicerContext) -> None:
+        if not self.node.take_token(context.peer()):
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "rate limit exceeded")
+
+    def _reject(self, context: grpc.ServicerContext, e: Exception) -> None:
+        self.node.counters["rejected"] += 1
+        context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e)[:500])
+
+    def Hello(self, request: node_pb2.HelloRequest, context: grpc.ServicerContext
+              ) -> node_pb2.HelloReply:
+        self._guard(context)
+        try:
+            return self.node.hello(request)
+        except Rejected as e:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(e))
+            raise  # unreachable: abort raises
+
+    def Gossip(self, request: node_pb2.Envelope, context: grpc.ServicerContext
+               ) -> node_pb2.GossipReply:
+        self._guard(context)
+        try:
+            return node_pb2.GossipReply(fresh=self.node.handle_envelope(request))
+        except Rejected as e:
+            self._reject(context, e)
+            raise
+
+    def GetBlocks(self, request: node_pb2.BlocksRequest, context: grpc.ServicerContext
+                  ) -> Iterator[node_pb2.BlockWithVotes]:
+        self._guard(context)
+        yield from self.node.blocks(request.from_height, request.to_height)
+
+    def Status(self, request: node_pb2.Empty, context: grpc.ServicerContext
+               ) -> node_pb2.JsonReply:
+        self._guard(context)
+        return node_pb2.JsonReply(json=json.dumps(self.node.status()))
+
+    def SubmitTx(self, request: node_pb2.TxRequest, context: grpc.ServicerContext
+                 ) -> node_pb2.SubmitReply:
+        self._guard(context)
+        try:
+            tx = _parse_tx(_json(bytes(request.tx), "tx"), self.node.chain_id)
+        except Rejected as e:
+            self._reject(context, e)
+            raise
+        reason = self.node.submit(tx)
+        return node_pb2.SubmitReply(accepted=reason is None, reason=reason or "",
+                                    tx_hash=tx.tx_hash().hex())
+
+    def Account(self, request: node_pb2.AccountRequest, context: grpc.ServicerContext
+                ) -> node_pb2.JsonReply:
+        self._guard(context)
+        return node_pb2.JsonReply(json=json.dumps(self.node.account(request.address)))
+
+    def Brain(self, request: node_pb2.BrainRequest, context: grpc.ServicerContext
+              ) -> node_pb2.JsonReply:
+        self._guard(context)
+        info = self.node.brain_info(request.brain)
+        if info is None:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"no Brain #{request.brain}")
+        return node_pb2.JsonReply(json=json.dumps(info))
+
+    def Directory(self, request: node_pb2.BrainRequest, context: grpc.ServicerContext
+                  ) -> node_pb2.JsonReply:
+        self._guard(context)
+        return node_pb2.JsonReply(json=json.dumps(self.node.directory(request.brain)))
+
+
+# ---- command line ----------------------------------------------------------------------
+def main(argv: list[str] | None = None) -> int:
+    """``python -m network.node``: run one node until SIGTERM/SIGINT."""
+    from network.wallet import load_or_create
+
+    ap = argparse.ArgumentParser(prog="python -m network.node", description=__doc__.split(
+        "\n")[0])
+    ap.add_argument("--data", type=Path, required=True, help="data directory")
+    ap.add_argument("--genesis", type=Path, required=True, help="genesis JSON file")
+    ap.add_argument("--wallet", type=Path, help="wallet key file (created 0600 if absent)")
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, default=0)
+    ap.add_argument("--bootstrap", nargs="*", default=[], metavar="HOST:PORT")
+    ap.add_argument("--block-interval", type=float, default=None)
+    ap.add_argument("--round-timeout", type=float, default=3.0)
+    ap.add_argument("--rate", type=float, default=200.0, help="messages/s per peer")
+    ap.add_argument("--burst", type=float, default=400.0)
+    ap.add_argument("-v", "--verbose", action="store_true")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        stream=sys.stderr, format="%(asctime)s %(name)s %(message)s")
+    genesis = Genesis.from_dict(json.loads(args.genesis.read_text()))
+    wallet = load_or_create(args.wallet) if args.wallet else None
+    node = Node(NodeConfig(data_dir=args.data, genesis=genesis, wallet=wallet,
+                           host=args.host, port=args.port, bootstrap=list(args.bootstrap),
+                           block_interval=args.block_interval,
+                           round_timeout=args.round_timeout, rate=args.rate,
+                           burst=args.burst))
+    done = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: done.set())
+    signal.signal(signal.SIGINT, lambda *_: done.set())
+    port = node.start()
+    print(f"node {node.address or '-'} on {args.host}:{port}", flush=True)
+    done.wait()
+    node.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

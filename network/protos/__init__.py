@@ -1,0 +1,1 @@
+"""The node service's protobuf messages and gRPC stubs (generated; see node.proto)."""
