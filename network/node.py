@@ -208,6 +208,8 @@ class Node:
         self._by_proposer: dict[tuple[int, str], str] = {}
         self._votes: dict[int, dict[str, dict[str, Vote]]] = {}
         self._proposed: set[int] = set()
+        self._weights_at: tuple[str, dict[str, int]] = ("", {})
+        self._ranking_at: tuple[str, list[str]] = ("", [])
         self._head_since = time.time()
         self._peers: dict[str, Peer] = {}
         self._buckets: OrderedDict[str, TokenBucket] = OrderedDict()
@@ -393,8 +395,18 @@ class Node:
 
     # ---- consensus ---------------------------------------------------------------------
     def _weights(self) -> dict[str, int]:
-        """Voting set for the next height (lock held)."""
-        return voting_set(self.chain.validator_set(), self.genesis)
+        """Voting set for the next height (lock held); computed once per head."""
+        if self._weights_at[0] != self.chain.head_hash:
+            self._weights_at = (self.chain.head_hash,
+                                voting_set(self.chain.validator_set(), self.genesis))
+        return self._weights_at[1]
+
+    def _ranking(self) -> list[str]:
+        """Proposer ranking for the next height (lock held); computed once per head."""
+        if self._ranking_at[0] != self.chain.head_hash:
+            self._ranking_at = (self.chain.head_hash,
+                                proposer_ranking(self.chain.head_hash, self._weights()))
+        return self._ranking_at[1]
 
     def _round_open(self, rank: int) -> float:
         anchor = max(self._head_since, float(self.chain.state.meta("time")))
@@ -524,7 +536,7 @@ class Node:
         weights = self._weights()
         if self.address not in weights or self.store.my_vote(h) is not None:
             return
-        ranking = proposer_ranking(self.chain.head_hash, weights)
+        ranking = self._ranking()
         now = time.time()
         best: tuple[int, Block] | None = None
         for block in self._proposals.get(h, {}).values():
@@ -545,8 +557,7 @@ class Node:
         h = self.chain.height + 1
         if h in self._proposed or self.store.my_vote(h) is not None:
             return
-        weights = self._weights()
-        ranking = proposer_ranking(self.chain.head_hash, weights)
+        ranking = self._ranking()
         if self.address not in ranking:
             return
         rank = ranking.index(self.address)
@@ -634,7 +645,14 @@ class Node:
         if not 0 < int(listen.rsplit(":", 1)[1]) < 65536:
             return
         if len(self._peers) >= self.config.max_peers:
-            return
+            # full: make room only by dropping a failing peer that was not a bootstrap
+            dead = [p for p in self._peers.values()
+                    if p.failures >= 3 and p.listen not in self.config.bootstrap]
+            if not dead:
+                return
+            gone = self._peers.pop(dead[0].listen)
+            if gone.channel is not None:
+                gone.channel.close()
         channel = grpc.insecure_channel(listen, options=CHANNEL_OPTIONS)
         self._peers[listen] = Peer(listen, channel=channel,
                                    stub=node_pb2_grpc.NodeStub(channel))
@@ -677,8 +695,8 @@ class Node:
             except grpc.RpcError as e:
                 if e.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
                     peer.failures += 1
-            except ValueError:  # channel closed during stop()
-                return
+            except ValueError:  # channel closed (peer evicted, or stop())
+                continue
 
     def _hello_all(self) -> None:
         with self._lock:
@@ -702,8 +720,8 @@ class Node:
                 if e.code() == grpc.StatusCode.FAILED_PRECONDITION:
                     log.warning("peer %s: %s", p.listen, e.details())
                 continue
-            except ValueError:
-                return
+            except ValueError:  # channel closed (peer evicted)
+                continue
             p.failures, p.address, p.height = 0, reply.address, reply.height
             with self._lock:
                 for listen in list(reply.peers)[: self.config.max_peers]:
@@ -799,7 +817,10 @@ class Node:
             with self._lock:
                 fresh = self.store.put_announcement(ann.brain, ann.address, ann.endpoint,
                                                     ann.seq, ann.to_dict())
-        self._mark_seen(kind, payload)
+        # A tx the ledger refuses now (e.g. its predecessor has not arrived yet) may be
+        # admissible later, so only admitted txs are remembered as seen.
+        if kind != "tx" or fresh:
+            self._mark_seen(kind, payload)
         if fresh:
             self._broadcast(env, exclude=env.origin)
         return fresh
@@ -811,8 +832,8 @@ class Node:
             if req.listen:
                 self._add_peer(req.listen)
                 p = self._peers.get(req.listen)
-                if p is not None:
-                    p.height, p.address = max(p.height, req.height), req.address
+                if p is not None:  # it just called us: alive again, gossip to it
+                    p.height, p.address, p.failures = req.height, req.address, 0
             peers = sorted(p.listen for p in self._peers.values() if p.failures == 0)
             return node_pb2.HelloReply(genesis_hash=self.genesis.genesis_hash(),
                                        address=self.address, height=self.chain.height,
@@ -918,7 +939,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--wallet", type=Path, help="wallet key file (created 0600 if absent)")
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=0)
-    ap.add_argument("--bootstrap", nargs="*", default=[], metavar="HOST:PORT")
+    ap.add_argument("--bootstrap", nargs="*", action="extend", default=[],
+                    metavar="HOST:PORT", help="peers to start from (repeatable)")
     ap.add_argument("--block-interval", type=float, default=None)
     ap.add_argument("--round-timeout", type=float, default=3.0)
     ap.add_argument("--rate", type=float, default=200.0, help="messages/s per peer")

@@ -141,3 +141,7 @@ def test_flooding_peer_is_rate_limited(solo: NodeProc) -> None:
         st = c.status()
         assert st["rate_limited"] >= limited
         c.wait_until(lambda s: s["height"] > st["height"], WAIT)
+
+
+def test_sigterm_stops_the_node_cleanly(solo: NodeProc) -> None:
+    assert solo.terminate() == 0
