@@ -91,10 +91,10 @@ def test_validators_register_stake_and_finalize(net: Net) -> None:
                           max_fee=DEFAULT_REGISTRATION_FEE)
             stake = make_tx(w, "stake", nonce + 1, CHAIN_ID, brain=1, delegate=w.address,
                             amount=STAKE)
-            # each tx goes to a different node than its sender's, so gossip must carry it
+            # a node other than the sender's: gossip must carry the txs to the proposers
             with v[(i + 1) % 3].client() as other:
                 assert other.submit(reg) is None
-            assert c.submit(stake) is None
+                assert other.submit(stake) is None
     expected = {w.address: STAKE for w in VALIDATORS}
     for p in v:
         with p.client() as c:
