@@ -44,7 +44,7 @@ class NodeClient:
         return json.loads(self.stub.Status(node_pb2.Empty(), timeout=self.timeout).json)
 
     def account(self, address: str) -> dict[str, Any]:
-        """{"address", "balance", "nonce", "height"} at the node's head."""
+        """{"address", "balance", "nonce", "pending_nonce", "height"} at the node's head."""
         return json.loads(self.stub.Account(node_pb2.AccountRequest(address=address),
                                             timeout=self.timeout).json)
 
@@ -54,6 +54,10 @@ class NodeClient:
     def nonce(self, address: str) -> int:
         """The nonce the account's next tx must carry (mempool not counted)."""
         return int(self.account(address)["nonce"])
+
+    def pending_nonce(self, address: str) -> int:
+        """The nonce after the account's txs waiting in this node's mempool."""
+        return int(self.account(address)["pending_nonce"])
 
     def brain(self, brain_id: int) -> dict[str, Any] | None:
         """The Brain's config and registrations (uids as ints), or None if it does not exist."""

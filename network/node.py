@@ -313,10 +313,16 @@ class Node:
             }
 
     def account(self, address: str) -> dict[str, Any]:
-        """Balance and next nonce of ``address`` at the head."""
+        """Balance and next nonce at the head; ``pending_nonce`` also counts this node's
+        mempool, so a client can sign several txs in a row without waiting for blocks."""
         with self._lock:
+            nonce = self.chain.nonce(address)
+            queued = {t.nonce for t, _ in self._mempool.values() if t.sender == address}
+            pending = nonce
+            while pending in queued:  # bounded by the mempool size
+                pending += 1
             return {"address": address, "balance": self.chain.balance(address),
-                    "nonce": self.chain.nonce(address), "height": self.chain.height}
+                    "nonce": nonce, "pending_nonce": pending, "height": self.chain.height}
 
     def brain_info(self, brain_id: int) -> dict[str, Any] | None:
         """A Brain's config and registrations (uid = slot per role), or None if absent."""
@@ -422,7 +428,9 @@ class Node:
                     and final.block_hash() != bh:
                 self._record_equivocation(final, block)
             return False
-        if h > head + VOTE_WINDOW:
+        # Only proposers of the current voting set get buffer space (else anyone with a
+        # key could fill it); a set change makes a later height fall back to sync/rounds.
+        if h > head + VOTE_WINDOW or proposer not in self._weights():
             return False
         prev = self._by_proposer.get((h, proposer))
         if prev is not None and prev != bh:
@@ -468,7 +476,7 @@ class Node:
         head = self.chain.height
         if not head < vote.height <= head + VOTE_WINDOW:
             return False
-        if vote.height == head + 1 and vote.voter not in self._weights():
+        if vote.voter not in self._weights():  # same bound as for proposals
             return False
         by_hash = self._votes.setdefault(vote.height, {})
         if vote.block_hash not in by_hash and len(by_hash) >= MAX_HASHES_PER_HEIGHT:

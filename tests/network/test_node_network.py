@@ -95,6 +95,7 @@ def test_validators_register_stake_and_finalize(net: Net) -> None:
             with v[(i + 1) % 3].client() as other:
                 assert other.submit(reg) is None
                 assert other.submit(stake) is None
+                assert other.pending_nonce(w.address) == nonce + 2  # mempool or chain
     expected = {w.address: STAKE for w in VALIDATORS}
     for p in v:
         with p.client() as c:
