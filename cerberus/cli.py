@@ -18,7 +18,6 @@ from cerberus.errors import CerberusError
 log = logging.getLogger("cerberus")
 
 EXIT_ERROR = 1
-EXIT_NOT_BUILT = 2
 
 
 class CLIError(Exception):
@@ -29,16 +28,11 @@ class CLIError(Exception):
         self.code = code
 
 
-def _not_built(command: str, issue: int) -> Callable[[argparse.Namespace], int]:
-    def run(_: argparse.Namespace) -> int:
-        raise CLIError(f"'{command}' is not built yet (tracked in issue #{issue})", EXIT_NOT_BUILT)
-
-    return run
-
-
-# Commands that exist, by module; each module has add_arguments(parser) and run(args).
+# Every command, by module; each module has add_arguments(parser) and run(args), and
+# imports its heavy dependencies only inside run(), so `cerberus --help` stays fast.
 BUILT = {"compile": "cerberus.cli_compile", "serve": "runtime.cli_serve",
-         "query": "runtime.cli_query", "bench": "runtime.cli_bench"}
+         "query": "runtime.cli_query", "join": "network.cli_join",
+         "network": "network.cli_network", "bench": "runtime.cli_bench"}
 
 
 def _lazy(module: str) -> Callable[[argparse.Namespace], int]:
@@ -59,20 +53,18 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     commands = [
-        ("compile", "compile a model into a NAME.cerb artefact", 4),
-        ("serve", "serve an artefact as a miner (gRPC)", 6),
-        ("query", "send an encrypted prompt to a miner and decrypt the answer", 6),
-        ("bench", "benchmark an artefact: keygen, latency, fidelity", 6),
-        ("join", "join a network as a miner or validator", 8),
+        ("compile", "compile a model into a NAME.cerb artefact"),
+        ("serve", "serve an artefact as a miner (gRPC)"),
+        ("query", "send an encrypted prompt to a miner and decrypt the answer"),
+        ("bench", "benchmark an artefact: keygen, latency, fidelity"),
+        ("join", "join a network as a miner or validator"),
+        ("network", "run a local network on 127.0.0.1 (network up)"),
     ]
-    for name, help_text, issue in commands:
+    for name, help_text in commands:
         p = sub.add_parser(name, help=help_text, description=help_text)
-        if name in BUILT:
-            module = importlib.import_module(BUILT[name])
-            module.add_arguments(p)
-            p.set_defaults(func=_lazy(BUILT[name]))
-        else:
-            p.set_defaults(func=_not_built(name, issue))
+        module = importlib.import_module(BUILT[name])
+        module.add_arguments(p)
+        p.set_defaults(func=_lazy(BUILT[name]))
     return parser
 
 

@@ -1,4 +1,4 @@
-"""The CLI skeleton: every command is listed, unbuilt ones fail loudly in one line."""
+"""The CLI: every command is listed and parses; errors are one line and a non-zero exit."""
 
 import subprocess
 import sys
@@ -7,7 +7,7 @@ import pytest
 
 from cerberus.cli import build_parser, main
 
-COMMANDS = ("compile", "serve", "query", "bench", "join")
+COMMANDS = ("compile", "serve", "query", "bench", "join", "network")
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -28,17 +28,23 @@ def test_parser_knows_every_command() -> None:
     for command in COMMANDS:
         args = {"compile": [command, "MODEL"], "serve": [command, "A.cerb"],
                 "query": [command, "--miner", "127.0.0.1:1", "hi"],
-                "bench": [command, "A.cerb"]}.get(command, [command])
+                "bench": [command, "A.cerb"], "join": [command, "--brain", "1", "--role", "miner"],
+                "network": [command, "up"]}[command]
         assert parser.parse_args(args).command == command
 
 
-@pytest.mark.parametrize("command", ["join"])
-def test_unbuilt_command_fails_with_one_line(command: str, capsys: pytest.CaptureFixture) -> None:
-    code = main([command])
+def test_join_without_a_genesis_is_one_line(tmp_path, capsys: pytest.CaptureFixture) -> None:
+    code = main(["join", "--brain", "1", "--role", "miner", "--data", str(tmp_path / "d")])
     err = capsys.readouterr().err
-    assert code != 0
-    assert err.count("\n") == 1 and err.startswith("cerberus:")
-    assert "not built yet" in err
+    assert code == 1
+    assert err.count("\n") == 1 and err.startswith("cerberus:") and "genesis" in err
+
+
+def test_bad_amount_is_one_line(tmp_path, capsys: pytest.CaptureFixture) -> None:
+    code = main(["join", "--brain", "1", "--role", "validator", "--stake", "1e-12",
+                 "--data", str(tmp_path / "d")])
+    err = capsys.readouterr().err
+    assert code == 1 and err.count("\n") == 1 and "base unit" in err
 
 
 def test_unknown_command_is_an_error() -> None:
