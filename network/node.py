@@ -217,6 +217,7 @@ class Node:
         self._my_announcements: dict[int, str] = {}
         self._last_announce = 0.0
         self._last_hello = 0.0
+        self._last_resend = 0.0
         self.counters = {"rate_limited": 0, "rejected": 0, "dropped_out": 0}
         self._server: grpc.Server | None = None
         self._threads: list[threading.Thread] = []
@@ -589,6 +590,26 @@ class Node:
                   len(block.txs))
         self._maybe_vote()
 
+    def _resend_if_stuck(self) -> None:
+        """Gossip is fire-and-forget: if no block was finalized for a round timeout after
+        this validator voted, send its vote and the block again (identical bytes, so peers
+        that already have them drop them as duplicates; a peer that missed them, e.g. while
+        restarting, gets them now)."""
+        if self.wallet is None:
+            return
+        h = self.chain.height + 1
+        voted = self.store.my_vote(h)
+        now = time.time()
+        if voted is None or now - max(self._head_since, self._last_resend) \
+                < self.config.round_timeout:
+            return
+        self._last_resend = now
+        block = self._proposals.get(h, {}).get(voted)
+        if block is not None:
+            self._broadcast(node_pb2.Envelope(kind="block", payload=canonical(block.to_dict())))
+        vote = Vote.make(self.wallet, self.chain_id, h, voted)
+        self._broadcast(node_pb2.Envelope(kind="vote", payload=canonical(vote.to_dict())))
+
     # ---- sync --------------------------------------------------------------------------
     def _apply_synced(self, block: Block, votes: list[Any]) -> bool:
         """Apply a block from GetBlocks if its certificate is a quorum (lock held)."""
@@ -763,6 +784,7 @@ class Node:
                         self._announce(brain, endpoint)
                 with self._lock:
                     self._step()
+                    self._resend_if_stuck()
             except Exception:  # the loop must survive anything a bad state throws at it
                 log.exception("node loop step failed")
 
