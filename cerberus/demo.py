@@ -5,8 +5,11 @@
    graph, concrete-python programs, content-addressed artefact;
 3. generate through the artefact's integer path in the clear (the bit-exact simulator);
 4. ``cerberus serve`` the artefact as a miner on 127.0.0.1 and query it under real TFHE
-   through the client SDK: the miner sees only ciphertexts, the answer equals step 3's.
-The network (issue #8) will extend this with routing and the ledger.
+   through the client SDK: the miner sees only ciphertexts, the answer equals step 3's;
+5. ``cerberus network up``: 3 validators and 3 miners (one of them lazy, replaying old
+   answers) as separate processes; validators check miners each epoch under their own
+   keys and set weights; the ledger pays out; an encrypted query is routed by embedding
+   to a miner the validators vouch for.
 """
 
 from __future__ import annotations
@@ -74,7 +77,33 @@ def main() -> int:
                      1000 * dt / NEW_TOKENS)
         log.info("== 4. cerberus serve + an encrypted query (real TFHE) ==")
         encrypted_query(out, art, tokenizer, Path(tmp), log)
+        log.info("== 5. cerberus network up: 3 validators, 3 miners (miner-0 lazy) ==")
+        local_network(Path(tmp), log)
     return 0
+
+
+def local_network(tmp: Path, log: logging.Logger) -> None:
+    """Two epochs of a local network, then an encrypted query routed to a vouched miner."""
+    from network import local
+
+    art = local.ensure_artefact(tmp / "net")  # the network serves an 8-token-window build
+    net = local.start(tmp / "net", validators=3, miners=3, misbehave=1, artefact=art, tempo=15)
+    try:
+        for p in net.procs:
+            log.info("%-12s %-9s node %s%s", p.name, p.role, p.node,
+                     "  (lazy: replays old answers)" if p.misbehave else "")
+        start = local.balances(net)
+        epochs = local.run_epochs(net, 2, timeout=300)
+        summary = local.summary(net, epochs, start)
+        query = local.route_query(net, PROMPTS[1], 4)
+        roots = local.check_roots(net)
+    finally:
+        net.stop()
+    local.print_summary(summary)
+    log.info("state roots at height %d: %s", roots["height"],
+             "equal on all 6 nodes" if roots["agree"] else "DIFFER")
+    log.info("query %r → miner %s: %r (%.1f s, equals the simulator: %s)", query["prompt"],
+             query["miner"], query["answer"], query["seconds"], query["equals_simulator"])
 
 
 def encrypted_query(artefact: Path, art, tokenizer, tmp: Path, log: logging.Logger) -> None:

@@ -102,7 +102,8 @@ class LocalNetwork:
                 p.popen.wait(timeout=10)
 
 
-def _artefact(root: Path, given: Path | None) -> Path:
+def ensure_artefact(root: Path, given: Path | None = None) -> Path:
+    """``given``, or models/tiny-gpt compiled with --fhe (8-token window) under ``root``."""
     if given is not None:
         return given
     out = root / "tiny.cerb"
@@ -125,7 +126,7 @@ def start(root: Path, *, validators: int = 3, miners: int = 3, misbehave: int = 
     if not 0 <= misbehave <= miners:
         raise CerberusError("--misbehave must be between 0 and the number of miners")
     root.mkdir(parents=True, exist_ok=True)
-    artefact = _artefact(root, artefact)
+    artefact = ensure_artefact(root, artefact)
     from cerberus.artefact import load_artefact
 
     sha = load_artefact(artefact).sha256
@@ -246,15 +247,46 @@ def check_roots(net: LocalNetwork, timeout: float = 60) -> dict[str, Any]:
             c.close()
 
 
+def trusted_endpoints(c: Any, brain: int, lookback: int) -> dict[str, int]:
+    """Announced miners with the stake-weighted weight validators gave them lately.
+
+    Read from public chain data only: the ``set_weights`` txs of the last ``lookback``
+    blocks (each validator's latest counts, scaled by its stake). A client routes to
+    miners the validators vouch for; zero-weight miners (wrong or absent answers) are
+    left out unless nobody has any weight yet.
+    """
+    status = c.status()
+    stake = status["validators"]
+    info = c.brain(brain) or {"miners": {}}
+    head = int(status["height"])
+    latest: dict[str, dict[int, int]] = {}
+    lo = max(1, head - lookback + 1)
+    for start in range(lo, head + 1, 128):
+        for block, _ in c.blocks(start, min(head, start + 127)):
+            for tx in block.txs:
+                if tx.kind == "set_weights" and tx.payload["brain"] == brain:
+                    latest[tx.sender] = dict(zip(tx.payload["uids"], tx.payload["weights"],
+                                                 strict=True))
+    score: dict[str, int] = {}
+    endpoints = c.directory(brain)
+    for uid, addr in info["miners"].items():
+        if addr in endpoints:
+            score[endpoints[addr]] = sum(int(stake.get(v, 0)) * w.get(uid, 0)
+                                         for v, w in latest.items())
+    return score
+
+
 def route_query(net: LocalNetwork, prompt: str, tokens: int) -> dict[str, Any]:
-    """An encrypted query, routed by embedding radius to an announced miner (N3)."""
+    """An encrypted query, routed by embedding radius (N3) among the miners validators
+    vouch for (``trusted_endpoints``), falling back to the next one on failure."""
     from cerberus.artefact import load_artefact
     from network.routing import Router, embed_query
     from runtime.client import MinerClient
 
     art = load_artefact(net.artefact)
     with net.client() as c:
-        endpoints = sorted(c.directory(BRAIN).values())
+        scores = trusted_endpoints(c, BRAIN, 2 * net.genesis.tempo)
+    endpoints = sorted(e for e, v in scores.items() if v > 0) or sorted(scores)
     router = Router(endpoints)
     emb = embed_query(art, prompt)
 
@@ -265,7 +297,8 @@ def route_query(net: LocalNetwork, prompt: str, tokens: int) -> dict[str, Any]:
 
     t0 = time.perf_counter()
     miner, out = router.route(emb, call)
-    return {"prompt": prompt, "miner": miner, "answer": art.tokenizer.decode(out.ids),
+    return {"prompt": prompt, "miner": miner, "trusted": endpoints, "scores": scores,
+            "answer": art.tokenizer.decode(out.ids),
             "tokens": out.ids, "seconds": round(time.perf_counter() - t0, 2),
             "equals_simulator": out.ids == art.generate(art.tokenizer(prompt).input_ids,
                                                         tokens)}

@@ -9,8 +9,22 @@ os.environ.setdefault("TRITON_INTERPRET", "1")
 
 # Property tests: no per-example deadline (a shared 2-core machine is noisy), and in CI a
 # fixed example sequence so a red build is reproducible; locally hypothesis explores freely.
+import pytest  # noqa: E402
 from hypothesis import settings  # noqa: E402
 
 settings.register_profile("cerberus", deadline=None)
 settings.register_profile("ci", deadline=None, derandomize=True)
 settings.load_profile("ci" if os.environ.get("CI") else "cerberus")
+
+
+@pytest.fixture(scope="session")
+def fhe_artefact(tmp_path_factory: pytest.TempPathFactory):
+    """models/tiny-gpt compiled with --fhe (hybrid partition, 8 bits, 8-token window),
+    loaded; shared by the runtime and network tests. Tests must not modify it."""
+    from cerberus.artefact import load_artefact
+    from cerberus.compile import CompileOptions, compile_model
+    from cerberus.paths import shipped_model
+
+    out = tmp_path_factory.mktemp("fhe-art") / "tiny.cerb"
+    compile_model(shipped_model(), out, CompileOptions(seq_len=8, fhe=True))
+    return load_artefact(out)

@@ -16,19 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from cerberus.artefact import Artefact, load_artefact
-from cerberus.compile import CompileOptions, compile_model
-from cerberus.paths import shipped_model
-
-SEQ_LEN = 8  # short windows keep each encrypted token to a few seconds on 2 cores
-
-
-@pytest.fixture(scope="session")
-def fhe_artefact(tmp_path_factory: pytest.TempPathFactory) -> Artefact:
-    """models/tiny-gpt compiled with --fhe (hybrid partition, 8 bits), loaded."""
-    out = tmp_path_factory.mktemp("art") / "tiny.cerb"
-    compile_model(shipped_model(), out, CompileOptions(seq_len=SEQ_LEN, fhe=True))
-    return load_artefact(out)
+from cerberus.artefact import Artefact
 
 
 class Miner:
