@@ -8,26 +8,57 @@ Apply / fork rule — **finalize, then apply** (why: no block is ever reverted, 
 ledger needs no fork choice and every applied block is final):
 
 1. A *proposal* for height h = head + 1 is a signed block whose proposer is in the voting
-   set of h (``network.consensus``). A validator votes for at most one block per height
-   (its vote is persisted before it is sent, so a restart cannot make it vote twice): the
-   lowest-ranked valid proposal whose round has opened on its clock. Valid = the ledger's
-   full check against the head passes (dry run) and its time is not in the future by more
-   than ``MAX_DRIFT`` seconds. Round r opens at ``anchor + block_interval + r ×
-   round_timeout``, where anchor is when this node applied the parent (or started); a
-   validator proposes in its round only if it has not voted at that height yet.
-2. A block is *final* once votes from ≥ 2/3 of the voting set's stake for (h, hash) are
-   seen; only then is it applied, with its certificate stored first. Head = finalized
-   height; a final block is never reverted.
-3. *Sync*: a node behind a peer (peer heights come with Hello, every ``hello_interval``)
+   set of h (``network.consensus``). Valid = the ledger's full check against the head
+   passes (dry run) and its time is not in the future by more than ``MAX_DRIFT`` seconds.
+2. *Rounds*. Round 0 of h opens at ``anchor + block_interval`` (anchor = when this node
+   applied the parent, or started); round r+1 begins when round r has lasted
+   ``round_timeout`` on the local clock. A node that sees a vote of height h from a
+   voting-set member in a later round than its own jumps to that round (its timer
+   restarts there), so rounds stay together when a node applied the parent late,
+   restarted or was starved of CPU. Rounds are labels: safety never depends on clocks.
+3. *Proposing*. The validator of proposer rank k proposes once per height, from round k
+   on, and only while it has not voted at h.
+4. *Voting* (at most once per (h, round), rounds increasing, each vote persisted before
+   it is sent, so a restart cannot make a validator vote twice in a round or forget its
+   lock). In round r a validator that has not voted at h yet votes for the lowest-ranked
+   valid proposal whose proposer's rank is ≤ r. One whose latest vote is (round L, block
+   A) is *locked*: it votes A again in round r, unless for some round r' with L ≤ r' < r
+   it has seen signed votes of round r' from validators holding > 1/3 of the stake that
+   voted only for other blocks (``consensus.proves_unlock``); then it votes as if it had
+   not voted. Each round timeout it also re-sends its latest vote and the voted block
+   (gossip is fire-and-forget; a restarting peer may have missed them).
+5. A block is *final* once votes from ≥ 2/3 of the voting set's stake for the same
+   (h, round, hash) are seen; only then is it applied, with that certificate stored
+   first. Head = finalized height; a final block is never reverted.
+6. *Sync*: a node behind a peer (peer heights come with Hello, every ``hello_interval``)
    fetches blocks with their certificates by GetBlocks and applies each one whose
-   certificate holds a quorum of the voting set it computes itself.
-4. *Equivocation*: a second, different, validly signed block by the same proposer for the
+   certificate holds, within one round, a quorum of the voting set it computes itself.
+7. *Equivocation*: a second, different, validly signed block by the same proposer for the
    same height is recorded as evidence (``node.db``, shown in ``status()``) and never
    voted for or applied through this node's proposal table.
 
-Known limit: if two proposals of one height split the votes so that neither can reach
-2/3 (possible only when a round-r proposer did not see an earlier proposal in time), the
-height stalls; validators do not re-vote, because a second vote could finalize two blocks.
+Safety (at most one final block per height). Say A is final in round r0: the set Q of
+validators with ≥ 2/3 of the stake voted (h, r0, A). (i) No B ≠ A is final in r0 — that
+would need a member of Q to vote twice in r0. (ii) No member of Q ever votes for B ≠ A in
+a round after r0: take the first such vote, by v in round r1 > r0. v's latest vote before
+r1 is A in some round L ≥ r0 (its r0 vote, and by minimality every later one), so v
+needed a round r' in [L, r1) in which > 1/3 of the stake voted only for other blocks; but
+every round-r' vote from Q is for A (r' = r0: one vote each; r' > r0: minimality), so
+that stake lies outside Q, which holds ≤ 1/3. (iii) So after r0, votes for any B come
+only from outside Q (≤ 1/3): B is never final in a later round; and B final in an
+earlier round is case (ii) with A and B swapped. Liveness: once a round's votes reach
+every validator before the next round begins, a round in which all voted and no block got
+2/3 unlocks everyone (the stake voting for others than A is then > 1/3 for every A), and
+in the next round they all vote the same lowest-ranked proposal (blocks are re-sent each
+round, so they know the same ones).
+
+Fault model: validators follow these rules, and may crash, restart, be starved or have
+their messages delayed or lost. Like any one-phase vote this is not safe against Byzantine
+stake (a validator that signs two votes in one round, or ignores its lock, can forge an
+unlock); double votes seen in one round are left out of unlock proofs, which narrows but
+does not close that. (Before rounds, a validator voted once per height: Byzantine-safe,
+but two proposals could split the votes so that no block reached 2/3 and the height
+stalled forever — observed with three CPU-starved validators, three different votes.)
 
 Robustness: gRPC messages over ``MAX_MESSAGE`` bytes are refused by gRPC itself
 (RESOURCE_EXHAUSTED); per-kind payload limits, malformed JSON and bad signatures give
@@ -66,10 +97,12 @@ from ledger.keys import Wallet
 from ledger.rules import apply_block as dry_run_block
 from ledger.tx import Tx, TxFormatError
 from network.consensus import (
+    MAX_ROUND,
     Announcement,
     Vote,
     has_quorum,
     proposer_ranking,
+    proves_unlock,
     voting_set,
 )
 from network.protos import node_pb2, node_pb2_grpc
@@ -84,10 +117,13 @@ PAYLOAD_LIMITS = {"tx": 16 * 1024, "vote": 1024, "announce": 2048, "block": 3 * 
 MAX_DRIFT = 10  # seconds a proposal's time may be ahead of this node's clock
 SEEN_CAP = 50_000  # dedup set size (oldest forgotten first)
 VOTE_WINDOW = 16  # heights ahead of the head for which proposals/votes are buffered
-MAX_HASHES_PER_HEIGHT = 16
+MAX_HASHES_PER_HEIGHT = 16  # per (height, round) for votes
+MAX_ROUNDS_KEPT = 8  # rounds of votes kept per height (the highest seen; unlock proofs and
+# quorums come from the latest rounds, where every validator re-votes)
 MAX_VOTERS = 1024  # votes kept per (height, hash); a voting set is far smaller in practice
 MAX_SYNC_BATCH = 128  # blocks per GetBlocks call
 MAX_BUCKETS = 1024
+MAX_REGOSSIP = 64  # pending mempool txs re-sent per announce_interval
 PEER_RE = re.compile(r"^[A-Za-z0-9.\-]{1,253}:[0-9]{1,5}$")
 CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", MAX_MESSAGE),
@@ -206,7 +242,10 @@ class Node:
         self._proposals: dict[int, dict[str, Block]] = {}
         self._validity: dict[str, str | None] = {}  # hash → None (valid) or reason
         self._by_proposer: dict[tuple[int, str], str] = {}
-        self._votes: dict[int, dict[str, dict[str, Vote]]] = {}
+        # height → round → hash → voter → vote
+        self._votes: dict[int, dict[int, dict[str, dict[str, Vote]]]] = {}
+        # the latest round this node jumped to at head+1 (seen in a peer's vote) and when
+        self._jump: tuple[int, float] = (-1, 0.0)
         self._proposed: set[int] = set()
         self._weights_at: tuple[str, dict[str, int]] = ("", {})
         self._ranking_at: tuple[str, list[str]] = ("", [])
@@ -218,9 +257,11 @@ class Node:
         self._last_announce = 0.0
         self._last_hello = 0.0
         self._last_resend = 0.0
+        self._last_regossip = 0.0
         self.counters = {"rate_limited": 0, "rejected": 0, "dropped_out": 0}
         self._server: grpc.Server | None = None
         self._threads: list[threading.Thread] = []
+        self._resume_round()
         self.port = config.port
         self.listen = ""
 
@@ -243,6 +284,7 @@ class Node:
             for b in self.config.bootstrap:
                 self._add_peer(b)
             self._head_since = time.time()
+            self._resume_round()
         self._threads = [threading.Thread(target=self._loop, name="node-loop", daemon=True)]
         self._threads += [threading.Thread(target=self._sender, name=f"node-send-{i}",
                                            daemon=True) for i in range(4)]
@@ -308,6 +350,8 @@ class Node:
                 "known_peers": sorted(self._peers),
                 "mempool": len(self._mempool),
                 "validators": weights,
+                "round": self._current_round(),  # at height + 1
+                "my_vote": self._my_vote_info(),
                 "evidence": self.store.evidence_count(),
                 "evidence_list": self.store.evidence(limit=10),
                 **self.counters,
@@ -419,6 +463,29 @@ class Node:
         anchor = max(self._head_since, float(self.chain.state.meta("time")))
         return anchor + self.interval + rank * self.config.round_timeout
 
+    def _current_round(self) -> int:
+        """This node's round at head+1 (lock held): the timer's, or later after a jump.
+        Before round 0 opens this is 0 (a rank-0 proposal may be voted as it arrives)."""
+        now = time.time()
+        rt = max(self.config.round_timeout, 1e-3)
+        start = self._round_open(0)
+        r = int((now - start) // rt) if now >= start else 0
+        jumped, since = self._jump
+        if jumped >= 0:
+            r = max(r, jumped + int((now - since) // rt))
+        return min(r, MAX_ROUND)
+
+    def _resume_round(self) -> None:
+        """After a (re)start, continue from the round of this validator's own latest vote
+        at head+1, so its rounds never go backwards (lock held or not started)."""
+        last = self.store.last_vote(self.chain.height + 1)
+        self._jump = (last[0], time.time()) if last is not None else (-1, 0.0)
+
+    def _my_vote_info(self) -> dict[str, Any] | None:
+        h = self.chain.height + 1
+        last = self.store.last_vote(h) if self.wallet is not None else None
+        return None if last is None else {"height": h, "round": last[0], "hash": last[1]}
+
     def _on_block(self, block: Block) -> bool:
         """Record a signed block from a peer or ourselves; False if not new/usable."""
         h, proposer, bh = block.height, block.header.proposer, block.block_hash()
@@ -479,25 +546,35 @@ class Node:
             return False
         if vote.voter not in self._weights():  # same bound as for proposals
             return False
-        by_hash = self._votes.setdefault(vote.height, {})
+        rounds = self._votes.setdefault(vote.height, {})
+        if vote.round not in rounds:
+            if len(rounds) >= MAX_ROUNDS_KEPT:  # keep the highest rounds seen
+                lowest = min(rounds)
+                if vote.round < lowest:
+                    return False
+                del rounds[lowest]
+            rounds[vote.round] = {}
+        by_hash = rounds[vote.round]
         if vote.block_hash not in by_hash and len(by_hash) >= MAX_HASHES_PER_HEIGHT:
             return False
         voters = by_hash.setdefault(vote.block_hash, {})
         if vote.voter in voters or len(voters) >= MAX_VOTERS:
             return False
         voters[vote.voter] = vote
+        if vote.height == head + 1 and vote.round > self._current_round():
+            self._jump = (vote.round, time.time())  # a peer is ahead: join its round
         return True
 
-    def _cast_vote(self, block: Block) -> None:
+    def _cast_vote(self, height: int, round_: int, block_hash: str) -> None:
         assert self.wallet is not None
-        h, bh = block.height, block.block_hash()
-        if not self.store.record_my_vote(h, bh):
+        if not self.store.record_my_vote(height, round_, block_hash):
             return
-        vote = Vote.make(self.wallet, self.chain_id, h, bh)
+        vote = Vote.make(self.wallet, self.chain_id, height, block_hash, round_)
         self._on_vote(vote)
         payload = canonical(vote.to_dict())
         self._mark_seen("vote", payload)
         self._broadcast(node_pb2.Envelope(kind="vote", payload=payload))
+        log.debug("voted %d round %d %s", height, round_, block_hash[:12])
 
     def _step(self) -> None:
         """Finalize, vote, propose — as far as the current view allows (lock held)."""
@@ -510,20 +587,21 @@ class Node:
     def _try_finalize(self) -> bool:
         h = self.chain.height + 1
         weights = self._weights()
-        for bh, voters in self._votes.get(h, {}).items():
-            block = self._proposals.get(h, {}).get(bh)
-            if block is None or not has_quorum(list(voters), weights):
-                continue
-            cert = [v.to_dict() for v in voters.values() if v.voter in weights]
-            self.store.put_cert(h, bh, cert)
-            try:
-                self.chain.apply_block(block)
-            except InvalidBlock as e:  # 2/3 signed a block this node finds invalid
-                log.error("final block %d %s does not apply here: %s", h, bh[:12], e)
-                self._proposals[h].pop(bh, None)
-                return False
-            self._after_apply()
-            return True
+        for _round, by_hash in sorted(self._votes.get(h, {}).items()):
+            for bh, voters in by_hash.items():
+                block = self._proposals.get(h, {}).get(bh)
+                if block is None or not has_quorum(list(voters), weights):
+                    continue
+                cert = [v.to_dict() for v in voters.values() if v.voter in weights]
+                self.store.put_cert(h, bh, cert)
+                try:
+                    self.chain.apply_block(block)
+                except InvalidBlock as e:  # 2/3 signed a block this node finds invalid
+                    log.error("final block %d %s does not apply here: %s", h, bh[:12], e)
+                    self._proposals[h].pop(bh, None)
+                    return False
+                self._after_apply()
+                return True
         return False
 
     def _after_apply(self) -> None:
@@ -534,37 +612,52 @@ class Node:
                 del table[h]
         self._by_proposer = {k: v for k, v in self._by_proposer.items() if k[0] > head}
         self._proposed = {h for h in self._proposed if h > head}
+        # a new height starts at round 0, or at the latest round of votes already
+        # buffered for it (peers that finalized first are there already)
+        ahead = self._votes.get(head + 1)
+        self._jump = (max(ahead), time.time()) if ahead else (-1, 0.0)
         self._validity.clear()
         self._prune_mempool()
         log.debug("height %d %s", head, self.chain.head_hash[:12])
+
+    def _unlocked(self, height: int, lock_round: int, locked: str, round_: int) -> bool:
+        """Whether votes seen in some round in [lock_round, round_) prove that ``locked``
+        got no 2/3 there (module docstring, rule 4) — only then may the lock be left."""
+        weights = self._weights()
+        return any(proves_unlock(by_hash, locked, weights)
+                   for r, by_hash in self._votes.get(height, {}).items()
+                   if lock_round <= r < round_)
 
     def _maybe_vote(self) -> None:
         if self.wallet is None:
             return
         h = self.chain.height + 1
-        weights = self._weights()
-        if self.address not in weights or self.store.my_vote(h) is not None:
+        if self.address not in self._weights():
+            return
+        r = self._current_round()
+        last = self.store.last_vote(h)
+        if last is not None and r <= last[0]:
+            return  # already voted in this round (rounds only increase)
+        if last is not None and not self._unlocked(h, last[0], last[1], r):
+            self._cast_vote(h, r, last[1])  # locked: the same block again, in this round
             return
         ranking = self._ranking()
-        now = time.time()
         best: tuple[int, Block] | None = None
         for block in self._proposals.get(h, {}).values():
             if self._check_proposal(block, ranking) is not None:
                 continue
             rank = ranking.index(block.header.proposer)
-            # a later round's block counts only once that round has opened here
-            if rank > 0 and now < self._round_open(rank) - 0.5:
-                continue
-            if best is None or rank < best[0]:
+            # a later rank's block counts only once its round has opened here
+            if rank <= r and (best is None or rank < best[0]):
                 best = (rank, block)
         if best is not None:
-            self._cast_vote(best[1])
+            self._cast_vote(h, r, best[1].block_hash())
 
     def _maybe_propose(self) -> None:
         if self.wallet is None:
             return
         h = self.chain.height + 1
-        if h in self._proposed or self.store.my_vote(h) is not None:
+        if h in self._proposed or self.store.last_vote(h) is not None:
             return
         ranking = self._ranking()
         if self.address not in ranking:
@@ -572,7 +665,7 @@ class Node:
         rank = ranking.index(self.address)
         now = time.time()
         # one proposal per height, from the moment this validator's round opens
-        if now < self._round_open(rank):
+        if now < self._round_open(0) or self._current_round() < rank:
             return
         t = max(int(now), int(self.chain.state.meta("time")) + 1)
         if t > now + 1:
@@ -592,22 +685,24 @@ class Node:
 
     def _resend_if_stuck(self) -> None:
         """Gossip is fire-and-forget: if no block was finalized for a round timeout after
-        this validator voted, send its vote and the block again (identical bytes, so peers
-        that already have them drop them as duplicates; a peer that missed them, e.g. while
-        restarting, gets them now)."""
+        this validator voted, send its latest vote and that block again (identical bytes,
+        so peers that already have them drop them as duplicates; a peer that missed them,
+        e.g. while restarting or starved, gets them now — and with the block it can take
+        part in an unlock, rule 4)."""
         if self.wallet is None:
             return
         h = self.chain.height + 1
-        voted = self.store.my_vote(h)
+        last = self.store.last_vote(h)
         now = time.time()
-        if voted is None or now - max(self._head_since, self._last_resend) \
+        if last is None or now - max(self._head_since, self._last_resend) \
                 < self.config.round_timeout:
             return
         self._last_resend = now
+        round_, voted = last
         block = self._proposals.get(h, {}).get(voted)
         if block is not None:
             self._broadcast(node_pb2.Envelope(kind="block", payload=canonical(block.to_dict())))
-        vote = Vote.make(self.wallet, self.chain_id, h, voted)
+        vote = Vote.make(self.wallet, self.chain_id, h, voted, round_)
         self._broadcast(node_pb2.Envelope(kind="vote", payload=canonical(vote.to_dict())))
 
     # ---- sync --------------------------------------------------------------------------
@@ -617,7 +712,7 @@ class Node:
         if h != self.chain.height + 1:
             return False
         weights = self._weights()
-        good: dict[str, Vote] = {}
+        by_round: dict[int, dict[str, Vote]] = {}
         for d in votes[: 4 * len(weights) + 4]:
             try:
                 v = Vote.from_dict(d)
@@ -625,8 +720,10 @@ class Node:
                 continue
             if v.height == h and v.block_hash == bh and v.voter in weights \
                     and v.verify(self.chain_id):
-                good[v.voter] = v
-        if not has_quorum(list(good), weights):
+                by_round.setdefault(v.round, {})[v.voter] = v
+        # a quorum must be within one round: votes of different rounds do not add up
+        good = next((vs for vs in by_round.values() if has_quorum(list(vs), weights)), None)
+        if good is None:
             log.warning("synced block %d lacks a quorum certificate", h)
             return False
         self.store.put_cert(h, bh, [v.to_dict() for v in good.values()])
@@ -727,6 +824,18 @@ class Node:
             except ValueError:  # channel closed (peer evicted, or stop())
                 continue
 
+    def _regossip_mempool(self) -> None:
+        """Gossip is fire-and-forget: a tx admitted while this node had no peers (the first
+        node of a network, say) would wait in this mempool until this node proposes — which
+        a node outside the voting set never does. So pending txs older than one interval
+        are sent again (peers that have them drop the identical bytes as duplicates)."""
+        now = time.monotonic()
+        with self._lock:
+            old = [t for t, added in self._mempool.values()
+                   if now - added >= self.config.announce_interval][:MAX_REGOSSIP]
+        for tx in old:
+            self._broadcast(node_pb2.Envelope(kind="tx", payload=canonical(tx.to_dict())))
+
     def _hello_all(self) -> None:
         with self._lock:
             req = node_pb2.HelloRequest(genesis_hash=self.genesis.genesis_hash(),
@@ -782,6 +891,9 @@ class Node:
                         mine = dict(self._my_announcements)
                     for brain, endpoint in mine.items():
                         self._announce(brain, endpoint)
+                if now - self._last_regossip >= self.config.announce_interval:
+                    self._last_regossip = now
+                    self._regossip_mempool()
                 with self._lock:
                     self._step()
                     self._resend_if_stuck()

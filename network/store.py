@@ -6,8 +6,11 @@
   syncing peer (a block from GetBlocks is applied only with a quorum certificate). A
   certificate is written *before* its block is applied, so a crash in between leaves a
   spare certificate, never a final block without one.
-* ``my_votes`` — the block this node's validator voted for at each height, written before
-  the vote leaves the process: a restarted validator never votes twice for one height.
+* ``round_votes`` — the block this node's validator voted for in each (height, round),
+  written before the vote leaves the process: a restarted validator never votes twice in
+  one round, and its latest vote (its lock, ``network.consensus``) survives the restart.
+  (The older per-height ``my_votes`` table of a pre-round node.db is left unused: its
+  votes were signed without a round, so no current node counts them.)
 * ``evidence`` — equivocations seen (two signed blocks for one height by one proposer).
 * ``directory`` — miners' signed endpoint announcements, newest ``seq`` per (Brain, miner).
 """
@@ -22,7 +25,8 @@ from typing import Any
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS certs (height INTEGER PRIMARY KEY, hash TEXT NOT NULL,
                                   votes TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS my_votes (height INTEGER PRIMARY KEY, hash TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS round_votes (height INTEGER NOT NULL, round INTEGER NOT NULL,
+                                        hash TEXT NOT NULL, PRIMARY KEY (height, round));
 CREATE TABLE IF NOT EXISTS evidence (height INTEGER NOT NULL, proposer TEXT NOT NULL,
                                      first TEXT NOT NULL, second TEXT NOT NULL,
                                      headers TEXT NOT NULL,
@@ -56,14 +60,23 @@ class NodeStore:
         return None if row is None else (row[0], json.loads(row[1]))
 
     # ---- own votes ---------------------------------------------------------------------
-    def my_vote(self, height: int) -> str | None:
-        row = self.db.execute("SELECT hash FROM my_votes WHERE height = ?", (height,)).fetchone()
+    def my_vote(self, height: int, round_: int) -> str | None:
+        """The block this validator voted for in (height, round), if it voted."""
+        row = self.db.execute("SELECT hash FROM round_votes WHERE height = ? AND round = ?",
+                              (height, round_)).fetchone()
         return None if row is None else row[0]
 
-    def record_my_vote(self, height: int, block_hash: str) -> bool:
-        """Record this node's vote; False (nothing written) if it already voted at height."""
-        cur = self.db.execute("INSERT OR IGNORE INTO my_votes VALUES (?, ?)",
-                              (height, block_hash))
+    def last_vote(self, height: int) -> tuple[int, str] | None:
+        """(round, hash) of this validator's latest vote at ``height`` — its lock."""
+        row = self.db.execute("SELECT round, hash FROM round_votes WHERE height = ? "
+                              "ORDER BY round DESC LIMIT 1", (height,)).fetchone()
+        return None if row is None else (int(row[0]), str(row[1]))
+
+    def record_my_vote(self, height: int, round_: int, block_hash: str) -> bool:
+        """Record this node's vote; False (nothing written) if it already voted in that
+        (height, round)."""
+        cur = self.db.execute("INSERT OR IGNORE INTO round_votes VALUES (?, ?, ?)",
+                              (height, round_, block_hash))
         return cur.rowcount == 1
 
     # ---- evidence ----------------------------------------------------------------------

@@ -99,7 +99,8 @@ class NodeServicer:
 
     def GetBlocks(self, request, context):
         """Final blocks from_height..to_height (inclusive, at most a bounded number per call),
-        each with the votes that made it final, for sync of late or restarted nodes.
+        each with the votes that made it final (one round's), for sync of late or restarted
+        nodes.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -11,12 +11,14 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from node_harness import CHAIN_ID, VALIDATORS, make_genesis  # noqa: E402
+from node_harness import CHAIN_ID, OPERATOR, USER, VALIDATORS, make_genesis  # noqa: E402
 
 from ledger.block import Block  # noqa: E402
 from ledger.chain import Chain  # noqa: E402
 from ledger.encoding import canonical  # noqa: E402
 from ledger.keys import Wallet  # noqa: E402
+from ledger.tx import make_tx  # noqa: E402
+from network.client import NodeClient  # noqa: E402
 from network.consensus import (  # noqa: E402
     Vote,
     has_quorum,
@@ -115,3 +117,26 @@ def test_equivocation_is_recorded_and_the_second_block_never_applied(tmp_path: P
         assert st["evidence"] == 2 and st["height"] == 1
     finally:
         again.stop()
+
+
+def test_a_tx_admitted_while_alone_reaches_peers_that_come_later(tmp_path: Path) -> None:
+    """The first node of a network admits txs before it has any peer (its own register tx,
+    the operator's config); gossip is fire-and-forget, so it must send them again."""
+    g = make_genesis()
+    cfg = {"block_interval": 1000.0, "announce_interval": 0.3, "hello_interval": 0.2}
+    first = Node(NodeConfig(tmp_path / "first", g, None, **cfg))  # observers: no blocks
+    later = Node(NodeConfig(tmp_path / "later", g, None, **cfg))
+    try:
+        first.start()
+        tx = make_tx(USER, "transfer", 0, CHAIN_ID, to=OPERATOR.address, amount=1)
+        assert first.submit(tx) is None  # admitted, gossiped to nobody
+        later.start()
+        later.hello(node_pb2.HelloRequest(genesis_hash=g.genesis_hash(), listen=first.listen))
+        deadline = time.monotonic() + 30.0
+        while later.status()["mempool"] == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with NodeClient(later.listen) as c:
+            assert c.pending_nonce(USER.address) == 1  # the tx is in the later node's pool
+    finally:
+        first.stop()
+        later.stop()
