@@ -34,14 +34,20 @@ def _lookup(node: Node) -> Callable:
 
 
 def _product(op: str, a, b, lo_a: int, lo_b: int):
-    """``a * b`` or ``a @ b`` of two encrypted values, computed on unsigned operands.
+    """``a * b`` or ``a @ b`` of two encrypted values, never of mixed signs.
 
     concrete-python 2.11 multiplies an unsigned by a signed encrypted value wrongly (seen
-    in simulation: tests/fhe). Shifting each signed operand by its compiled lower bound
-    makes both unsigned, and the cross terms are leveled:
+    in simulation: tests/fhe). For mixed signs, shifting the signed operand by its
+    compiled lower bound makes both unsigned, and the cross terms are leveled:
     (a'+la)(b'+lb) = a'b' + lb·a' + la·b' + la·lb; for matrices a'·1 and 1·b' are row and
-    column sums.
+    column sums. Two signed operands multiply correctly as they are, and must: shifting
+    both widens the product by about two bits (q·kᵀ of 4-bit values over 16 dims: 11 →
+    13 bits), and concrete's products bootstrap at their output width, so QKᵀ of the
+    d_model-16 benchmark block found no TFHE parameters with the shift and compiles in
+    under a second without it.
     """
+    if lo_a < 0 and lo_b < 0:
+        return a * b if op == "mul" else a @ b
     la, lb = min(lo_a, 0), min(lo_b, 0)
     a2 = a - la if la else a
     b2 = b - lb if lb else b

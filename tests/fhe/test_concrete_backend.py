@@ -63,6 +63,32 @@ def test_mixed_sign_products_are_exact() -> None:
             assert np.array_equal(circuit.simulate(p[i], b[i]), expected)
 
 
+def test_signed_products_are_exact_and_not_widened() -> None:
+    """Two signed operands multiply as they are: exact at the edges of their range, and
+    QKᵀ of 4-bit values over 16 dims compiles. Shifting both to unsigned (as mixed signs
+    need) widened its bootstraps past what concrete finds TFHE parameters for
+    (NoParametersFound): the d_model-16 full-partition block failed there."""
+    rng = np.random.default_rng(3)
+    ident = np.arange(-7, 8)
+    src = [
+        Node("input", "input", [], -7, 7),
+        Node("kT", "transpose", ["input"], -7, 7),
+        Node("q", "lut", ["input"], -7, 7, attrs={"table": ident, "lsbs": 0, "offset": -7}),
+        Node("neg", "lut", ["input"], -7, 7, attrs={"table": -ident, "lsbs": 0, "offset": -7}),
+    ]
+    products = {
+        "scores": (Node("scores", "matmul", ["q", "kT"], -784, 784), lambda x: x @ x.T),
+        "square": (Node("square", "mul", ["q", "neg"], -49, 0), lambda x: -(x * x)),
+    }
+    xs = [rng.integers(-7, 8, (4, 16)) for _ in range(20)]
+    xs += [np.full((4, 16), -7), np.full((4, 16), 7)]
+    for name, (node, expected) in products.items():
+        graph = IntGraph([*src, node], "input", name, {"seq_len": 4, "d_model": 16})
+        circuit = compile_circuit(graph, xs)
+        for x in xs[-4:]:
+            assert np.array_equal(circuit.simulate(x), expected(x))
+
+
 def test_real_encryption_round_trip() -> None:
     """keygen → encrypt → run → decrypt on a small linear + rounded lookup graph."""
     rng = np.random.default_rng(2)
