@@ -8,8 +8,8 @@
    through the client SDK: the miner sees only ciphertexts, the answer equals step 3's;
 5. ``cerberus network up``: 3 validators and 3 miners (one of them lazy, replaying old
    answers) as separate processes; validators check miners each epoch under their own
-   keys and set weights; the ledger pays out; an encrypted query is routed by embedding
-   to a miner the validators vouch for.
+   keys and set weights; over three epochs the ledger pays out; an encrypted query is
+   routed by embedding to a miner the validators vouch for.
 """
 
 from __future__ import annotations
@@ -83,17 +83,21 @@ def main() -> int:
 
 
 def local_network(tmp: Path, log: logging.Logger) -> None:
-    """Two epochs of a local network, then an encrypted query routed to a vouched miner."""
+    """Three epochs of a local network, then an encrypted query routed to a vouched miner.
+
+    Why three: a Brain earns emission only once it has a performance record (its first
+    epoch with weights), and that emission is paid out at the epoch after.
+    """
     from network import local
 
     art = local.ensure_artefact(tmp / "net")  # the network serves an 8-token-window build
-    net = local.start(tmp / "net", validators=3, miners=3, misbehave=1, artefact=art, tempo=15)
+    net = local.start(tmp / "net", validators=3, miners=3, misbehave=1, artefact=art, tempo=12)
     try:
         for p in net.procs:
             log.info("%-12s %-9s node %s%s", p.name, p.role, p.node,
                      "  (lazy: replays old answers)" if p.misbehave else "")
         start = local.balances(net)
-        epochs = local.run_epochs(net, 2, timeout=300)
+        epochs = local.run_epochs(net, 3, timeout=300)
         summary = local.summary(net, epochs, start)
         query = local.route_query(net, PROMPTS[1], 4)
         roots = local.check_roots(net)
