@@ -33,21 +33,36 @@ def _lookup(node: Node) -> Callable:
     return apply
 
 
-def _product(op: str, a, b, lo_a: int, lo_b: int):
+def _product(op: str, a, b, lo_a: int, lo_b: int, hi_a: int | None = None,
+             hi_b: int | None = None):
     """``a * b`` or ``a @ b`` of two encrypted values, never of mixed signs.
 
     concrete-python 2.11 multiplies an unsigned by a signed encrypted value wrongly (seen
-    in simulation: tests/fhe). For mixed signs, shifting the signed operand by its
-    compiled lower bound makes both unsigned, and the cross terms are leveled:
-    (a'+la)(b'+lb) = a'b' + lb·a' + la·b' + la·lb; for matrices a'·1 and 1·b' are row and
-    column sums. Two signed operands multiply correctly as they are, and must: shifting
-    both widens the product by about two bits (q·kᵀ of 4-bit values over 16 dims: 11 →
-    13 bits), and concrete's products bootstrap at their output width, so QKᵀ of the
-    d_model-16 benchmark block found no TFHE parameters with the shift and compiles in
-    under a second without it.
+    in simulation: tests/fhe). Two signed or two unsigned operands multiply correctly as
+    they are, and must: concrete's products bootstrap at about their output width, so a
+    product of wider operands finds no TFHE parameters sooner (QKᵀ of 4-bit values over
+    16 dims: NoParametersFound when both were shifted to unsigned, under a second as is).
+
+    For mixed signs, given the unsigned operand's upper bound, that operand is centred
+    by a clear c = ⌈hi/2⌉ so both are signed and the product stays as narrow as it can:
+    a·b = (a − c)·b + c·b, for matrices (a − c)@b + c·(column sums of b). Without the
+    bound, the signed operand is shifted by its lower bound l instead (both unsigned,
+    about two bits wider): (a'+la)(b'+lb) = a'b' + lb·a' + la·b' + la·lb, with row and
+    column sums for matrices. Every correction term is leveled.
     """
-    if lo_a < 0 and lo_b < 0:
+    signed_a, signed_b = lo_a < 0, lo_b < 0
+    if signed_a == signed_b:
         return a * b if op == "mul" else a @ b
+    hi_u = hi_b if signed_a else hi_a
+    if hi_u is not None:
+        c = (int(hi_u) + 1) // 2
+        if signed_a:  # b unsigned
+            y = a * (b - c) if op == "mul" else a @ (b - c)
+            rest = a if op == "mul" else np.sum(a, axis=len(a.shape) - 1, keepdims=True)
+        else:  # a unsigned
+            y = (a - c) * b if op == "mul" else (a - c) @ b
+            rest = b if op == "mul" else np.sum(b, axis=len(b.shape) - 2, keepdims=True)
+        return y + c * rest
     la, lb = min(lo_a, 0), min(lo_b, 0)
     a2 = a - la if la else a
     b2 = b - lb if lb else b
@@ -108,8 +123,8 @@ def _lower_node(graph: IntGraph, n: Node, args: list, x):
     elif n.op in ("add", "sub"):
         y = args[0] + args[1] if n.op == "add" else args[0] - args[1]
     elif n.op in ("mul", "matmul"):
-        y = _product(n.op, args[0], args[1], graph[n.inputs[0]].lo,
-                     graph[n.inputs[1]].lo)
+        x0, x1 = graph[n.inputs[0]], graph[n.inputs[1]]
+        y = _product(n.op, args[0], args[1], x0.lo, x1.lo, x0.hi, x1.hi)
     elif n.op == "sum":
         y = np.sum(args[0], axis=-1, keepdims=True)
     elif n.op == "slice":  # concrete indexes no Ellipsis: spell out the axes

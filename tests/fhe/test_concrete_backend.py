@@ -44,21 +44,25 @@ def test_whole_block_simulates_bit_exactly(kind) -> None:
     assert circuit.statistics["programmable_bootstrap_count"] > 0
 
 
-def test_mixed_sign_products_are_exact() -> None:
-    """concrete multiplies unsigned × signed wrongly; the backend's shift must fix it."""
+@pytest.mark.parametrize("bound", [None, 15], ids=["shift", "centre"])
+def test_mixed_sign_products_are_exact(bound: int | None) -> None:
+    """concrete multiplies unsigned × signed wrongly; the backend's shift of the signed
+    operand (no bound known) or centring of the unsigned one (its upper bound known, what
+    the lowering passes) must fix it, also at the edges of the ranges."""
     rng = np.random.default_rng(0)
-    p = rng.integers(0, 16, (20, 3, 4))
-    v = rng.integers(-8, 8, (20, 4, 2))
+    p = np.concatenate([rng.integers(0, 16, (18, 3, 4)), np.full((2, 3, 4), 15)])
+    v = np.concatenate([rng.integers(-8, 8, (18, 4, 2)), np.full((1, 4, 2), -8),
+                        np.full((1, 4, 2), 7)])
     for op in ("matmul", "mul"):
         b = v if op == "matmul" else v[:, :3, :1]
 
         def product(x, y, op=op):
-            return _product(op, x, y, 0, -8)
+            return _product(op, x, y, 0, -8, bound, 7)
 
         compiler = fhe.Compiler(lambda x, y: product(x, y), {"x": "encrypted", "y": "encrypted"})
         circuit = compiler.compile(list(zip(p, b, strict=True)),
                                    fhe.Configuration(show_progress=False))
-        for i in range(5):
+        for i in (0, 1, 2, 18, 19):
             expected = p[i] @ b[i] if op == "matmul" else p[i] * b[i]
             assert np.array_equal(circuit.simulate(p[i], b[i]), expected)
 
