@@ -45,7 +45,7 @@ lint: setup
 	$(VENV)/bin/ruff check .
 
 # The miner service's generated gRPC code is committed; regenerate it after editing the
-# .proto (tests/runtime/test_protos.py fails while it is stale).
+# .proto (tests/test_protos.py fails while it is stale).
 protos: setup
 	$(PY) -m grpc_tools.protoc -I. --python_out=. --grpc_python_out=. runtime/protos/miner.proto network/protos/node.proto
 
