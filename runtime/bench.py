@@ -188,7 +188,7 @@ def bench_one(art: Artefact, address: str, reference: Any, prompts: Sequence[str
         t0 = time.perf_counter()
         client.keygen()
         keygen_s = time.perf_counter() - t0
-        key_bytes = client._fhe.key_bytes()  # noqa: SLF001 - the SDK exposes no size yet
+        key_bytes = client.key_bytes()
         t0 = time.perf_counter()
         client.upload_keys()
         upload_s = time.perf_counter() - t0

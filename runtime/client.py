@@ -271,6 +271,11 @@ class MinerClient:
         assert self._key_id is not None
         return self._key_id
 
+    def key_bytes(self) -> int:
+        """Size of the evaluation keys this client uploads (what the miner must hold)."""
+        self.keygen()
+        return int(self._fhe.key_bytes())
+
     def _stored_seed(self, sha: str) -> int:
         """This machine's secret seed for an artefact: drawn once, kept private (0600)."""
         path = self.cache_dir / "keys" / sha[:32] / "secret-seed"
