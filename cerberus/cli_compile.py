@@ -27,6 +27,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="width of lookup outputs that feed only leveled ops (default 12)")
     q.add_argument("--max-lookup-bits", type=int, default=DEFAULTS.max_lookup_bits,
                    help="widest table-lookup input after round_bit_pattern (default 8)")
+    q.add_argument("--no-per-channel", dest="per_channel", action="store_false",
+                   help="full partition: one rescale per tensor instead of per channel "
+                        "(narrower accumulators, so larger blocks fit concrete)")
     q.add_argument("--adaptive", action="store_true",
                    help="paper §5 adaptive dynamic quantization of the client's input "
                         "(L=256, T=0.1, α=0.5)")
@@ -59,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
         budget=args.budget, significance=args.significance, strategy=args.strategy,
         qat_steps=args.qat_steps, qat_lr=args.qat_lr, adaptive=args.adaptive,
         calibration=args.calibration, seed=args.seed, partition=args.partition, fhe=args.fhe,
+        per_channel=args.per_channel,
     )
     path, digest, m = compile_model(args.model, args.output, opts, force=args.force)
     fuse = m["fusion"]

@@ -79,6 +79,9 @@ class CompileOptions:
     # (meets the fidelity goal; one round trip per linear). "full": whole blocks under FHE.
     partition: str = "hybrid"
     fhe: bool = False  # also compile the concrete-python server programs and client specs
+    # Full partition: per-channel rescaling multipliers add up to mult_bits to every clear
+    # linear's accumulator; without them a d_model-16 block fits concrete (issue #5 notes).
+    per_channel: bool = True
 
     def validate(self) -> None:
         check_bits(self.bits)
@@ -244,7 +247,8 @@ def compile_model(
     folded, fuse_report = fold_affine(squeezed)
     lowering = LoweringOptions(bits=opts.bits, weight_bits=opts.weight_bits or opts.bits,
                                wide_bits=max(opts.wide_bits, opts.bits),
-                               max_lookup_bits=opts.max_lookup_bits, fuse=True)
+                               max_lookup_bits=opts.max_lookup_bits, fuse=True,
+                               per_channel=opts.per_channel)
     adaptive_params = {"levels": 256, "threshold": 0.1, "alpha": 0.5}
 
     def embedded(m: CanonicalTransformer, ids: torch.Tensor) -> np.ndarray:

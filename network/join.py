@@ -292,7 +292,7 @@ class Participant:
                 f"(next in {left} blocks) | balance {fmt_based(bal)} $BASED "
                 f"(earned {fmt_based(bal - self.joined_balance)})")
         if self.service is not None:
-            line += f" | served {self.service.metrics.requests('Generate')} token steps"
+            line += f" | served {self.service.metrics.requests('Generate')} tokens"
         if self.epochs_done:
             last = self.epochs_done[-1]
             line += f" | last weights {last['weights']}"

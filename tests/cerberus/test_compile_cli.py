@@ -58,6 +58,20 @@ def test_full_partition_runs_blocks_on_the_miner(tmp_path) -> None:
     assert torch.equal(art.logits(ids), art.decode_output(evaluate(art.graph, x)["output"]))
 
 
+def test_no_per_channel_narrows_the_full_partitions_accumulators(tmp_path) -> None:
+    """--no-per-channel drops the rescaling multipliers that widen every clear linear."""
+    widest = {}
+    for flag in ("", "--no-per-channel"):
+        out = tmp_path / f"full{flag}.cerb"
+        result = cli(MODEL, "-o", str(out), "--seq-len", "4", "--partition", "full",
+                     *([flag] if flag else []), cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        art = load_artefact(out)
+        assert art.manifest["options"]["per_channel"] == (flag == "")
+        widest[flag] = max(n.bits for n in art.graph.nodes if n.op == "linear")
+    assert widest["--no-per-channel"] < widest[""]
+
+
 def test_compile_is_deterministic(compiled, tmp_path) -> None:
     out, _ = compiled
     again = tmp_path / "again.cerb"
