@@ -15,17 +15,20 @@ import numpy as np
 from concrete import fhe
 
 from cerberus.errors import CompileError
-from cerberus.ir import IntGraph, Node
+from cerberus.ir import IntGraph, Node, evaluate, round_lsbs, width
 
 
-def _lookup(node: Node) -> Callable:
+def _lookup(node: Node, protect: bool = True) -> Callable:
+    """``table[round(x, lsbs) - offset]``; ``protect`` is concrete's ``overflow_protection``
+    for the rounding, to be off where rounding narrows the input (see ``narrowing_roundings``).
+    """
     table = np.asarray(node.attrs["table"], dtype=np.int64)
     lsbs, offset = int(node.attrs["lsbs"]), int(node.attrs["offset"])
     last = len(table) - 1
 
     def apply(x):
         if lsbs:
-            x = fhe.round_bit_pattern(x, lsbs_to_remove=lsbs)
+            x = fhe.round_bit_pattern(x, lsbs_to_remove=lsbs, overflow_protection=protect)
         # concrete evaluates the function on every value the input's width can hold;
         # indices beyond the compiled range are clipped there (the simulator refuses them)
         return fhe.univariate(lambda v: table[np.clip((v >> lsbs) - offset, 0, last)])(x)
@@ -83,14 +86,47 @@ def _product(op: str, a, b, lo_a: int, lo_b: int, hi_a: int | None = None,
     return y
 
 
-def to_function(graph: IntGraph) -> Callable:
-    """A Python function of one encrypted input that concrete-python can trace."""
+def narrowing_roundings(graph: IntGraph, inputset: list[np.ndarray]) -> set[str]:
+    """The rounded lookups whose rounding makes their input's range narrower on ``inputset``.
+
+    concrete-python 2.11 sizes a value by the input set and flags an "overflow" whenever
+    ``round_bit_pattern``'s result needs a different width than its input, assuming it can
+    only be wider (a maximum rounded up past a power of two). It can also be narrower: a
+    signed minimum just below −2**k rounds to −2**k (−67 → −64 at 4 bits: 8 → 7 bits). With
+    ``overflow_protection`` on, concrete then removes one bit fewer and reads the next table
+    at the wrong step, in simulation and under encryption alike (issue #5: the BERT block's
+    row-max lookup, ``table[(x + 4) >> 3]`` where ``table[(x + 8) >> 4]`` was meant).
+    Rounding that narrows cannot overflow, so protection is dropped exactly there.
+    """
+    luts = [n for n in graph.nodes if n.op == "lut" and int(n.attrs["lsbs"])]
+    if not luts or not inputset:
+        return set()
+    xs = np.stack([np.asarray(x, dtype=np.int64) for x in inputset])
+    values = evaluate(graph, xs, check_ranges=False, keep={n.inputs[0] for n in luts})
+    out = set()
+    for n in luts:
+        v, lsbs = values[n.inputs[0]], int(n.attrs["lsbs"])
+        lo, hi = int(v.min()), int(v.max())
+        r_lo, r_hi = (int(round_lsbs(np.int64(e), lsbs)) << lsbs for e in (lo, hi))
+        if width(r_lo, r_hi) < width(lo, hi):
+            out.add(n.name)
+    return out
+
+
+def to_function(graph: IntGraph, unprotected: Iterable[str] = ()) -> Callable:
+    """A Python function of one encrypted input that concrete-python can trace.
+
+    ``unprotected``: lookups whose rounding runs without concrete's overflow protection
+    (``narrowing_roundings`` of the input set the circuit is compiled with).
+    """
+    unprotected = set(unprotected)
 
     def circuit(x):
         values = {}
         for n in graph.nodes:
             with fhe.tag(node_tag(n.name)):
-                values[n.name] = _lower_node(graph, n, [values[i] for i in n.inputs], x)
+                values[n.name] = _lower_node(graph, n, [values[i] for i in n.inputs], x,
+                                             protect=n.name not in unprotected)
         return values[graph.output]
 
     return circuit
@@ -103,7 +139,7 @@ def node_tag(name: str) -> str:
     return name.replace(".", "_")
 
 
-def _lower_node(graph: IntGraph, n: Node, args: list, x):
+def _lower_node(graph: IntGraph, n: Node, args: list, x, protect: bool = True):
     """The concrete-python expression of one IR node on its traced arguments."""
     a = n.attrs
     if n.op == "input":
@@ -115,7 +151,7 @@ def _lower_node(graph: IntGraph, n: Node, args: list, x):
         if a.get("bias") is not None:
             y = y + a["bias"]
     elif n.op == "lut":
-        y = _lookup(n)(args[0])
+        y = _lookup(n, protect)(args[0])
     elif n.op == "mul_const":
         y = args[0] * a["const"]
     elif n.op == "add_const":
@@ -167,6 +203,8 @@ def compile_circuit(
     configuration: fhe.Configuration | None = None,
 ) -> fhe.Circuit:
     """Compile the graph for one sequence ``[T, d]``; ``inputset`` gives concrete its ranges."""
-    compiler = fhe.Compiler(to_function(graph), {"x": "encrypted"})
+    inputset = list(inputset)
+    function = to_function(graph, narrowing_roundings(graph, inputset))
+    compiler = fhe.Compiler(function, {"x": "encrypted"})
     config = configuration or fhe.Configuration(show_progress=False)
-    return compiler.compile(list(inputset), config)
+    return compiler.compile(inputset, config)

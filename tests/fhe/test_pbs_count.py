@@ -123,7 +123,8 @@ def test_rounding_is_priced_one_pbs_per_removed_bit() -> None:
 
 @pytest.mark.parametrize("kind", ["bert", pytest.param("gpt", marks=pytest.mark.slow)])
 def test_ir_pbs_equals_concrete_on_a_lowered_block(kind: str) -> None:
-    """A whole lowered block (BERT ~3 s to compile, GPT ~20 s: slow)."""
+    """A whole lowered block, attention and MLP live (BERT ~30 s to compile, GPT ~20 s:
+    slow)."""
     graph, xs = tiny_graph(kind)
     stats = compile_circuit(graph, list(xs)).statistics
     assert graph.pbs_count() == stats["programmable_bootstrap_count"] > 0
