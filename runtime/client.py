@@ -143,7 +143,8 @@ class MinerClient:
 
     # -- calls with retries ----------------------------------------------------------
     def _call(self, what: str, fn: Callable[[tuple], T]) -> T:
-        """Run ``fn(metadata)``; retry UNAVAILABLE / busy with backoff, else MinerError."""
+        """Run ``fn(metadata)`` (one RPC, or a whole token's stream); retry UNAVAILABLE /
+        busy with backoff, turn lost keys into ``_KeysLost``, anything else MinerError."""
         delay = self.backoff
         for attempt in range(self.retries + 1):
             metadata = (("x-request-id", uuid.uuid4().hex[:16]),)
@@ -344,18 +345,12 @@ class MinerClient:
         kid = self.keygen()
         window, pos = art.window(ids)
 
-        def run() -> torch.Tensor:
-            stream = self._call("Generate", lambda md: _Stream(self.stub, md, self.timeout))
+        def run(metadata: tuple) -> torch.Tensor:
+            stream = _Stream(self.stub, metadata, self.timeout)
 
             def miner(program: str, x: np.ndarray) -> np.ndarray:
                 ct = self._fhe.encrypt(program, x)
-                try:
-                    reply = stream.step(pb.InferRequest(key_id=kid, program=program,
-                                                        ciphertext=ct))
-                except grpc.RpcError as e:
-                    if e.code() == grpc.StatusCode.NOT_FOUND and "key id" in (e.details() or ""):
-                        raise _KeysLost() from e
-                    raise
+                reply = stream.step(pb.InferRequest(key_id=kid, program=program, ciphertext=ct))
                 if stats is not None:
                     stats.server_ms += reply.server_ms
                     stats.bytes_sent += len(ct)
@@ -376,24 +371,8 @@ class MinerClient:
                 stream.close()
             return logits[0, pos]
 
-        return self._with_keys(lambda: self._retry_stream(run))
-
-    def _retry_stream(self, run: Callable[[], T]) -> T:
-        """A token's steps are redone from the start if the stream breaks (UNAVAILABLE)."""
-        delay = self.backoff
-        for attempt in range(self.retries + 1):
-            try:
-                return run()
-            except grpc.RpcError as e:
-                if e.code() in RETRYABLE and attempt < self.retries:
-                    log.warning("Generate: %s (%s); redoing the token in %.2f s",
-                                e.code().name, e.details(), delay)
-                    time.sleep(delay)
-                    delay *= 2
-                    continue
-                raise MinerError(f"Generate at {self.address} failed: {e.code().name}: "
-                                 f"{e.details()}", e.code()) from e
-        raise AssertionError("unreachable")
+        # a broken stream (UNAVAILABLE, busy) redoes the token's steps from the start
+        return self._with_keys(lambda: self._call("Generate", run))
 
     def generate(self, prompt_ids: list[int], max_new_tokens: int, *,
                  temperature: float = 0.0, top_k: int = 0, seed: int | None = None,

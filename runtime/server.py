@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import inspect
 import json
 import logging
 import signal
@@ -43,7 +44,7 @@ from typing import Any
 import grpc
 
 from cerberus import __version__
-from cerberus.artefact import HASH_FILE, artefact_hash, file_sha256
+from cerberus.artefact import HASH_FILE, digest_of_files, file_sha256
 from cerberus.errors import CerberusError
 from runtime.keycache import KeyCache, KeySet
 from runtime.metrics import Metrics
@@ -80,7 +81,7 @@ class Abort(Exception):
 
 def _rpc(method: Callable) -> Callable:
     """Request id, JSON log line, metrics and status mapping around one RPC handler."""
-    streaming = method.__name__ in ("FetchClient", "Generate")
+    streaming = inspect.isgeneratorfunction(method)
 
     def begin(self: MinerService, context: grpc.ServicerContext) -> tuple[str, float]:
         meta = dict(context.invocation_metadata() or ())
@@ -158,7 +159,10 @@ class MinerService(pb_grpc.MinerServicer):
         if not (self.path / "manifest.json").is_file():
             raise CerberusError(f"{self.path} is not a Cerberus artefact (no manifest.json)")
         recorded = (self.path / HASH_FILE).read_text().strip()
-        if artefact_hash(self.path) != recorded:
+        # every file's digest, once: it checks the artefact here and FetchClient sends it
+        self.digests = {p.relative_to(self.path).as_posix(): file_sha256(p)
+                        for p in sorted(self.path.rglob("*")) if p.is_file()}
+        if digest_of_files(self.digests) != recorded:
             raise CerberusError(f"artefact {self.path} is corrupted: its files do not match "
                                 f"its sha256 {recorded}")
         self.sha256 = recorded
@@ -231,19 +235,16 @@ class MinerService(pb_grpc.MinerServicer):
     @_rpc
     def FetchClient(self, request: pb.FetchClientRequest,  # noqa: N802
                     context: grpc.ServicerContext, extra: dict) -> Iterator[pb.FileChunk]:
-        files = sorted(p for p in self.path.rglob("*") if p.is_file())
-        for p in files:
-            rel = p.relative_to(self.path).as_posix()
-            digest = file_sha256(p)
-            if p.name in SERVER_ONLY:
+        for rel, digest in self.digests.items():
+            if Path(rel).name in SERVER_ONLY:
                 yield pb.FileChunk(path=rel, sha256=digest, skipped=True)
                 continue
-            with open(p, "rb") as f:
+            with open(self.path / rel, "rb") as f:
                 data = f.read(CHUNK)
                 yield pb.FileChunk(path=rel, sha256=digest, data=data)
                 while data := f.read(CHUNK):
                     yield pb.FileChunk(path=rel, data=data)
-        extra["files"] = len(files)
+        extra["files"] = len(self.digests)
 
     @_rpc
     def UploadKeys(self, request_iterator: Iterator[pb.KeyChunk],  # noqa: N802
