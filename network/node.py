@@ -209,15 +209,32 @@ def _json(payload: bytes, kind: str) -> Any:
         raise Rejected(f"malformed {kind} JSON: {e}") from e
 
 
-def _parse_tx(obj: Any, chain_id: str) -> Tx:
+def _signed(what: str, parse: Callable[[Any], T], verify: Callable[[T], bool], obj: Any,
+            errors: tuple[type[Exception], ...] = (ValueError,)) -> T:
+    """A peer's signed object (tx, block, vote, announcement) parsed and its signature
+    checked, or ``Rejected``: the one gate every gossiped kind passes."""
     try:
-        tx = Tx.from_dict(obj)
-        tx.check_format()
-    except (TxFormatError, TypeError, AttributeError) as e:
+        item = parse(obj)
+    except errors as e:
         raise Rejected(str(e)) from e
-    if not tx.verify_signature(chain_id):
-        raise Rejected("bad tx signature")
-    return tx
+    if not verify(item):
+        raise Rejected(f"bad {what} signature")
+    return item
+
+
+def _parse_tx(obj: Any, chain_id: str) -> Tx:
+    def parse(o: Any) -> Tx:
+        tx = Tx.from_dict(o)
+        tx.check_format()
+        return tx
+
+    return _signed("tx", parse, lambda tx: tx.verify_signature(chain_id), obj,
+                   (TxFormatError, TypeError, AttributeError))
+
+
+def _seen_key(kind: str, payload: bytes) -> bytes:
+    """What the dedup set remembers of a gossiped message."""
+    return hashlib.sha256(kind.encode() + b"\0" + payload).digest()
 
 
 class Node:
@@ -785,7 +802,7 @@ class Node:
 
     def _mark_seen(self, kind: str, payload: bytes) -> bool:
         """Remember a message; False if it was already seen (dedup)."""
-        key = hashlib.sha256(kind.encode() + b"\0" + payload).digest()
+        key = _seen_key(kind, payload)
         with self._lock:
             if key in self._seen:
                 return False
@@ -920,9 +937,8 @@ class Node:
         """Process one gossiped envelope; True if fresh. Raises ``Rejected`` on bad input."""
         kind, payload = env.kind, bytes(env.payload)
         obj = _json(payload, kind)  # size limit + JSON first: cheap rejections
-        key = hashlib.sha256(kind.encode() + b"\0" + payload).digest()
         with self._lock:
-            if key in self._seen:
+            if _seen_key(kind, payload) in self._seen:
                 return False
         fresh = False
         if kind == "tx":
@@ -930,32 +946,20 @@ class Node:
             with self._lock:
                 fresh = self._admit(tx) is None
         elif kind == "block":
-            try:
-                block = Block.from_dict(obj)
-            except (ValueError, TypeError, AttributeError) as e:
-                raise Rejected(str(e)) from e
-            if not block.header.verify_signature(self.chain_id):
-                raise Rejected("bad block signature")
+            block = _signed("block", Block.from_dict,
+                            lambda b: b.header.verify_signature(self.chain_id), obj,
+                            (ValueError, TypeError, AttributeError))
             with self._lock:
                 fresh = self._on_block(block)
                 self._step()
         elif kind == "vote":
-            try:
-                vote = Vote.from_dict(obj)
-            except ValueError as e:
-                raise Rejected(str(e)) from e
-            if not vote.verify(self.chain_id):
-                raise Rejected("bad vote signature")
+            vote = _signed("vote", Vote.from_dict, lambda v: v.verify(self.chain_id), obj)
             with self._lock:
                 fresh = self._on_vote(vote)
                 self._step()
         else:  # announce
-            try:
-                ann = Announcement.from_dict(obj)
-            except ValueError as e:
-                raise Rejected(str(e)) from e
-            if not ann.verify(self.chain_id):
-                raise Rejected("bad announcement signature")
+            ann = _signed("announcement", Announcement.from_dict,
+                          lambda a: a.verify(self.chain_id), obj)
             with self._lock:
                 fresh = self.store.put_announcement(ann.brain, ann.address, ann.endpoint,
                                                     ann.seq, ann.to_dict())
