@@ -114,9 +114,9 @@ def encrypted_query(artefact: Path, art, tokenizer, tmp: Path, log: logging.Logg
     """Start a miner process on 127.0.0.1, generate through it, compare with the simulator."""
     from runtime.client import MinerClient
 
-    miner = subprocess.Popen([sys.executable, "-m", "cerberus", "serve", str(artefact),
-                              "--port", "0"], stdout=subprocess.PIPE,
-                             stderr=open(tmp / "miner.log", "wb"), text=True)
+    with open(tmp / "miner.log", "wb") as err:  # the child keeps its own descriptor
+        miner = subprocess.Popen([sys.executable, "-m", "cerberus", "serve", str(artefact),
+                                  "--port", "0"], stdout=subprocess.PIPE, stderr=err, text=True)
     try:
         assert miner.stdout is not None
         line = miner.stdout.readline().strip()  # "serving SHA on HOST:PORT"

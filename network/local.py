@@ -165,9 +165,9 @@ def start(root: Path, *, validators: int = 3, miners: int = 3, misbehave: int = 
             if bad:
                 cmd += ["--misbehave", "replay"]
             log_path = root / name / "join.log"
-            out = open(log_path.with_name("join.out"), "w")  # noqa: SIM115 - the child owns it
-            popen = subprocess.Popen(cmd, stdout=out, stderr=open(log_path, "ab"),
-                                     text=True, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+            with open(log_path.with_name("join.out"), "w") as out, open(log_path, "ab") as err:
+                popen = subprocess.Popen(cmd, stdout=out, stderr=err, text=True,
+                                         env=dict(os.environ, PYTHONUNBUFFERED="1"))
             proc = Proc(name, role, wallet, popen, log_path, misbehave=bad)
             net.procs.append(proc)
             proc.node = proc.first_line(start_timeout).rsplit(" ", 1)[1]

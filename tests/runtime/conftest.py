@@ -27,8 +27,9 @@ class Miner:
         self.log = tmp / "miner.log"
         cmd = [sys.executable, "-m", "cerberus", "serve", str(artefact), "--port", "0",
                "--record-inputs", str(self.record), *args]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=open(self.log, "wb"),
-                                     text=True, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+        with open(self.log, "wb") as err:  # the child keeps its own descriptor
+            self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True,
+                                         env=dict(os.environ, PYTHONUNBUFFERED="1"))
         line = self._first_line(timeout=120)
         self.address = line.split(" on ")[1]
 
