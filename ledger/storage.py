@@ -2,8 +2,10 @@
 
 A block and the state changes it causes are written in ONE database transaction, so after
 a crash the database holds either the block and its effects or neither. State rows are the
-canonical encodings the state root hashes, so reopening rebuilds the same root. A
-Postgres store needs only these six methods.
+canonical encodings the state root hashes, so reopening rebuilds the same root.
+
+SQLite is the only durable store. A server database (Postgres or another) is optional
+under SPEC L10 and not built; one would implement the six methods of ``Store``.
 """
 
 from __future__ import annotations
