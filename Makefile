@@ -27,7 +27,7 @@ $(STAMP): pyproject.toml
 	@touch $@
 
 demo: setup
-	$(PY) -m cerberus.demo
+	$(PY) -m cerberus_cli.demo
 
 # Fast default suite; slow FHE tests are opt-in (make test-slow / make test-all).
 # pytest's exit 5 ("no tests collected") is a broken setup, never a pass.

@@ -27,9 +27,10 @@ from cerberus.artefact import load_artefact
 from cerberus.compile import CompileOptions, compile_model
 from cerberus.fhe.program import FheClient, FheServer
 from cerberus.hybrid import hybrid_model
+from cerberus.paths import shipped_model, shipped_prompts
 
-MODEL = Path(__file__).resolve().parent.parent / "models" / "tiny-gpt"
-PROMPT = "The for statement is used to"
+MODEL = shipped_model()
+PROMPT = shipped_prompts()[0]
 
 
 def measure(bits: int, seq_len: int, workdir: Path) -> dict:

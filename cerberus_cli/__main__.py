@@ -1,5 +1,5 @@
-"""``python -m cerberus`` is the same as the ``cerberus`` console script."""
+"""``python -m cerberus_cli`` is the same as the ``cerberus`` console script."""
 
-from cerberus.cli import main
+from cerberus_cli.main import main
 
 raise SystemExit(main())

@@ -1,4 +1,4 @@
-"""``make demo``: the main job end to end, as far as it is built.
+"""``make demo``: the main job end to end.
 
 1. load the shipped tiny GPT-2 offline and generate in the clear (the float reference);
 2. ``cerberus compile --fhe`` it: significance, squeezing, quantization, fusion, integer
@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import logging
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -28,8 +27,10 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from cerberus.artefact import load_artefact
 from cerberus.compile import CompileOptions, compile_model
 from cerberus.paths import shipped_model
+from cerberus_cli import CLI, JOIN_CMD
+from runtime.bench import DEFAULT_PROMPTS
 
-PROMPTS = ("The for statement is used to", "A class definition")
+PROMPTS = DEFAULT_PROMPTS
 NEW_TOKENS = 12
 ENCRYPTED_TOKENS = 6
 
@@ -91,7 +92,8 @@ def local_network(tmp: Path, log: logging.Logger) -> None:
     from network import local
 
     art = local.ensure_artefact(tmp / "net")  # the network serves an 8-token-window build
-    net = local.start(tmp / "net", validators=3, miners=3, misbehave=1, artefact=art, tempo=12)
+    net = local.start(tmp / "net", validators=3, miners=3, misbehave=1, artefact=art, tempo=12,
+                      join_cmd=JOIN_CMD)
     try:
         for p in net.procs:
             log.info("%-12s %-9s node %s%s", p.name, p.role, p.node,
@@ -115,7 +117,7 @@ def encrypted_query(artefact: Path, art, tokenizer, tmp: Path, log: logging.Logg
     from runtime.client import MinerClient
 
     with open(tmp / "miner.log", "wb") as err:  # the child keeps its own descriptor
-        miner = subprocess.Popen([sys.executable, "-m", "cerberus", "serve", str(artefact),
+        miner = subprocess.Popen([*CLI, "serve", str(artefact),
                                   "--port", "0"], stdout=subprocess.PIPE, stderr=err, text=True)
     try:
         assert miner.stdout is not None

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from cerberus.errors import CerberusError
+from cerberus.paths import shipped_prompts
 from ledger.genesis import Genesis
 from ledger.keys import Wallet
 from ledger.tx import Tx, make_tx
@@ -37,11 +38,7 @@ from network.wallet import load_or_create
 log = logging.getLogger("cerberus.join")
 
 # Held challenge prompts (N2): short code-and-docs prose like the shipped model's corpus.
-DEFAULT_CHALLENGES = (
-    "The for statement is used to", "A class definition", "The import statement",
-    "An expression statement", "The while statement", "A function definition",
-    "The return statement", "Assignment statements are used to",
-)
+DEFAULT_CHALLENGES = shipped_prompts()
 
 
 def parse_based(text: str) -> int:

@@ -22,8 +22,8 @@ import logging
 import os
 import signal
 import subprocess
-import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -118,9 +118,14 @@ def ensure_artefact(root: Path, given: Path | None = None) -> Path:
 
 def start(root: Path, *, validators: int = 3, miners: int = 3, misbehave: int = 0,
           artefact: Path | None = None, tempo: int = 20, tokens: int = 1,
-          start_timeout: float = 180.0) -> LocalNetwork:
+          start_timeout: float = 180.0, join_cmd: Sequence[str]) -> LocalNetwork:
     """Create wallets and genesis under ``root``, start every participant, wait for all of
-    them to be registered and every miner to be announced."""
+    them to be registered and every miner to be announced.
+
+    ``join_cmd`` is the command line that starts one participant (``cerberus join``: the
+    application shell's, e.g. ``[python, "-m", "cerberus_cli", "join"]``). The caller
+    passes it because this package sits below the shell and must not name it.
+    """
     if validators < 1 or miners < 1:
         raise CerberusError("a network needs at least one validator and one miner")
     if not 0 <= misbehave <= miners:
@@ -153,7 +158,7 @@ def start(root: Path, *, validators: int = 3, miners: int = 3, misbehave: int = 
             role = name.split("-")[0]
             bad = role == "miner" and int(name.split("-")[1]) < misbehave
             boot = [net.procs[0].node] if net.procs else []
-            cmd = [sys.executable, "-m", "cerberus", "join", "--brain", str(BRAIN),
+            cmd = [*join_cmd, "--brain", str(BRAIN),
                    "--role", role, "--genesis", str(genesis_file), "--data",
                    str(root / name / "data"), "--wallet", str(root / name / "wallet.key"),
                    "--artefact", str(artefact), "--block-interval", "1",

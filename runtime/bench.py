@@ -34,10 +34,11 @@ import torch
 
 from cerberus.artefact import Artefact, load_artefact
 from cerberus.errors import CerberusError
+from cerberus.paths import shipped_prompts
 
 log = logging.getLogger("runtime.bench")
 
-DEFAULT_PROMPTS = ("The for statement is used to", "A class definition")
+DEFAULT_PROMPTS = shipped_prompts()[:2]
 MIN_BITS, MAX_BITS = 2, 8  # what CompileOptions accepts for --bits
 
 

@@ -21,7 +21,6 @@ and RESOURCE_EXHAUSTED (a busy miner) are retried with exponential backoff.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import queue
@@ -42,12 +41,13 @@ import torch
 
 from cerberus.artefact import Artefact, digest_of_files, file_sha256, load_artefact
 from cerberus.errors import CerberusError
+from cerberus.paths import CACHE_DIR
 from runtime.protos import miner_pb2 as pb
 from runtime.protos import miner_pb2_grpc as pb_grpc
 from runtime.server import CHUNK, key_id
 
 log = logging.getLogger("runtime.client")
-DEFAULT_CACHE = Path(os.environ.get("CERBERUS_CACHE", Path.home() / ".cache" / "cerberus"))
+DEFAULT_CACHE = CACHE_DIR
 RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED)
 T = TypeVar("T")
 
@@ -261,8 +261,9 @@ class MinerClient:
 
             sha = self.info().artefact_sha256
             seed = self._seed if self._seed is not None else self._stored_seed(sha)
-            folder = self.cache_dir / "keys" / sha[:32] / f"seed-{hash_seed(seed)}"
-            self._fhe = FheClient(self.artefact.path / "fhe", key_cache=folder)
+            # FheClient names each key file by program and seed, so one folder serves all
+            self._fhe = FheClient(self.artefact.path / "fhe",
+                                  key_cache=self.cache_dir / "keys" / sha[:32])
             t0 = time.perf_counter()
             self._fhe.keygen(seed)
             log.info("keys ready in %.2f s (%d bytes of evaluation keys)",
@@ -400,11 +401,6 @@ class MinerClient:
             if on_token is not None:
                 on_token(token, out.token_seconds[-1])
         return out
-
-
-def hash_seed(seed: int) -> str:
-    """A folder name for a seed's keys that does not reveal the seed."""
-    return hashlib.sha256(str(seed).encode()).hexdigest()[:16]
 
 
 def _prep(art: Artefact) -> Callable[[torch.Tensor], torch.Tensor] | None:

@@ -5,14 +5,14 @@ import sys
 
 import pytest
 
-from cerberus.cli import build_parser, main
+from cerberus_cli.main import build_parser, main
 
 COMMANDS = ("compile", "serve", "query", "bench", "join", "network")
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "cerberus", *args], capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "cerberus_cli", *args], capture_output=True, text=True, timeout=120
     )
 
 

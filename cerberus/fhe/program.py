@@ -7,15 +7,17 @@ the full partition):
     server.zip      what the miner loads and runs (``fhe.Server``)
     client.specs    what the client needs to generate keys and encrypt (``fhe.ClientSpecs``)
 
-``FheClient`` generates keys (seeded on request, cached on disk by the program's hash so a
-second run skips keygen), encrypts and decrypts; ``FheServer`` runs ciphertexts with the
-client's evaluation keys. Only serialized bytes cross between them, as they will over gRPC.
+``FheClient`` generates keys (seeded on request, cached on disk by the program's hash and
+the seed so a second run skips keygen), encrypts and decrypts; ``FheServer`` runs
+ciphertexts with the client's evaluation keys. Only serialized bytes cross between them,
+as they will over gRPC.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import secrets
 import time
 from collections.abc import Iterable
@@ -27,9 +29,10 @@ from concrete import fhe
 from cerberus.errors import CompileError
 from cerberus.fhe.concrete_backend import compile_circuit
 from cerberus.ir import IntGraph
+from cerberus.paths import CACHE_DIR
 
 log = logging.getLogger("cerberus.fhe")
-DEFAULT_KEY_CACHE = Path.home() / ".cache" / "cerberus" / "keys"
+DEFAULT_KEY_CACHE = CACHE_DIR / "keys"
 
 
 def compile_programs(
@@ -77,12 +80,12 @@ class FheClient:
 
     def __init__(self, folder: Path, *, key_cache: Path | None = DEFAULT_KEY_CACHE) -> None:
         self.clients: dict[str, fhe.Client] = {}
+        self._specs_sha: dict[str, str] = {}
+        self.key_cache = key_cache
         for name in program_names(folder, "client.specs"):
             specs_bytes = (folder / name / "client.specs").read_bytes()
-            cache = None
-            if key_cache is not None:
-                cache = key_cache / hashlib.sha256(specs_bytes).hexdigest()[:32]
-            self.clients[name] = fhe.Client(fhe.ClientSpecs.deserialize(specs_bytes), cache)
+            self._specs_sha[name] = hashlib.sha256(specs_bytes).hexdigest()
+            self.clients[name] = fhe.Client(fhe.ClientSpecs.deserialize(specs_bytes))
         if not self.clients:
             raise CompileError(f"{folder} holds no FHE programs (compile with --fhe)")
 
@@ -94,10 +97,21 @@ class FheClient:
         """
         if seed is None:
             seed = secrets.randbits(127)
+        seed_tag = hashlib.sha256(str(seed).encode()).hexdigest()[:16]  # names, never reveals
         for name, client in self.clients.items():
             t0 = time.perf_counter()
-            client.keygen(secret_seed=seed, encryption_seed=seed)
-            log.info("keys for %s ready in %.1f s", name, time.perf_counter() - t0)
+            path = None
+            if self.key_cache is not None:
+                path = self.key_cache / f"{self._specs_sha[name][:32]}-{seed_tag}.keys"
+            if path is not None and path.is_file():
+                client.keys.load(path)
+                how = "loaded"
+            else:
+                client.keygen(secret_seed=seed, encryption_seed=seed)
+                how = "generated"
+                if path is not None:
+                    _save_private(client.keys.serialize(), path)
+            log.info("keys for %s %s in %.1f s", name, how, time.perf_counter() - t0)
 
     def evaluation_keys(self, name: str) -> bytes:
         return self.clients[name].evaluation_keys.serialize()
@@ -111,6 +125,20 @@ class FheClient:
 
     def decrypt(self, name: str, ciphertext: bytes) -> np.ndarray:
         return np.asarray(self.clients[name].decrypt(fhe.Value.deserialize(ciphertext)))
+
+
+def _save_private(data: bytes, path: Path) -> None:
+    """Write secret key material atomically (temp file, then rename), readable by us only.
+
+    Our own cache instead of concrete's keyset cache: that one prints a line per program
+    on every miss and keys its files by a layout we do not control.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
 
 
 class FheServer:

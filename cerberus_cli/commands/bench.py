@@ -10,6 +10,8 @@ import argparse
 import logging
 from pathlib import Path
 
+from cerberus.errors import CLIError
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("artefact", type=Path, help="artefact folder compiled with --fhe")
@@ -32,7 +34,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cerberus.cli import CLIError
     from runtime import bench
 
     if args.tokens < 1:

@@ -7,6 +7,8 @@ import signal
 import threading
 from pathlib import Path
 
+from cerberus.errors import CLIError
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--brain", type=int, required=True, help="Brain id to join")
@@ -36,7 +38,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cerberus.cli import CLIError
     from network.join import JoinOptions, Participant, parse_based
 
     genesis = args.genesis or args.data.parent / "genesis.json"

@@ -9,6 +9,8 @@ import tempfile
 import threading
 from pathlib import Path
 
+from cerberus_cli import JOIN_CMD
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
@@ -35,7 +37,8 @@ def run(args: argparse.Namespace) -> int:
         args.dir = Path(tempfile.mkdtemp(prefix="cerberus-net-"))
     print(f"network folder: {args.dir}", flush=True)
     net = local.start(args.dir, validators=args.validators, miners=args.miners,
-                      misbehave=args.misbehave, artefact=args.artefact, tempo=args.tempo)
+                      misbehave=args.misbehave, artefact=args.artefact, tempo=args.tempo,
+                      join_cmd=JOIN_CMD)
     try:
         for p in net.procs:
             print(f"{p.name:<12} {p.role:<9} node {p.node}  {p.wallet.address[:16]}…"

@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from cerberus.errors import CLIError
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("prompt", help="text to continue")
@@ -25,7 +27,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cerberus.cli import CLIError
     from runtime.client import DEFAULT_CACHE, MinerClient
 
     if args.max_tokens < 1:

@@ -7,6 +7,8 @@ import logging
 import sys
 from pathlib import Path
 
+from cerberus.errors import CLIError
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("artefact", type=Path, help="artefact folder compiled with --fhe")
@@ -28,7 +30,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cerberus.cli import CLIError
     from runtime.server import JsonFormatter, MinerService, serve_forever
 
     if args.workers < 1 or args.queue < 0:

@@ -16,7 +16,7 @@ MODEL = str(Path(__file__).resolve().parents[2] / "models" / "tiny-gpt")
 
 
 def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "cerberus", "compile", *args],
+    return subprocess.run([sys.executable, "-m", "cerberus_cli", "compile", *args],
                           capture_output=True, text=True, cwd=cwd, timeout=300)
 
 

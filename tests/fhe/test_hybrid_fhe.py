@@ -85,3 +85,17 @@ def test_keys_are_seeded_cached_and_sized(artefact, tmp_path) -> None:
                                                first.evaluation_keys(name))
     assert np.array_equal(again.decrypt(name, out), evaluate(artefact.parts[name].graph,
                                                              x[None])["output"][0])
+
+
+def test_keygen_prints_nothing_and_keeps_keys_private(artefact, tmp_path, capfd) -> None:
+    """make demo showed concrete's C++ cache chatter ('KeySetCache: miss, regenerating')
+    once per program; keygen now says nothing on the process's stdout/stderr, and the key
+    files it caches (secret keys) are readable by their owner only."""
+    client = FheClient(artefact.path / "fhe", key_cache=tmp_path / "keys")
+    client.keygen(seed=5)
+    out, err = capfd.readouterr()
+    assert out == "" and err == ""
+    files = list((tmp_path / "keys").iterdir())
+    specs = {(artefact.path / "fhe" / n / "client.specs").read_bytes() for n in client.clients}
+    assert len(files) == len(specs)  # programs with equal specs share their keys
+    assert all(f.stat().st_mode & 0o077 == 0 for f in files)

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from cerberus.artefact import Artefact
+from cerberus_cli import JOIN_CMD
 from ledger.chain import Chain
 from network import local
 
@@ -24,7 +25,7 @@ EPOCHS = 3
 def network_run(fhe_artefact: Artefact, tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("net")
     net = local.start(root, validators=3, miners=3, misbehave=1, artefact=fhe_artefact.path,
-                      tempo=20)
+                      tempo=20, join_cmd=JOIN_CMD)
     try:
         start = local.balances(net)
         epochs = local.run_epochs(net, EPOCHS, timeout=300)

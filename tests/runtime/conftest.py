@@ -25,7 +25,7 @@ class Miner:
     def __init__(self, artefact: Path, tmp: Path, *args: str) -> None:
         self.record = tmp / "received.bin"
         self.log = tmp / "miner.log"
-        cmd = [sys.executable, "-m", "cerberus", "serve", str(artefact), "--port", "0",
+        cmd = [sys.executable, "-m", "cerberus_cli", "serve", str(artefact), "--port", "0",
                "--record-inputs", str(self.record), *args]
         with open(self.log, "wb") as err:  # the child keeps its own descriptor
             self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True,

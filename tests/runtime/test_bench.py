@@ -16,8 +16,8 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from cerberus.artefact import Artefact
-from cerberus.cli import main
 from cerberus.paths import shipped_model
+from cerberus_cli.main import main
 from runtime.bench import markdown_table, plot, run_bench, table, write_json
 
 PROMPT = "The for statement is used to"

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from cerberus.artefact import Artefact
+from cerberus_cli import CLI
 from runtime.client import MinerClient, MinerError
 from runtime.metrics import parse
 from runtime.protos import miner_pb2 as pb
@@ -276,7 +277,7 @@ def test_cerberus_query_prints_the_simulators_text(
     tok = fhe_artefact.tokenizer
     ids = tok(PROMPT).input_ids
     expected = tok.decode(ids + fhe_artefact.generate(ids, 2))
-    result = subprocess.run([sys.executable, "-m", "cerberus", "query", "--miner", miner.address,
+    result = subprocess.run([*CLI, "query", "--miner", miner.address,
                              PROMPT, "-n", "2", "--cache", str(tmp_path / "c"), "--key-seed", "9"],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
@@ -286,7 +287,7 @@ def test_cerberus_query_prints_the_simulators_text(
 
 def test_cli_errors_are_one_line(fhe_artefact: Artefact, tmp_path: Path) -> None:
     def run(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "cerberus", *args], capture_output=True,
+        return subprocess.run([*CLI, *args], capture_output=True,
                               text=True, timeout=120)
 
     r = run("serve", str(tmp_path / "missing.cerb"))
