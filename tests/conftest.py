@@ -1,6 +1,14 @@
 """Test-wide settings: nothing may reach a network or a model hub."""
 
 import os
+import sys
+from pathlib import Path
+
+# ``tolerance`` (derived float tolerances, issue #12) is importable from every test folder:
+# --import-mode=importlib does not put test folders on sys.path.
+_HERE = str(Path(__file__).resolve().parent)
+if _HERE not in sys.path:
+    sys.path.append(_HERE)  # last: nothing in tests/ may shadow a real package
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
