@@ -69,7 +69,7 @@ def artefact_hash(folder: Path) -> str:
 
 def adaptive_preprocess(x: np.ndarray, params: dict) -> np.ndarray:
     """The client's paper-§5 adaptive quantization of embeddings, one token per sample."""
-    from cerberus.passes.quantize import adaptive_dynamic_quantize
+    from cerberus.passes.adaptive import adaptive_dynamic_quantize
 
     flat = np.asarray(x, dtype=np.float64).reshape(-1, x.shape[-1])
     return adaptive_dynamic_quantize(flat, **params).x_hat.reshape(x.shape)

@@ -26,7 +26,8 @@ from torch import nn
 
 from cerberus.frontends.canonical import CanonicalTransformer
 from cerberus.ir import IntGraph, Node, evaluate
-from cerberus.passes.quantize import collect_activation_scales, qrange, quantize, quantize_linears
+from cerberus.passes.observers import collect_activation_scales
+from cerberus.passes.quantize import qrange, quantize, quantize_linears
 
 Miner = Callable[[str, np.ndarray], np.ndarray]
 

@@ -34,15 +34,9 @@ from torch import nn
 
 from cerberus.errors import CompileError
 from cerberus.frontends.canonical import CanonicalTransformer
-from cerberus.passes.quantize import (
-    FakeQuantModel,
-    _as_batch_list,
-    _check_canonical,
-    check_bits,
-    collect_activation_scales,
-    fake_quantize_model,
-    qrange,
-)
+from cerberus.passes.fake_quant import FakeQuantModel, fake_quantize_model
+from cerberus.passes.observers import as_batch_list, collect_activation_scales
+from cerberus.passes.quantize import check_bits, check_canonical, qrange
 
 
 @dataclass(frozen=True)
@@ -149,7 +143,7 @@ def qat_finetune(
     ``act_scales`` default to ones calibrated on ``batches`` with ``act_method``; they stay
     fixed during training and are returned in the report. ``model`` is not modified.
     """
-    _check_canonical(model)
+    check_canonical(model)
     if isinstance(model, FakeQuantModel):
         raise CompileError("QAT takes the float model; it builds its own fake-quant copy")
     bits = check_bits(bits)
@@ -157,7 +151,7 @@ def qat_finetune(
         raise CompileError(f"QAT steps must be >= 0, got {steps}")
     if not lr > 0:
         raise CompileError(f"QAT learning rate must be > 0, got {lr}")
-    data = _as_batch_list(batches)
+    data = as_batch_list(batches)
     lm = model.lm_head is not None
     if act_scales is None:
         act_scales = collect_activation_scales(model, data, bits, act_method)

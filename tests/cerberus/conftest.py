@@ -69,3 +69,31 @@ def gpt_windows(tiny_gpt):
     text = " ".join(topics[n] for i, n in enumerate(names) if i % 5 == 4)
     ids = torch.tensor(tok(text).input_ids[: 8 * 40]).view(40, 8)
     return ids[:24], ids[24:]
+
+
+# Text in the style of the CPython docs tiny-gpt was trained on (written for this test).
+PROSE = """The for statement is used to iterate over the elements of a sequence (such as a string,
+tuple or list) or other iterable object. The expression list is evaluated once; it should yield
+an iterable object. An iterator is created for the result of that iterable. Each item in turn is
+assigned to the target list using the standard rules for assignments, and then the suite is
+executed. When the items are exhausted, the suite in the else clause, if present, is executed,
+and the loop terminates. A break statement executed in the first suite terminates the loop
+without executing the else clause's suite. A continue statement executed in the first suite
+skips the rest of the suite and continues with the next item, or with the else clause if there
+is no next item. The try statement specifies exception handlers and/or cleanup code for a group
+of statements. The with statement is used to wrap the execution of a block with methods defined
+by a context manager. Function definitions are executable statements. A class definition defines
+a class object. Objects are Python's abstraction for data. All data in a Python program is
+represented by objects or by relations between objects. Every object has an identity, a type and
+a value. An object's identity never changes once it has been created; you may think of it as the
+object's address in memory. The is operator compares the identity of two objects."""
+
+
+@pytest.fixture(scope="module")
+def gpt_text():
+    """(tiny-gpt, [n, 64] token windows of ``PROSE``), a private model per test module."""
+    model, tok = load_pretrained(str(shipped_model()))
+    ids = torch.tensor(tok(PROSE).input_ids)
+    n = len(ids) // 64
+    assert n >= 6
+    return from_hf_module(model), ids[: n * 64].view(n, 64)

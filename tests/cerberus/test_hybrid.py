@@ -9,7 +9,8 @@ import torch
 from cerberus.calibration import calibration_batches
 from cerberus.hybrid import hybrid_model, lower_hybrid
 from cerberus.ir import evaluate
-from cerberus.passes.quantize import collect_activation_scales, fake_quantize_model
+from cerberus.passes.fake_quant import fake_quantize_model
+from cerberus.passes.observers import collect_activation_scales
 
 
 @pytest.fixture(scope="module")

@@ -10,8 +10,9 @@ import torch.nn.functional as F
 from cerberus.errors import CompileError
 from cerberus.frontends.canonical import CanonicalTransformer, TransformerConfig
 from cerberus.frontends.huggingface import from_hf_module, load_pretrained
+from cerberus.passes.fake_quant import fake_quant, fake_quantize_model
 from cerberus.passes.qat import PaperQuantizer, qat_finetune
-from cerberus.passes.quantize import fake_quant, fake_quantize_model, quantize
+from cerberus.passes.quantize import quantize
 from cerberus.paths import shipped_model
 
 # Written for this test in the style of the CPython docs tiny-gpt was trained on.

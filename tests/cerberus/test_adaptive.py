@@ -1,0 +1,76 @@
+"""The paper's §5 adaptive dynamic quantization (SPEC C4)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from cerberus.errors import CompileError
+from cerberus.passes.adaptive import AdaptiveQuantizer, adaptive_dynamic_quantize
+
+
+def test_adaptive_matches_hand_computed_example() -> None:
+    x = torch.tensor([[0.0, 0.4, 0.8, 1.0], [0.01, 0.02, 0.03, 0.05]], dtype=torch.float64)
+    r = adaptive_dynamic_quantize(x, levels=4, threshold=0.1, alpha=0.5)
+    # Row 0: mean .55, Σ(dev²) = .3025+.0225+.0625+.2025 = .59, σ = sqrt(.59/4) = .38406 > T
+    #   → S = α = .5; scaled [0, .2, .4, .5]; min 0, Q = .5/3; (y−min)/Q = [0, 1.2, 2.4, 3]
+    #   → levels [0, 1, 2, 3]; x̂ = [0, 1/3, 2/3, 1].
+    # Row 1: mean .0275, Σ(dev²) = .000875, σ = sqrt(.00021875) = .014790 ≤ T → S = 1/α = 2;
+    #   scaled [.02, .04, .06, .10]; min .02, Q = .08/3; (y−min)/Q = [0, .75, 1.5, 3]
+    #   → levels [0, 0, 1, 3]; q = [.02, .02, .02+.08/3, .10]; x̂ = q/2.
+    assert r.sigma == pytest.approx([0.38405728739, 0.01479019946], rel=1e-9)
+    assert r.S.tolist() == [0.5, 2.0]
+    assert r.q_int.tolist() == [[0, 1, 2, 3], [0, 0, 1, 3]]
+    assert r.q_int.dtype == np.int64
+    assert r.mins == pytest.approx([0.0, 0.02])
+    assert r.q_step == pytest.approx([0.5 / 3, 0.08 / 3])
+    assert r.x_hat[0] == pytest.approx([0.0, 1 / 3, 2 / 3, 1.0])
+    assert r.x_hat[1] == pytest.approx([0.01, 0.01, (0.02 + 0.08 / 3) / 2, 0.05])
+
+
+def test_adaptive_both_branches_of_S() -> None:
+    x = torch.stack([torch.linspace(-3, 3, 16), torch.linspace(-0.01, 0.01, 16)])
+    r = adaptive_dynamic_quantize(x, threshold=0.1, alpha=0.25)
+    assert r.S.tolist() == [0.25, 4.0]
+    # threshold above both σ → both rows scaled up
+    r2 = adaptive_dynamic_quantize(x, threshold=10.0, alpha=0.25)
+    assert r2.S.tolist() == [4.0, 4.0]
+    assert r.mins[0] == pytest.approx(-3 * 0.25) and r.mins[1] == pytest.approx(-0.01 * 4)
+
+
+@pytest.mark.parametrize("levels", [2, 5, 16, 256])
+def test_adaptive_respects_levels_and_bounds_error(levels: int) -> None:
+    x = torch.randn(20, 300, generator=torch.Generator().manual_seed(levels), dtype=torch.float64)
+    r = adaptive_dynamic_quantize(x, levels=levels)
+    assert r.q_int.min() >= 0 and r.q_int.max() <= levels - 1
+    for row in r.q_int:
+        assert len(np.unique(row)) <= levels
+    assert np.all(r.q_int.max(axis=1) == levels - 1)  # the row max reaches the top level
+    # floor ⇒ the reconstruction lies below x by less than one step (in x units)
+    d = x.numpy() - r.x_hat
+    step = (r.q_step / r.S)[:, None]
+    assert np.all(d >= -1e-9 * step) and np.all(d < step * (1 + 1e-9))
+
+
+def test_adaptive_constant_rows_do_not_divide_by_zero() -> None:
+    x = torch.tensor([[0.3, 0.3, 0.3], [0.0, 0.0, 0.0], [1.0, 2.0, 3.0]])
+    r = adaptive_dynamic_quantize(x)
+    assert np.all(np.isfinite(r.x_hat))
+    assert r.q_step[0] == 0 and r.q_step[1] == 0
+    assert r.q_int[:2].tolist() == [[0, 0, 0], [0, 0, 0]]
+    assert r.x_hat[0] == pytest.approx([0.3] * 3) and r.x_hat[1].tolist() == [0.0] * 3
+    with pytest.raises(CompileError):
+        adaptive_dynamic_quantize(x, levels=1)
+
+
+def test_adaptive_module_is_fake_quant_with_straight_through_gradient() -> None:
+    x = torch.randn(2, 5, 8, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    x.requires_grad_(True)
+    mod = AdaptiveQuantizer(levels=8)
+    y = mod(x)
+    r = adaptive_dynamic_quantize(x.detach().reshape(-1, 8), levels=8)
+    assert np.allclose(y.detach().reshape(-1, 8).numpy(), r.x_hat)
+    assert not torch.equal(y.detach(), x.detach())
+    (y * torch.arange(8.0, dtype=torch.float64)).sum().backward()
+    assert torch.equal(x.grad, torch.arange(8.0, dtype=torch.float64).expand(2, 5, 8))
