@@ -76,18 +76,21 @@ def gamma_prob(n: int, u: float = U32, lam: float = LAMBDA) -> float:
 
 
 def transformer_roundings(d_model: int, d_ff: int, n_layer: int, head_dim: int,
-                          seq_len: int, lm_head: bool = True) -> int:
+                          seq_len: int, lm_head: bool = True, per_linear: int = 0) -> int:
     """``N``: roundings along the longest path from the embeddings to one output.
 
     Per block: 2 LayerNorms (mean and variance, ``2d`` each), the q/k/v projection (d),
     the scores (head_dim), the softmax (exp + sum over T + divide) and attention × V (T),
     the output projection (d), the MLP (d, then d_ff) and its activation, two residual
-    adds; then the final LayerNorm and the LM head (d) when there is one.
+    adds; then the final LayerNorm and the LM head (d) when there is one. ``per_linear``:
+    further roundings in each of the path's linears (fake quantization, dequantization).
     """
     d, t, act = d_model, seq_len, LIBM_ULPS + 4
     block = 2 * (2 * d + 2) + d + head_dim + 1 + (LIBM_ULPS + t + 1) + t + d + d + act + d_ff + 2
     tail = (2 * d + 2) + d if lm_head else 0
-    return 2 + n_layer * block + tail  # + token and position embedding add, + cast
+    linears = 4 * n_layer + int(lm_head)  # q (or k, v), o, fc1, fc2 per block; the head
+    # + token and position embedding add, + cast
+    return 2 + n_layer * block + tail + per_linear * linears
 
 
 def network_atol(ref64, n_roundings: int, u: float = U32, lam: float = LAMBDA) -> float:
