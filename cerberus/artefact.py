@@ -35,6 +35,7 @@ from safetensors.torch import load_file, save_file
 from cerberus.errors import CompileError
 from cerberus.frontends.canonical import CanonicalTransformer, TransformerConfig
 from cerberus.ir import IntGraph, evaluate
+from cerberus.passes.quantize import qmax
 
 HASH_FILE = "artefact.sha256"
 FORMAT_VERSION = 1
@@ -109,7 +110,7 @@ class Artefact:
         quant = self.manifest["quantization"]
         if quant.get("adaptive"):
             x = adaptive_preprocess(x, quant["adaptive_params"])
-        top = 2 ** (int(meta["input_bits"]) - 1) - 1
+        top = qmax(int(meta["input_bits"]))
         return np.clip(np.floor(x / meta["input_scale"] + 0.5), -top, top).astype(np.int64)
 
     def run_graph(self, x: np.ndarray) -> np.ndarray:

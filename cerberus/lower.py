@@ -31,6 +31,7 @@ import torch
 from cerberus.errors import CompileError
 from cerberus.frontends.canonical import Block, CanonicalTransformer
 from cerberus.ir import IntGraph, Node, round_lsbs, width
+from cerberus.passes.quantize import qmax
 
 Fn = Callable[[np.ndarray], np.ndarray]
 
@@ -38,10 +39,6 @@ Fn = Callable[[np.ndarray], np.ndarray]
 def round_half_up(x: np.ndarray) -> np.ndarray:
     """Deterministic rounding used for every table and constant: floor(x + 1/2)."""
     return np.floor(np.asarray(x, dtype=np.float64) + 0.5)
-
-
-def qmax(bits: int, signed: bool = True) -> int:
-    return 2 ** (bits - 1) - 1 if signed else 2**bits - 1
 
 
 def gelu_tanh(x: np.ndarray) -> np.ndarray:
@@ -118,7 +115,7 @@ class Builder:
         mn, mx = int(data.min()), int(data.max())
         pad = lambda v: int(math.ceil(self.opts.margin * max(abs(v), 1)))  # noqa: E731
         w = width(mn - pad(mn), mx + pad(mx))
-        return (-(2 ** (w - 1)), 2 ** (w - 1) - 1) if mn - pad(mn) < 0 else (0, 2**w - 1)
+        return (-qmax(w) - 1, qmax(w)) if mn - pad(mn) < 0 else (0, qmax(w, signed=False))
 
     def _emit(self, op: str, name: str, inputs: list[Val], data: np.ndarray, ref: np.ndarray,
               scale: float, lo: int | None = None, hi: int | None = None, **attrs) -> Val:
