@@ -173,8 +173,3 @@ class CanonicalTransformer(nn.Module):
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Logits (causal LM) or final hidden states (encoder)."""
         return self.head(self.run_blocks(self.embed(input_ids)))
-
-    def set_gate_grad(self, enabled: bool) -> None:
-        """Let gradients reach the head gates ξ (for significance) or freeze them."""
-        for block in self.blocks:
-            block.gates.requires_grad_(enabled)

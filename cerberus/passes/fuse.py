@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import torch
 
 from cerberus.frontends.canonical import CanonicalTransformer
-from cerberus.ir import IntGraph, Node, round_lsbs
+from cerberus.ir import IntGraph, round_lsbs
 
 
 @dataclass
@@ -125,8 +125,4 @@ def graph_stats(graph: IntGraph) -> dict:
     }
 
 
-def fusion_stats(before: IntGraph, after: IntGraph) -> tuple[dict, dict]:
-    return graph_stats(before), graph_stats(after)
-
-
-__all__ = ["FuseReport", "Node", "compose_luts", "fold_affine", "fusion_stats", "graph_stats"]
+__all__ = ["FuseReport", "compose_luts", "fold_affine", "graph_stats"]
