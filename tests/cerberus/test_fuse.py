@@ -1,7 +1,10 @@
 """Fusion: folds are exact in float, lookup composition is exact in integers."""
 
+import copy
+
 import numpy as np
 import torch
+from tolerance import assert_within, network_atol, transformer_roundings
 
 from cerberus.ir import evaluate
 from cerberus.lower import LoweringOptions, lower_blocks
@@ -10,13 +13,27 @@ from cerberus.passes.fuse import compose_luts, fold_affine, graph_stats
 from .conftest import embedded, to_int
 
 
+def _fold_atol(model, ref64: torch.Tensor, t: int) -> float:
+    """A float32 run of the model, folded or not, against the unfolded model in float64:
+    γ̃_N(λ)·max|y64| (tests/tolerance.py), N counting per linear the fold's roundings: the
+    weight times the LN gain and the scale (2), the bias fold W·β + b (d + 1)."""
+    cfg = model.cfg
+    return network_atol(ref64, transformer_roundings(
+        cfg.d_model, cfg.d_ff, cfg.n_layer, cfg.head_dim, t, lm_head=model.lm_head is not None,
+        per_linear=cfg.d_model + 3))
+
+
 def test_fold_affine_is_exact_and_does_not_mutate(tiny_gpt, gpt_windows) -> None:
     model, _ = tiny_gpt
     before = {k: v.clone() for k, v in model.state_dict().items()}
     folded, report = fold_affine(model)
     ids = gpt_windows[1]
     with torch.no_grad():
-        torch.testing.assert_close(folded(ids), model(ids), atol=2e-4, rtol=1e-4)
+        got, want, ref64 = folded(ids), model(ids), copy.deepcopy(model).double()(ids)
+    atol = _fold_atol(model, ref64, ids.shape[1])
+    assert_within(got, ref64, atol, "folded vs float64")
+    assert_within(want, ref64, atol, "unfolded vs float64")
+    assert_within(got, want, 2 * atol, "folded vs unfolded")
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
     assert folded.cfg.attn_scale_folded and not model.cfg.attn_scale_folded
     assert any("ln1" in f for f in report.folded)
@@ -27,8 +44,12 @@ def test_fold_affine_on_post_ln_only_folds_the_scale(tiny_bert) -> None:
     folded, report = fold_affine(tiny_bert)
     ids = torch.randint(0, 100, (2, 8))
     with torch.no_grad():
-        torch.testing.assert_close(folded.float()(ids), tiny_bert.float()(ids), atol=1e-4,
-                                   rtol=1e-4)
+        got, want = folded.float()(ids), tiny_bert.float()(ids)
+        ref64 = copy.deepcopy(tiny_bert).double()(ids)
+    atol = _fold_atol(tiny_bert, ref64, ids.shape[1])
+    assert_within(got, ref64, atol, "folded vs float64")
+    assert_within(want, ref64, atol, "unfolded vs float64")
+    assert_within(got, want, 2 * atol, "folded vs unfolded")
     assert all("sqrt" in f for f in report.folded)
 
 
@@ -36,8 +57,10 @@ def test_compose_luts_is_bit_exact_and_removes_lookups(tiny_gpt, gpt_windows) ->
     model, _ = tiny_gpt
     calib, test = gpt_windows
     graph = lower_blocks(model, embedded(model, calib), LoweringOptions(fuse=False))
-    fused, chains = compose_luts(graph)
+    fused, report = compose_luts(graph)
+    chains = report.composed
     assert chains, "the unfused graph has requant → activation chains to merge"
+    assert report.before == graph_stats(graph) and report.after == graph_stats(fused)
     assert graph_stats(fused)["lookups"] == graph_stats(graph)["lookups"] - sum(
         len(c) - 1 for c in chains)
     x = to_int(graph, embedded(model, test))
