@@ -4,6 +4,9 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+# The exact versions CI ran, one file per Python (3.10–3.12); `make lock` rewrites them.
+PYVER       := $(shell $(PYTHON) -c 'import sys; print("%d%d" % sys.version_info[:2])')
+CONSTRAINTS := constraints/py$(PYVER).txt
 # Nothing downloads at run or test time: the model ships in models/.
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
@@ -12,19 +15,26 @@ export TOKENIZERS_PARALLELISM := false
 export TRITON_INTERPRET ?= 1
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-slow test-all lint train-model protos clean
+.PHONY: setup demo test test-slow test-all lint lock train-model protos clean
 
 setup: $(STAMP)
 
 # torch is installed first and pinned: a looser pin pulls a multi-GB CUDA build.
 # concrete-python needs setuptools<80, so the project is built without isolation.
-$(STAMP): pyproject.toml
+# Every install is held to $(CONSTRAINTS): a fresh clone gets the versions CI ran.
+$(STAMP): pyproject.toml $(wildcard $(CONSTRAINTS))
+	@test -f $(CONSTRAINTS) || { echo "error: no $(CONSTRAINTS): Python 3.10-3.12 is supported (PYTHON=python3.11 make ...)" >&2; exit 1; }
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q "torch==2.13.0"
-	$(PY) -m pip install -q "setuptools<80" wheel
-	$(PY) -m pip install -q --no-build-isolation -e ".[dev]"
+	$(PY) -m pip install -q -c $(CONSTRAINTS) --upgrade pip
+	$(PY) -m pip install -q -c $(CONSTRAINTS) "torch==2.13.0"
+	$(PY) -m pip install -q -c $(CONSTRAINTS) "setuptools<80" wheel
+	$(PY) -m pip install -q -c $(CONSTRAINTS) --no-build-isolation -e ".[dev]"
 	@touch $@
+
+# Re-resolve constraints/py3{10,11,12}.txt from pyproject's ranges (pip's resolver,
+# manylinux binary wheels, the CPU torch build); then `make clean test` and commit.
+lock:
+	$(PYTHON) .ci/lock.py
 
 demo: setup
 	$(PY) -m cerberus_cli.demo
