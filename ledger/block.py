@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ledger.encoding import canonical, sha256
+from ledger.encoding import canonical, is_hex64, is_int, sha256
 from ledger.keys import Wallet, is_address, verify
 from ledger.tx import Tx
 
@@ -55,12 +55,11 @@ class Header:
         """Why the header's fields have the wrong types/shapes (from a peer), or None."""
         for name in ("height", "time"):
             v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+            if not is_int(v):
                 return f"header {name} must be a non-negative int"
         for name in ("parent", "state_root", "tx_root"):
             v = getattr(self, name)
-            if not (isinstance(v, str) and len(v) == 64
-                    and all(c in "0123456789abcdef" for c in v)):
+            if not is_hex64(v):
                 return f"header {name} must be 64 hex chars"
         if not is_address(self.proposer):
             return "header proposer is not an address"

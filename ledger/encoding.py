@@ -37,3 +37,19 @@ def canonical(value: Any) -> bytes:
 def sha256(data: bytes) -> bytes:
     """SHA-256 digest (one place to change if the hash ever changes)."""
     return hashlib.sha256(data).digest()
+
+
+def is_int(value: object, lo: int = 0, hi: int | None = None) -> bool:
+    """A real ``int`` in ``[lo, hi]``: the check for every integer a peer or client sends.
+
+    ``bool`` is excluded because ``True == 1`` in Python: a JSON ``true`` must never pass
+    as a nonce, a height or an amount.
+    """
+    return (isinstance(value, int) and not isinstance(value, bool) and value >= lo
+            and (hi is None or value <= hi))
+
+
+def is_hex64(value: object) -> bool:
+    """64 lowercase hex characters: a sha256 digest (a block or state root, an address)."""
+    return (isinstance(value, str) and len(value) == 64
+            and all(c in "0123456789abcdef" for c in value))

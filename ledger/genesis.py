@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ledger.encoding import canonical, sha256
+from ledger.encoding import canonical, is_int, sha256
 from ledger.keys import is_address
 from ledger.state import Brain, State
 from ledger.units import BLOCKS_PER_YEAR, BPS, DEFAULT_REGISTRATION_FEE, RESERVED_BRAINS
@@ -39,7 +39,7 @@ class Genesis:
         for a in (self.operator, self.bridge, *self.balances, *self.authorities):
             if not is_address(a):
                 raise ValueError(f"not an address: {a!r}")
-        if any(not isinstance(v, int) or v < 0 for v in self.balances.values()):
+        if not all(is_int(v) for v in self.balances.values()):
             raise ValueError("genesis balances must be non-negative ints")
         if self.tempo < 1 or self.block_time < 1 or self.voting_period < 1:
             raise ValueError("tempo, block_time and voting_period must be >= 1")

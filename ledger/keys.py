@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.serialization import (
     PublicFormat,
 )
 
-ADDRESS_HEX_LEN = 64
+from ledger.encoding import is_hex64
 
 
 class Wallet:
@@ -50,9 +50,7 @@ class Wallet:
 
 def is_address(value: object) -> bool:
     """True for a well-formed address: 64 lowercase hex characters."""
-    if not isinstance(value, str) or len(value) != ADDRESS_HEX_LEN:
-        return False
-    return all(c in "0123456789abcdef" for c in value)
+    return is_hex64(value)  # the hex of a 32-byte public key
 
 
 def verify(address: str, message: bytes, signature: bytes) -> bool:

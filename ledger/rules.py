@@ -15,6 +15,7 @@ import numpy as np
 
 from ledger import economics as econ
 from ledger.block import Block, tx_root
+from ledger.encoding import is_hex64
 from ledger.epoch import run_epoch
 from ledger.genesis import Genesis, new_brain
 from ledger.keys import is_address
@@ -205,7 +206,7 @@ def _brain_config(s: State, tx: Tx, ctx: Ctx) -> None:
         _require(0 < len(value) <= 64 and value.isprintable(), "name: 1-64 printable chars")
         b = replace(b, name=value)
     elif key == "task":
-        _require(value == "" or (len(value) == 64 and all(c in "0123456789abcdef" for c in value)),
+        _require(value == "" or is_hex64(value),
                  "task must be an artefact sha256 (hex) or empty")
         b = replace(b, task=value)
     elif key == "reward_address":

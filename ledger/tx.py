@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ledger.encoding import canonical, sha256
+from ledger.encoding import canonical, is_hex64, is_int, sha256
 from ledger.keys import Wallet, is_address, verify
 
 # Field types: "int" (non-negative int), "addr" (address), "str", "bool", "hex32" (sha256 hex),
@@ -46,7 +46,7 @@ class TxFormatError(ValueError):
 def _check_field(name: str, kind: str, value: Any) -> None:
     ok: bool
     if kind == "int":
-        ok = isinstance(value, int) and not isinstance(value, bool) and value >= 0
+        ok = is_int(value)
     elif kind == "addr":
         ok = is_address(value)
     elif kind == "str":
@@ -54,13 +54,9 @@ def _check_field(name: str, kind: str, value: Any) -> None:
     elif kind == "bool":
         ok = isinstance(value, bool)
     elif kind == "hex32":
-        ok = isinstance(value, str) and len(value) == 64 and all(
-            c in "0123456789abcdef" for c in value
-        )
+        ok = is_hex64(value)
     elif kind == "ints":
-        ok = isinstance(value, list) and all(
-            isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value
-        )
+        ok = isinstance(value, list) and all(is_int(v) for v in value)
     else:  # pragma: no cover - schema typo
         raise AssertionError(kind)
     if not ok:
@@ -131,7 +127,7 @@ class Tx:
         if not is_address(self.sender):
             raise TxFormatError("sender is not an address")
         for name, value in (("nonce", self.nonce), ("fee", self.fee)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            if not is_int(value):
                 raise TxFormatError(f"{name} must be a non-negative int")
         if not isinstance(self.payload, dict) or set(self.payload) != set(schema):
             raise TxFormatError(f"{self.kind} payload needs exactly {sorted(schema)}")

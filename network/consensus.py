@@ -32,7 +32,7 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ledger.encoding import canonical
+from ledger.encoding import canonical, is_hex64, is_int
 from ledger.genesis import Genesis
 from ledger.keys import Wallet, is_address, verify
 
@@ -68,12 +68,6 @@ def proposer_ranking(parent_hash: str, weights: dict[str, int]) -> list[str]:
                 break
         i += 1
     return order
-
-
-def proposer_rank(parent_hash: str, weights: dict[str, int], address: str) -> int | None:
-    """The first round in which ``address`` may propose, or None if it is not in the set."""
-    ranking = proposer_ranking(parent_hash, weights)
-    return ranking.index(address) if address in ranking else None
 
 
 def has_quorum(voters: set[str] | list[str], weights: dict[str, int]) -> bool:
@@ -136,13 +130,11 @@ class Vote:
             sig = bytes.fromhex(d["sig"])
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise ValueError(f"malformed vote: {e}") from e
-        if not isinstance(height, int) or isinstance(height, bool) or height < 1:
+        if not is_int(height, 1):
             raise ValueError("vote height must be a positive int")
-        if not isinstance(round_, int) or isinstance(round_, bool) \
-                or not 0 <= round_ <= MAX_ROUND:
+        if not is_int(round_, 0, MAX_ROUND):
             raise ValueError(f"vote round must be an int in 0..{MAX_ROUND}")
-        if not (isinstance(block_hash, str) and len(block_hash) == 64
-                and all(c in "0123456789abcdef" for c in block_hash)):
+        if not is_hex64(block_hash):
             raise ValueError("vote block must be 64 hex chars")
         if not is_address(voter):
             raise ValueError("vote voter is not an address")
@@ -191,7 +183,7 @@ class Announcement:
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise ValueError(f"malformed announcement: {e}") from e
         for name, v in (("brain", brain), ("seq", seq)):
-            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+            if not is_int(v):
                 raise ValueError(f"announcement {name} must be a non-negative int")
         if not isinstance(endpoint, str) or not endpoint or len(endpoint) > cls.MAX_ENDPOINT:
             raise ValueError("announcement endpoint must be a short non-empty string")
