@@ -1,15 +1,16 @@
 """The compile pipeline: model → canonical graph → passes → integer graph → artefact.
 
-Each step is a pass from ``cerberus.passes`` (graph → graph + report); this module only
-wires them in order and collects their reports into the manifest:
+The steps marked *pass* come from ``cerberus.passes`` and share one contract
+(``cerberus.passes.Pass``): graph in, new graph and a report out, the report's ``to_dict``
+going into the manifest. The other steps change representation and are not passes:
 
 1. frontend (C1)            any source → ``CanonicalTransformer``
-2. significance (C2)        S(h) per layer and head on calibration text
-3. squeeze (C3)             keep the heads that maximise S under the FHE cost budget
-4. QAT (C4, optional)       fine-tune through fake quantization
-5. fold (C5)                LayerNorm affines and attention scale into linears
+2. significance (C2, pass)  S(h) per layer and head on calibration text (model unchanged)
+3. squeeze (C3, pass)       keep the heads that maximise S under the FHE cost budget
+4. QAT (C4, pass, optional) fine-tune through fake quantization
+5. fold (C5, pass)          LayerNorm affines and attention scale into linears
 6. lower (C4, C6)           integer graph with calibrated scales and ≤ max-lookup-bit tables
-7. compose (C5)             merge chains of lookups
+7. compose (C5, pass)       merge chains of lookups
 8. artefact (C8)            write ``NAME.cerb/`` atomically, content-addressed
 """
 
@@ -43,9 +44,9 @@ from cerberus.frontends.huggingface import from_hf_module, load_pretrained
 from cerberus.hybrid import hybrid_model, lower_hybrid
 from cerberus.ir import RangeOverflow
 from cerberus.lower import LoweringOptions, lower_blocks
-from cerberus.passes.fuse import compose_luts, fold_affine, graph_stats
+from cerberus.passes.fuse import FuseReport, compose_luts, fold_affine, graph_stats
 from cerberus.passes.quantize import check_bits
-from cerberus.passes.significance import head_significance
+from cerberus.passes.significance import significance
 from cerberus.passes.squeeze import squeeze
 
 log = logging.getLogger("cerberus.compile")
@@ -226,7 +227,7 @@ def compile_model(
         raise CompileError("calibration data too short: no windows left for the fidelity check")
     cal_batches = list(calib.split(8))
 
-    sig = head_significance(model, cal_batches, method=opts.significance, seed=opts.seed)
+    model, sig = significance(model, cal_batches, method=opts.significance, seed=opts.seed)
     log.info("significance (%s) computed on %d windows", opts.significance, len(calib))
     theta = -math.inf if opts.theta is None else opts.theta
     squeezed, sq_report = squeeze(model, sig, theta=theta, budget=opts.budget,
@@ -239,12 +240,11 @@ def compile_model(
     if opts.qat_steps > 0:
         from cerberus.passes.qat import qat_finetune
 
-        squeezed, qat = qat_finetune(squeezed, cal_batches, bits=opts.bits, steps=opts.qat_steps,
-                                     lr=opts.qat_lr, seed=opts.seed)
-        qat_report = qat.to_dict()
-        log.info("QAT: loss %.4f → %.4f", qat.loss_before, qat.loss_after)
+        squeezed, qat_report = qat_finetune(squeezed, cal_batches, bits=opts.bits,
+                                            steps=opts.qat_steps, lr=opts.qat_lr, seed=opts.seed)
+        log.info("QAT: loss %.4f → %.4f", qat_report.loss_before, qat_report.loss_after)
 
-    folded, fuse_report = fold_affine(squeezed)
+    folded, fold_report = fold_affine(squeezed)
     lowering = LoweringOptions(bits=opts.bits, weight_bits=opts.weight_bits or opts.bits,
                                wide_bits=max(opts.wide_bits, opts.bits),
                                max_lookup_bits=opts.max_lookup_bits, fuse=True,
@@ -257,9 +257,11 @@ def compile_model(
         return adaptive_preprocess(x, adaptive_params) if opts.adaptive else x
 
     naive = lower_blocks(squeezed, embedded(squeezed, calib), replace(lowering, fuse=False))
-    graph, chains = compose_luts(lower_blocks(folded, embedded(folded, calib), lowering))
-    fuse_report.composed = chains
-    fuse_report.before, fuse_report.after = graph_stats(naive), graph_stats(graph)
+    graph, compose_report = compose_luts(lower_blocks(folded, embedded(folded, calib), lowering))
+    # fusion as a whole is measured against the naive lowering (no folds, requantization
+    # and activation as separate lookups), which neither fusion pass sees
+    fuse_report = FuseReport(folded=fold_report.folded, composed=compose_report.composed,
+                             before=graph_stats(naive), after=compose_report.after)
     log.info("fusion: %d → %d FHE ops, %d → %d lookups (max %d bits)",
              fuse_report.before["fhe_ops"], fuse_report.after["fhe_ops"],
              fuse_report.before["lookups"], fuse_report.after["lookups"],
@@ -306,7 +308,7 @@ def compile_model(
         "squeeze": sq_report.to_dict(),
         "head_mask": [[int(h in kept) for h in range(model.cfg.n_head)]
                       for kept in sq_report.heads_kept],
-        "qat": qat_report,
+        "qat": qat_report.to_dict() if qat_report is not None else None,
         "fusion": fuse_report.to_dict(),
         "quantization": {"bits": opts.bits, "weight_bits": opts.weight_bits or opts.bits,
                          "wide_bits": lowering.wide_bits,

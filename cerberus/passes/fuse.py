@@ -1,6 +1,6 @@
 """Fusion (SPEC C5, paper §4.2 "11 steps → 5"): fewer, narrower FHE operations.
 
-Two levels, each a graph → (graph, report) function:
+Two levels, each a pass (``cerberus.passes.Pass``: graph → (graph, ``FuseReport``)):
 
 - ``fold_affine`` on the canonical model (exact in float): LayerNorm's γ and β move into
   the linear layers that read the normalised value (pre-LN blocks: q/k/v, fc1, LM head),
@@ -22,11 +22,17 @@ import torch
 
 from cerberus.frontends.canonical import CanonicalTransformer
 from cerberus.ir import IntGraph, round_lsbs
+from cerberus.ops import op_def
 
 
 @dataclass
 class FuseReport:
-    """What the fusion passes changed; ``to_dict`` goes into the artefact manifest."""
+    """What the fusion passes changed; ``to_dict`` goes into the artefact manifest.
+
+    ``fold_affine`` fills ``folded``; ``compose_luts`` fills ``composed`` and the
+    ``graph_stats`` of its graph ``before`` and ``after``. The manifest's record joins the
+    two and takes ``before`` from the naive lowering, which neither pass sees.
+    """
 
     folded: list[str] = field(default_factory=list)
     composed: list[list[str]] = field(default_factory=list)
@@ -76,8 +82,12 @@ def fold_affine(model: CanonicalTransformer) -> tuple[CanonicalTransformer, Fuse
     return out.eval(), report
 
 
-def compose_luts(graph: IntGraph) -> tuple[IntGraph, list[list[str]]]:
-    """Merge every lookup whose only reader is another lookup into that reader."""
+def compose_luts(graph: IntGraph) -> tuple[IntGraph, FuseReport]:
+    """Merge every lookup whose only reader is another lookup into that reader.
+
+    The report lists the merged chains (first lookup first) and ``graph_stats`` of the
+    graph before and after.
+    """
     nodes = {n.name: copy.copy(n) for n in graph.nodes}
     order = [n.name for n in graph.nodes]
     readers: dict[str, list[str]] = {name: [] for name in order}
@@ -88,10 +98,11 @@ def compose_luts(graph: IntGraph) -> tuple[IntGraph, list[list[str]]]:
     removed: set[str] = set()
     for name in order:
         second = nodes[name]
-        if second.op != "lut":
+        if not op_def(second.op, name).lookup:
             continue
         first = nodes[second.inputs[0]]
-        if first.op != "lut" or readers[first.name] != [name] or first.name == graph.output:
+        if (not op_def(first.op, first.name).lookup or readers[first.name] != [name]
+                or first.name == graph.output):
             continue
         a1, a2 = first.attrs, second.attrs
         index = round_lsbs(a1["table"], int(a2["lsbs"])) - int(a2["offset"])
@@ -105,7 +116,7 @@ def compose_luts(graph: IntGraph) -> tuple[IntGraph, list[list[str]]]:
             merged.append([first.name, name])
     kept = [nodes[n] for n in order if n not in removed]
     fused = IntGraph(kept, graph.input, graph.output, dict(graph.meta))
-    return fused, merged
+    return fused, FuseReport(composed=merged, before=graph_stats(graph), after=graph_stats(fused))
 
 
 def graph_stats(graph: IntGraph) -> dict:
@@ -116,7 +127,7 @@ def graph_stats(graph: IntGraph) -> dict:
         hist[w] = hist.get(w, 0) + 1
     return {
         "ops": graph.op_counts(),
-        "fhe_ops": sum(1 for n in graph.nodes if n.op in ("lut", "mul", "matmul")),
+        "fhe_ops": sum(1 for n in graph.nodes if op_def(n.op, n.name).bootstraps),
         "pbs": graph.pbs_count(),
         "lookups": len(widths),
         "max_lookup_bits": max(widths.values(), default=0),

@@ -91,6 +91,21 @@ def _normalize(scores: list[list[float | None]]) -> list[list[float | None]]:
     return out
 
 
+def significance(
+    model: CanonicalTransformer,
+    batches: Sequence[torch.Tensor],
+    *,
+    method: Method = "gradient",
+    seed: int = 0,
+) -> tuple[CanonicalTransformer, SignificanceReport]:
+    """The pass form of ``head_significance`` (``cerberus.passes.Pass``).
+
+    Significance is an analysis: the model comes back unchanged (the same object) and the
+    scores are the report, which the squeezing pass reads next.
+    """
+    return model, head_significance(model, batches, method=method, seed=seed)
+
+
 def head_significance(
     model: CanonicalTransformer,
     batches: Sequence[torch.Tensor],
