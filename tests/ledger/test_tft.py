@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
+from tolerance import LIBM_ULPS, U64, assert_within, gamma, network_atol
 
 from ledger.consensus import yuma_epoch
 from ledger.tft import (
     QUANTILES,
     SERIES_FEATURES,
+    U16_MAX,
+    TFTConfig,
     TFTEnforcer,
     forecast_skill,
     miner_accuracy,
@@ -52,6 +57,27 @@ def untrained() -> TFTEnforcer:
     return train_tft(TRAIN, seed=0, window=WINDOW, steps=0)
 
 
+def tft_roundings(cfg: TFTConfig) -> int:
+    """``N`` of tests/tolerance.py for the TFT: roundings along its longest path.
+
+    Variable selection: the scalar embeddings, the selection GRN on the flattened F·d
+    inputs, the softmax over F and the mix (F); the LSTMs: per step of window + horizon, the
+    gate pre-activations (2d), sigmoid and tanh, the cell update; five GRN / gate-add-norm
+    layers (three linears of d, ELU and sigmoid, a LayerNorm's 2·2d); attention (scores of
+    d_head, softmax and mix over the sequence, the output of d_head); the head (d), its
+    softplus and cumsum over the quantiles.
+    """
+    d, f, steps = cfg.hidden, cfg.n_features, cfg.window + cfg.horizon
+    act, ln = 2 * LIBM_ULPS + 4, 2 * (2 * d + 2)
+    grn = 3 * d + act + ln
+    selection = (LIBM_ULPS + 2) + (f * d + 2 * d + act + ln) + (f + LIBM_ULPS + 2) + f
+    lstm = steps * (2 * d + act + 3)
+    d_head = d // cfg.heads
+    attention = d + d_head + (LIBM_ULPS + steps + 1) + steps + d_head
+    head = d + LIBM_ULPS + len(cfg.quantiles)
+    return selection + lstm + 5 * grn + attention + head
+
+
 def _standardised_windows(model: TFTEnforcer, series: np.ndarray):
     z = (series - model.mean) / model.std
     n = len(series) - WINDOW
@@ -70,7 +96,9 @@ def test_quantile_loss_by_hand() -> None:
     #   q=0.1: e = 1 → 0.1*1 = 0.1;  q=0.5: e = 0 → 0;  q=0.9: e = −2 → (0.9−1)(−2) = 0.2
     pred = torch.tensor([[0.0, 1.0, 3.0]])
     target = torch.tensor([1.0])
-    assert float(quantile_loss(pred, target, QUANTILES)) == pytest.approx((0.1 + 0 + 0.2) / 3)
+    # float32, all terms ≥ 0: q (rounded), q·e, a sum of 3 and a divide: relative ≤ γ_5
+    assert float(quantile_loss(pred, target, QUANTILES)) == pytest.approx(
+        (0.1 + 0 + 0.2) / 3, rel=gamma(5), abs=0)
 
 
 def test_training_is_deterministic_given_seed() -> None:
@@ -128,7 +156,8 @@ def test_forecast_skill_extremes() -> None:
     # the climatological forecaster itself has skill exactly 0
     clim = np.broadcast_to(np.quantile(target.reshape(-1, 2), QUANTILES, axis=0).T,
                            target.shape + (3,))
-    assert forecast_skill(clim, target, QUANTILES) == pytest.approx(0.0, abs=1e-12)
+    # (the same expression as forecast_skill's own climatology: 1 − L/L, exactly 0)
+    assert forecast_skill(clim, target, QUANTILES) == 0.0
     # nothing varies -> 0
     assert forecast_skill(np.zeros((5, 1, 2, 3)), np.ones((5, 1, 2)), QUANTILES) == 0.0
 
@@ -157,8 +186,18 @@ def test_held_out_interval_coverage_is_roughly_calibrated(trained: TFTEnforcer) 
 def test_prediction_does_not_depend_on_batching(trained: TFTEnforcer) -> None:
     past, _ = _standardised_windows(trained, HELD_OUT)
     whole = trained.predict_standardised(past)
-    np.testing.assert_allclose(trained.predict_standardised(past, chunk=7), whole, atol=1e-6)
-    np.testing.assert_allclose(trained.predict_standardised(past[5:6]), whole[5:6], atol=1e-6)
+    # Other batch shapes may round differently in float32: each run within γ̃_N(λ)·max|y64|
+    # of the model in float64 (tests/tolerance.py), so any two within twice that.
+    with torch.no_grad():
+        ref64 = copy.deepcopy(trained.model).double().eval()(torch.as_tensor(past)).numpy()
+    atol = network_atol(ref64, tft_roundings(trained.config))
+    chunked = trained.predict_standardised(past, chunk=7)
+    single = trained.predict_standardised(past[5:6])
+    for name, got, ref in (("whole", whole, ref64), ("chunk=7", chunked, ref64),
+                           ("one window", single, ref64[5:6])):
+        assert_within(got, ref, atol, f"{name} vs float64")
+    assert_within(chunked, whole, 2 * atol, "chunk=7 vs whole")
+    assert_within(single, whole[5:6], 2 * atol, "one window vs whole")
 
 
 def test_save_load_roundtrip(trained: TFTEnforcer) -> None:
@@ -186,8 +225,9 @@ def test_miner_accuracy_ranks_honest_above_spiky_and_noise(trained: TFTEnforcer)
     assert np.all((acc >= 0) & (acc <= 1))
     assert acc[0] > acc[1] and acc[0] > acc[2]
     assert acc[3] == 0.0
-    # u16 quantisation so nodes agree
-    np.testing.assert_allclose(acc * 65535, np.round(acc * 65535), atol=1e-6)
+    # u16 quantisation so nodes agree: acc = k/65535, and acc·65535 is k within the two
+    # float64 roundings of the divide and the multiply, γ_2·65535
+    assert_within(acc * U16_MAX, np.round(acc * U16_MAX), gamma(2, U64) * U16_MAX, "u16 grid")
 
 
 def test_miner_accuracy_is_the_interval_coverage(trained: TFTEnforcer) -> None:
@@ -202,7 +242,9 @@ def test_miner_accuracy_is_the_interval_coverage(trained: TFTEnforcer) -> None:
     inside = (target >= q[..., 0]) & (target <= q[..., -1])
     expected = inside[:, :4].mean()  # emission (column 4) is constant for this miner
     acc = miner_accuracy(trained, series[None])
-    assert acc[0] == pytest.approx(expected, abs=1 / 65535)
+    # the same predictions: acc is `expected` rounded to the u16 grid (half a step), up to
+    # float64 rounding of the coverage mean over the 30·4 observations (γ_122)
+    assert acc[0] == pytest.approx(expected, abs=0.5 / U16_MAX + gamma(122, U64), rel=0)
 
 
 def test_attention_is_causal_over_the_horizon() -> None:
@@ -212,19 +254,33 @@ def test_attention_is_causal_over_the_horizon() -> None:
     assert q.shape == (4, 3, 5, len(QUANTILES))
     assert attn.shape == (4, 11, 11)
     assert torch.all(torch.triu(attn, diagonal=1) == 0)
-    torch.testing.assert_close(attn.sum(-1), torch.ones(4, 11))
+    # float32 softmax rows sum to 1 within (Higham) γ_n, n: the n terms' exp (LIBM_ULPS
+    # each, their rounded argument), sum and divide, then this sum of n; attention is the
+    # mean over heads (+ heads roundings)
+    def softmax_sum_atol(n: int, extra: int = 0) -> float:
+        return gamma(2 * n + LIBM_ULPS + 4 + extra)
+
+    assert_within(attn.sum(-1), torch.ones(4, 11), softmax_sum_atol(11, model.config.heads),
+                  "attention rows")
     # variable-selection weights are a distribution over the five series
-    torch.testing.assert_close(var_weights.sum(-1), torch.ones(4, 8))
+    assert_within(var_weights.sum(-1), torch.ones(4, 8), softmax_sum_atol(5), "selection rows")
     importance = model.variable_importance(TRAIN[:40])
     assert set(importance) == set(SERIES_FEATURES)
-    assert sum(importance.values()) == pytest.approx(1.0, abs=1e-5)
+    # each importance a float32 mean over windows × steps of the selection weights:
+    # within γ_{count+1}, and the five summed (to a softmax row's sum) in float64
+    count = (40 - WINDOW - model.config.horizon + 1) * WINDOW
+    assert sum(importance.values()) == pytest.approx(
+        1.0, abs=softmax_sum_atol(5) + gamma(count + 1), rel=0)
 
 
 def test_miner_accuracy_is_scale_free(trained: TFTEnforcer) -> None:
     honest = 0.1 * periodic_chain(80, seed=2)
     a = miner_accuracy(trained, honest[None])
     b = miner_accuracy(trained, (7.0 * honest + 3.0)[None])
-    np.testing.assert_allclose(a, b, atol=2 / 65535)
+    # the standardised series agree to float64 rounding, so the coverages do too (no
+    # observation sits on an interval's edge); rounded to the u16 grid that is at most one
+    # step apart
+    assert_within(a, b, 1 / U16_MAX, "accuracy of a rescaled series")
 
 
 def test_miner_accuracy_feeds_the_epoch(trained: TFTEnforcer) -> None:
@@ -235,7 +291,8 @@ def test_miner_accuracy_feeds_the_epoch(trained: TFTEnforcer) -> None:
     res = yuma_epoch(np.ones((2, 2)), np.array([1, 1]), np.zeros((2, 2)), beta=1.0,
                      tft_accuracy=acc)
     assert res.incentive[0] > res.incentive[1]
-    assert res.incentive.sum() == pytest.approx(1.0)
+    # normalised in float64: n divides and a sum of n, γ_{2n}
+    assert res.incentive.sum() == pytest.approx(1.0, abs=gamma(2 * len(acc), U64), rel=0)
 
 
 def test_bad_inputs_are_rejected(trained: TFTEnforcer) -> None:
