@@ -50,11 +50,10 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-import numpy as np
-
 from cerberus.errors import CompileError
 from cerberus.frontends.canonical import TransformerConfig
-from cerberus.ir import IntGraph, Node
+from cerberus.ir import IntGraph
+from cerberus.ops import op_def
 
 
 @dataclass(frozen=True)
@@ -346,35 +345,15 @@ def graph_cost(graph: IntGraph, constants: CostConstants = DEFAULT_CONSTANTS) ->
     macs = adds = 0
     for name, count in graph.pbs_by_node().items():
         node = graph[name]
-        if node.op == "lut":
-            width = _table_width(graph, node)
-        else:
-            width = max(graph[i].bits for i in node.inputs) + constants.mul_extra_bits
-        pbs[width] += count
+        pbs_bits = op_def(node.op, name).pbs_bits
+        assert pbs_bits is not None  # every op with a PBS rule prices it (test_ops.py)
+        pbs[pbs_bits(node, graph, constants.mul_extra_bits)] += count
     for node in graph.nodes:
-        size = int(np.prod(shapes[node.name]))
-        if node.op == "linear":
-            macs += size * int(node.attrs["weight"].shape[0])
-        elif node.op in ("add", "sub"):
-            adds += size
-        elif node.op == "sum":
-            adds += int(np.prod(shapes[node.inputs[0]]))
-        elif node.op == "matmul":
-            adds += size * shapes[node.inputs[0]][-1]
+        work = op_def(node.op, node.name).work(node, [shapes[i] for i in node.inputs],
+                                               shapes[node.name])
+        macs += work.clear_macs
+        adds += work.adds
     k = constants
     total = sum(c * k.pbs_s(w) for w, c in pbs.items()) + macs * k.clear_mac_s + adds * k.add_s
     return CostBreakdown(pbs_by_width=dict(pbs), clear_macs=macs, adds=adds, total=total,
                          rows=[], constants=constants)
-
-
-def _table_width(graph: IntGraph, node: Node) -> int:
-    """Index width of the PBS that evaluates ``node``'s table.
-
-    A lookup fused with the lookup before it (``lsbs == 0``, that one read by it alone:
-    ``IntGraph.pbs_by_node``) is one PBS on that lookup's index, so walk back the chain.
-    """
-    src = graph[node.inputs[0]]
-    if (int(node.attrs["lsbs"]) == 0 and src.op == "lut" and src.name != graph.output
-            and [c.name for c in graph.consumers(src.name)] == [node.name]):
-        return _table_width(graph, src)
-    return node.lookup_bits

@@ -2,20 +2,24 @@
 
 Every value is an integer tensor; every op maps one-to-one onto a concrete-python op:
 
-| op        | meaning                                   | FHE cost                 |
-|-----------|-------------------------------------------|--------------------------|
-| input     | encrypted input from the client           | –                        |
-| linear    | ``(x @ W) * mult + bias``, W/mult/bias clear | leveled (no PBS)      |
-| mul_const | ``x * C``, C clear                        | leveled                  |
-| add_const | ``x + C``, C clear                        | leveled                  |
-| add / sub | ``a ± b`` (both encrypted, broadcasting)  | leveled                  |
-| sum       | sum over the last axis (keepdims)         | leveled                  |
-| slice     | columns ``start:stop`` of the last axis   | free                     |
-| concat    | join along the last axis                  | free                     |
-| transpose | swap the last two axes                    | free                     |
-| lut       | ``table[round(x, lsbs) - offset]``        | 1 + lsbs PBS per element |
-| mul       | ``a * b`` elementwise (both encrypted)    | 2 PBS per element        |
-| matmul    | ``a @ b`` (both encrypted)                | 2 PBS per scalar product |
+| op        | meaning                                       | FHE cost                 |
+|-----------|-----------------------------------------------|--------------------------|
+| input     | encrypted input from the client               | –                        |
+| linear    | ``(x @ W) * mult + bias``, W/mult/bias clear  | leveled (no PBS)         |
+| mul_const | ``x * C``, C clear                            | leveled                  |
+| add_const | ``x + C``, C clear                            | leveled                  |
+| add       | ``a + b`` (both encrypted, broadcasting)      | leveled                  |
+| sub       | ``a - b`` (both encrypted, broadcasting)      | leveled                  |
+| sum       | sum over the last axis (keepdims)             | leveled                  |
+| slice     | columns ``start:stop`` of the last axis       | free                     |
+| concat    | join along the last axis                      | free                     |
+| transpose | swap the last two axes                        | free                     |
+| lut       | ``table[round(x, lsbs) - offset]``            | 1 + lsbs PBS per element |
+| mul       | ``a * b`` elementwise (both encrypted)        | 2 PBS per element        |
+| matmul    | ``a @ b`` (both encrypted)                    | 2 PBS per scalar product |
+
+Each op is defined once, in ``cerberus.ops.OPS`` (shape, NumPy meaning, PBS rule and its
+lowerings); this table is that table's summary (tests/cerberus/test_ops.py keeps them equal).
 
 A ``lut`` first rounds its input to a multiple of ``2**lsbs`` (``round_bit_pattern``,
 ties up: ``(x + 2**(lsbs-1)) >> lsbs``) so that the table index never needs more than
@@ -31,38 +35,26 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
-PBS_OPS = ("lut", "mul", "matmul")
+from cerberus.ops import (
+    NodeLike,
+    PbsContext,
+    RangeOverflow,
+    lookup_index_bits,
+    op_def,
+    round_lsbs,
+    width,
+)
 
+__all__ = ["IntGraph", "Node", "RangeOverflow", "apply_op", "evaluate", "round_lsbs", "width"]
 
-class RangeOverflow(ValueError):
-    """A value left the range its node was compiled for (the FHE result would be wrong)."""
-
-
-def _constant_table(node: Node) -> bool:
-    """A lookup whose every entry is equal: concrete folds it to a constant (no PBS)."""
-    table = np.asarray(node.attrs["table"])
-    return bool(table.size) and bool(np.all(table == table.flat[0]))
-
-
-def width(lo: int, hi: int) -> int:
-    """Bits needed to hold every integer in [lo, hi] (two's complement if lo < 0)."""
-    if lo >= 0:
-        return max(1, int(hi).bit_length())
-    return max(int(-lo - 1).bit_length(), int(hi).bit_length()) + 1
-
-
-def round_lsbs(x: np.ndarray, lsbs: int) -> np.ndarray:
-    """``round_bit_pattern`` then shift: the table index of a rounded lookup input."""
-    if lsbs == 0:
-        return x
-    return (x + (1 << (lsbs - 1))) >> lsbs
+T = TypeVar("T")
 
 
 @dataclass
@@ -83,9 +75,8 @@ class Node:
 
     @property
     def lookup_bits(self) -> int:
-        """Width of the table index (the PBS input width) for a ``lut``."""
-        table = self.attrs["table"]
-        return width(int(self.attrs["offset"]), int(self.attrs["offset"]) + len(table) - 1)
+        """Width of the table index (the PBS input width) for a lookup."""
+        return lookup_index_bits(self)
 
 
 @dataclass
@@ -105,6 +96,13 @@ class IntGraph:
 
     def consumers(self, name: str) -> list[Node]:
         return [n for n in self.nodes if name in n.inputs]
+
+    def operands(self, node: Node, values: Mapping[str, T], source: T) -> list[T]:
+        """What ``node`` reads: its inputs' entries of ``values`` or, for the op that is the
+        graph's input, ``source`` (the input array, its tracer, its shape, its ONNX name)."""
+        if op_def(node.op, node.name).source:
+            return [source]
+        return [values[i] for i in node.inputs]
 
     # -- statistics -----------------------------------------------------------------
     def op_counts(self) -> dict[str, int]:
@@ -141,10 +139,11 @@ class IntGraph:
         ``mul`` costs 2 PBS per output element and ``matmul`` 2 per scalar product, whatever
         the operands' signs (the backend's unsigned shift adds only leveled terms), also
         for ``a * a``. Rounding PBS are attributed to the first lookup that needs them, a
-        fused table to the last lookup of its chain, as concrete's tags do.
+        fused table to the last lookup of its chain, as concrete's tags do. Each op's rule
+        is its ``pbs`` in ``cerberus.ops``; this method finds what is live and folded.
         """
         shapes = self.shapes()
-        constant = {n.name for n in self.nodes if n.op == "lut" and _constant_table(n)}
+        constant = {n.name for n in self.nodes if op_def(n.op, n.name).folds_to_constant(n)}
         live: set[str] = set()
         stack = [self.output]
         while stack:  # what the output needs, through no constant
@@ -154,64 +153,29 @@ class IntGraph:
             live.add(name)
             if name not in constant:
                 stack.extend(self[name].inputs)
-        users: dict[str, list[str]] = {n.name: [] for n in self.nodes}
+        readers: dict[str, list[NodeLike]] = {n.name: [] for n in self.nodes}
         for n in self.nodes:
             if n.name in live and n.name not in constant:
                 for i in n.inputs:
-                    users[i].append(n.name)
-        rounded: set[tuple[str, int]] = set()
+                    readers[i].append(n)
+        ctx = PbsContext(shapes, readers, self.output)
         out: dict[str, int] = {}
         for n in self.nodes:
-            if n.name not in live or n.name in constant or n.op not in PBS_OPS:
-                continue
-            size = int(np.prod(shapes[n.name]))
-            if n.op == "lut":
-                lsbs = int(n.attrs["lsbs"])
-                pbs = 0
-                if lsbs and (n.inputs[0], lsbs) not in rounded:
-                    rounded.add((n.inputs[0], lsbs))
-                    pbs += lsbs * size
-                nxt = users[n.name]
-                fused = (n.name != self.output and len(nxt) == 1
-                         and self[nxt[0]].op == "lut" and int(self[nxt[0]].attrs["lsbs"]) == 0)
-                pbs += 0 if fused else size
-            elif n.op == "mul":
-                pbs = 2 * size
-            else:  # matmul
-                pbs = 2 * size * shapes[n.inputs[0]][-1]
-            out[n.name] = pbs
+            rule = op_def(n.op, n.name).pbs
+            if n.name in live and n.name not in constant and rule is not None:
+                out[n.name] = rule(n, ctx)
         return out
 
     def shapes(self, batch: int = 1) -> dict[str, tuple[int, ...]]:
         """Every node's output shape for one input of ``[batch, seq_len, d_model]``."""
         out: dict[str, tuple[int, ...]] = {}
+        source = (batch, int(self.meta["seq_len"]), int(self.meta["d_model"]))
         for n in self.nodes:
-            ins = [out[i] for i in n.inputs]
-            if n.op == "input":
-                shape = (batch, int(self.meta["seq_len"]), int(self.meta["d_model"]))
-            elif n.op == "linear":
-                shape = ins[0][:-1] + (n.attrs["weight"].shape[1],)
-            elif n.op in ("mul_const", "add_const"):
-                shape = np.broadcast_shapes(ins[0], np.shape(n.attrs["const"]))
-            elif n.op in ("add", "sub", "mul"):
-                shape = np.broadcast_shapes(ins[0], ins[1])
-            elif n.op == "matmul":
-                shape = ins[0][:-1] + ins[1][-1:]
-            elif n.op == "sum":
-                shape = ins[0][:-1] + (1,)
-            elif n.op == "slice":
-                shape = ins[0][:-1] + (int(n.attrs["stop"]) - int(n.attrs["start"]),)
-            elif n.op == "concat":
-                shape = ins[0][:-1] + (sum(i[-1] for i in ins),)
-            elif n.op == "transpose":
-                shape = ins[0][:-2] + (ins[0][-1], ins[0][-2])
-            else:  # lut and other elementwise ops
-                shape = ins[0]
-            out[n.name] = tuple(int(v) for v in shape)
+            out[n.name] = op_def(n.op, n.name).shape(n, self.operands(n, out, source))
         return out
 
     def lookup_widths(self) -> dict[str, int]:
-        return {n.name: n.lookup_bits for n in self.nodes if n.op == "lut"}
+        return {n.name: n.lookup_bits for n in self.nodes if op_def(n.op, n.name).lookup}
 
     # -- serialisation --------------------------------------------------------------
     def save(self, path: Path) -> None:
@@ -262,46 +226,8 @@ class IntGraph:
 
 
 def apply_op(node: Node, args: list[np.ndarray]) -> np.ndarray:
-    """Compute one node on int64 arrays (NumPy reference semantics)."""
-    a = node.attrs
-    op = node.op
-    if op == "linear":
-        y = args[0] @ a["weight"]
-        if a.get("mult") is not None:
-            y = y * a["mult"]
-        if a.get("bias") is not None:
-            y = y + a["bias"]
-        return y
-    if op == "lut":
-        idx = round_lsbs(args[0], int(a["lsbs"])) - int(a["offset"])
-        table = a["table"]
-        if idx.size and (idx.min() < 0 or idx.max() >= len(table)):
-            raise RangeOverflow(
-                f"node {node.name}: lookup index {int(idx.min())}..{int(idx.max())} outside "
-                f"its table of {len(table)} entries"
-            )
-        return table[idx]
-    if op == "mul_const":
-        return args[0] * a["const"]
-    if op == "add_const":
-        return args[0] + a["const"]
-    if op == "mul":
-        return args[0] * args[1]
-    if op == "add":
-        return args[0] + args[1]
-    if op == "sub":
-        return args[0] - args[1]
-    if op == "matmul":
-        return args[0] @ args[1]
-    if op == "sum":
-        return args[0].sum(axis=-1, keepdims=True)
-    if op == "slice":
-        return args[0][..., int(a["start"]) : int(a["stop"])]
-    if op == "concat":
-        return np.concatenate(args, axis=-1)
-    if op == "transpose":
-        return np.swapaxes(args[0], -1, -2)
-    raise ValueError(f"node {node.name}: unknown op {op!r}")
+    """Compute one node on int64 arrays (NumPy reference semantics, ``cerberus.ops``)."""
+    return op_def(node.op, node.name).numpy(node, args)
 
 
 def evaluate(
@@ -330,12 +256,11 @@ def evaluate(
         for i in n.inputs:
             remaining[i] += 1
     for n in graph.nodes:
-        if n.op == "input":
-            y = np.asarray(x, dtype=np.int64)
-        elif backend == "triton":
-            y = apply_op_triton(n, [values[i] for i in n.inputs], [graph[i] for i in n.inputs])
+        args = graph.operands(n, values, x)
+        if backend == "triton":
+            y = apply_op_triton(n, args, [graph[i] for i in n.inputs])
         else:
-            y = apply_op(n, [values[i] for i in n.inputs])
+            y = apply_op(n, args)
         if check_ranges and y.size and (y.min() < n.lo or y.max() > n.hi):
             raise RangeOverflow(
                 f"node {n.name} ({n.op}): value range {int(y.min())}..{int(y.max())} leaves "

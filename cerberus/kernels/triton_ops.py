@@ -14,7 +14,9 @@ Bit-exactness with the NumPy reference (``cerberus.ir.apply_op``, int64) is the 
 Integer arithmetic is exact as long as nothing wraps, so before any int32 launch the
 operands' magnitude bounds are checked to prove that every partial sum fits; when they do
 not, :class:`Int32Overflow` (an ``OverflowError``) is raised instead of computing garbage,
-and the dispatcher (:func:`apply_op_triton`) evaluates that node with the NumPy int64 path.
+and the dispatcher (``cerberus.kernels.dispatch``) evaluates that node with the NumPy int64
+path. The kernels take arrays and attributes, never IR nodes: which op maps onto which
+kernel is each op's ``triton`` hook in ``cerberus.ops``.
 
 Without a GPU the kernels run under ``TRITON_INTERPRET=1`` (Triton's NumPy emulator): the
 same program, same bits, but slow — it is a correctness vehicle, not a speed claim.
@@ -23,8 +25,6 @@ same program, same bits, but slow — it is a correctness vehicle, not a speed c
 from __future__ import annotations
 
 import os
-import warnings
-from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -38,7 +38,7 @@ if "TRITON_INTERPRET" not in os.environ and not torch.cuda.is_available():
 import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
 
-from cerberus.ir import Node, RangeOverflow, apply_op  # noqa: E402
+from cerberus.ops import RangeOverflow  # noqa: E402
 
 INT32_MAX = 2**31 - 1
 I32 = np.iinfo(np.int32)
@@ -156,7 +156,7 @@ def _column(v: np.ndarray | int | None, n: int, what: str) -> np.ndarray | None:
 
 
 def int32_bound(
-    a_absmax: int, b: np.ndarray, mult: np.ndarray | None, bias: np.ndarray | None,
+    a_absmax: int, b: np.ndarray, mult: np.ndarray | int | None, bias: np.ndarray | int | None,
     b_absmax: int | None = None,
 ) -> int:
     """Largest magnitude any int32 intermediate of ``(a @ b) * mult + bias`` can reach.
@@ -165,9 +165,11 @@ def int32_bound(
     implied by, ``|a|max·|b|max·K``); the epilogue multiplies that by ``|mult_n|`` and adds
     ``|bias_n|``. Each column's own bound is used, so one large column does not condemn
     the whole layer. ``b_absmax`` overrides the data of ``b`` (a compiled range) with
-    ``|b|max·K``.
+    ``|b|max·K``. ``mult``/``bias`` are per column or scalars, as :func:`int_matmul` takes.
     """
     k = b.shape[-2]
+    mult = _column(mult, b.shape[-1], "mult")
+    bias = _column(bias, b.shape[-1], "bias")
     if b_absmax is not None:
         col = np.full(b.shape[-1], b_absmax * k, dtype=object)
     else:
@@ -181,6 +183,12 @@ def int32_bound(
     if bias is not None:
         worst = max(worst, int((acc + np.abs(bias).astype(object)).max()))
     return max(worst, a_absmax, _absmax(b), _absmax(mult), _absmax(bias))
+
+
+def mul_bound(a_absmax: int, b_absmax: int, terms: int = 1) -> int:
+    """Largest magnitude of a sum of ``terms`` products of operands bounded by ``a_absmax``
+    and ``b_absmax`` (one for an elementwise product, K for a matmul's dot products)."""
+    return max(a_absmax * b_absmax * terms, a_absmax, b_absmax)
 
 
 def _matmul_blocks(m: int, n: int, k: int) -> tuple[int, int, int]:
@@ -273,7 +281,7 @@ def int_mul(
     b = np.asarray(b)
     amax = max(_absmax(a), a_absmax or 0)
     bmax = max(_absmax(b), b_absmax or 0)
-    if max(amax * bmax, amax, bmax) > INT32_MAX:
+    if mul_bound(amax, bmax) > INT32_MAX:
         raise Int32Overflow(
             f"int_mul: {a.shape} * {b.shape} (|a|max={amax}, |b|max={bmax}) can reach "
             f"{amax * bmax} > 2**31-1: int32 would wrap"
@@ -360,70 +368,3 @@ def _to_device(*arrays: np.ndarray) -> list[torch.Tensor]:
 def _from_device(v: torch.Tensor, like: np.ndarray) -> np.ndarray:
     """The kernel's output as a NumPy array of ``like``'s shape (a copy back from a GPU)."""
     return v.cpu().numpy().reshape(like.shape)
-
-
-# -- dispatcher ----------------------------------------------------------------------------
-TRITON_OPS = ("linear", "lut", "matmul", "mul")
-
-
-def _compiled_absmax(node: Node | None) -> int | None:
-    return None if node is None else max(abs(int(node.lo)), abs(int(node.hi)))
-
-
-def apply_op_triton(
-    node: Node, args: list[np.ndarray], inputs: Sequence[Node | None] = ()
-) -> np.ndarray:
-    """``cerberus.ir.apply_op`` with the ops in ``TRITON_OPS`` on the Triton kernels.
-
-    ``inputs`` are the producer nodes of ``args``: their compiled ranges join the data's
-    magnitudes in the int32 proof, so whether a node may use int32 is a property of the
-    compiled graph, not of one input. A node that cannot is evaluated by the NumPy int64
-    path and reported with an :class:`Int32FallbackWarning` (see :func:`int32_fallbacks`).
-    Everything else goes to ``apply_op``.
-    """
-    a = node.attrs
-    ins = list(inputs) + [None] * (len(args) - len(inputs))
-    try:
-        if node.op == "linear":
-            return int_matmul(args[0], a["weight"], a.get("mult"), a.get("bias"),
-                              a_absmax=_compiled_absmax(ins[0]))
-        if node.op == "matmul":
-            return int_matmul(args[0], args[1], a_absmax=_compiled_absmax(ins[0]),
-                              b_absmax=_compiled_absmax(ins[1]))
-        if node.op == "mul":
-            return int_mul(args[0], args[1], a_absmax=_compiled_absmax(ins[0]),
-                           b_absmax=_compiled_absmax(ins[1]))
-    except Int32Overflow as e:
-        warnings.warn(Int32FallbackWarning(f"node {node.name} ({node.op}) uses int64: {e}"),
-                      stacklevel=2)
-        return apply_op(node, args)
-    if node.op == "lut":
-        return fused_lookup(args[0], a["lsbs"], a["offset"], a["table"], name=node.name)
-    return apply_op(node, args)
-
-
-def int32_fallbacks(graph) -> dict[str, int]:
-    """Nodes whose int32 accumulators could overflow within their compiled input ranges.
-
-    Static (no data): maps each such ``linear``/``matmul``/``mul`` node to its worst-case bound.
-    These are the nodes the ``triton`` backend evaluates with the NumPy int64 path.
-    """
-    shapes = graph.shapes()
-    bad: dict[str, int] = {}
-    for n in graph.nodes:
-        if n.op not in ("linear", "matmul", "mul"):
-            continue
-        amax = _compiled_absmax(graph[n.inputs[0]]) or 0
-        if n.op == "linear":
-            k = n.attrs["weight"].shape[0]
-            w = n.attrs["weight"]
-            mult = _column(n.attrs.get("mult"), w.shape[1], "mult")
-            bias = _column(n.attrs.get("bias"), w.shape[1], "bias")
-            bound = int32_bound(amax, w, mult, bias)
-        else:  # enc×enc: K terms per output of a matmul, one for an elementwise mul
-            k = shapes[n.inputs[0]][-1] if n.op == "matmul" else 1
-            bmax = _compiled_absmax(graph[n.inputs[1]]) or 0
-            bound = max(amax * bmax * k, amax, bmax)
-        if bound > INT32_MAX:
-            bad[n.name] = bound
-    return bad

@@ -22,6 +22,7 @@ import torch
 
 from cerberus.frontends.canonical import CanonicalTransformer
 from cerberus.ir import IntGraph, round_lsbs
+from cerberus.ops import op_def
 
 
 @dataclass
@@ -97,10 +98,11 @@ def compose_luts(graph: IntGraph) -> tuple[IntGraph, FuseReport]:
     removed: set[str] = set()
     for name in order:
         second = nodes[name]
-        if second.op != "lut":
+        if not op_def(second.op, name).lookup:
             continue
         first = nodes[second.inputs[0]]
-        if first.op != "lut" or readers[first.name] != [name] or first.name == graph.output:
+        if (not op_def(first.op, first.name).lookup or readers[first.name] != [name]
+                or first.name == graph.output):
             continue
         a1, a2 = first.attrs, second.attrs
         index = round_lsbs(a1["table"], int(a2["lsbs"])) - int(a2["offset"])
@@ -125,7 +127,7 @@ def graph_stats(graph: IntGraph) -> dict:
         hist[w] = hist.get(w, 0) + 1
     return {
         "ops": graph.op_counts(),
-        "fhe_ops": sum(1 for n in graph.nodes if n.op in ("lut", "mul", "matmul")),
+        "fhe_ops": sum(1 for n in graph.nodes if op_def(n.op, n.name).bootstraps),
         "pbs": graph.pbs_count(),
         "lookups": len(widths),
         "max_lookup_bits": max(widths.values(), default=0),

@@ -6,10 +6,11 @@ import torch
 import transformers
 from concrete import fhe
 
-from cerberus.fhe.concrete_backend import _product, compile_circuit, narrowing_roundings
+from cerberus.fhe.concrete_backend import compile_circuit, narrowing_roundings
 from cerberus.frontends.huggingface import from_hf_module
 from cerberus.ir import IntGraph, Node, evaluate
 from cerberus.lower import LoweringOptions, lower_blocks
+from cerberus.ops import _product
 
 SMALL = LoweringOptions(bits=4, weight_bits=4, wide_bits=6, max_lookup_bits=6, mult_bits=2)
 
