@@ -2,12 +2,10 @@
 
 Data flows one way: model → compiler (``cerberus``) → artefact → miner runtime
 (``runtime``) → network (``network``); the ledger (``ledger``) knows nothing about torch.
+
+Hub ids resolve as ``from_pretrained`` resolves them (``cerberus.frontends.hub``): this
+package sets no ``HF_HUB_OFFLINE`` default, so users get downloads; the test suite and
+``make`` set ``HF_HUB_OFFLINE=1`` themselves.
 """
 
-import os
-
 __version__ = "0.1.0"
-
-# Cerberus never downloads: models come from local folders or the offline cache only.
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

@@ -40,6 +40,7 @@ from cerberus.artefact import (
 from cerberus.calibration import calibration_batches, random_batches
 from cerberus.errors import CompileError
 from cerberus.frontends.canonical import CanonicalTransformer
+from cerberus.frontends.hub import resolve_model
 from cerberus.frontends.huggingface import from_hf_module, load_pretrained
 from cerberus.hybrid import hybrid_model, lower_hybrid
 from cerberus.ir import RangeOverflow
@@ -98,7 +99,11 @@ class CompileOptions:
 
 
 def load_source(source: str | Path | nn.Module) -> tuple[CanonicalTransformer, Any, dict]:
-    """Frontend dispatch (C1): HF id/folder, ``.onnx`` file, or a ``torch.nn.Module``."""
+    """Frontend dispatch (C1): HF id/folder, ``.onnx`` file, or a ``torch.nn.Module``.
+
+    A source that is no local path is a Hub id, resolved as ``from_pretrained`` would
+    (cache, download, or cache only under ``HF_HUB_OFFLINE=1``: ``frontends.hub``).
+    """
     if isinstance(source, CanonicalTransformer):
         return source.eval(), None, {"kind": "module", "name": type(source).__name__,
                                      "sha256": state_hash(source)}
@@ -114,9 +119,10 @@ def load_source(source: str | Path | nn.Module) -> tuple[CanonicalTransformer, A
 
         return canonical_from_onnx(path), None, {"kind": "onnx", "name": path.stem,
                                                   "sha256": file_hash(path)}
-    hf, tokenizer = load_pretrained(str(source))
+    folder = path if path.exists() else resolve_model(str(source))  # else: a Hub id
+    hf, tokenizer = load_pretrained(str(folder))
     info = {"kind": "huggingface", "name": path.name if path.exists() else str(source),
-            "sha256": folder_hash(path) if path.is_dir() else state_hash(hf)}
+            "sha256": folder_hash(folder) if folder.is_dir() else state_hash(hf)}
     return from_hf_module(hf), tokenizer, info
 
 

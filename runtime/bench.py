@@ -98,7 +98,8 @@ def float_reference(manifest: dict[str, Any], source: Path | None = None) -> tup
     """The float source model (as compile loaded it, before any pass) and where it lives.
 
     Its hash must equal the one in the manifest: fidelity against another model would be
-    meaningless. Loads offline only (``load_source`` never downloads).
+    meaningless. The candidates are local folders; a ``--source`` that is none is a Hub id,
+    resolved as every compile source is (``cerberus.frontends.hub``).
     """
     from cerberus.compile import load_source
 

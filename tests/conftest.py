@@ -10,8 +10,11 @@ _HERE = str(Path(__file__).resolve().parent)
 if _HERE not in sys.path:
     sys.path.append(_HERE)  # last: nothing in tests/ may shadow a real package
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# Forced, not defaulted: cerberus resolves Hub ids like from_pretrained (downloading when
+# online), so a shell's HF_HUB_OFFLINE=0 must not let a test reach the Hub. The fake-Hub
+# tests (tests/cerberus/test_hub.py) override it, pointed at a server on 127.0.0.1.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("TRITON_INTERPRET", "1")
 

@@ -1,6 +1,7 @@
 """Hugging Face frontend: GPT-2-style causal LMs and BERT-style encoders → canonical form.
 
-Works offline (``HF_HUB_OFFLINE=1``): a model id resolves only from the local cache.
+It loads local folders; ``compile.load_source`` first turns a Hub id into one
+(``frontends.hub.resolve_model``: the cache, a download, or the cache only offline).
 """
 
 from __future__ import annotations
@@ -109,15 +110,15 @@ def from_hf_module(model: nn.Module) -> CanonicalTransformer:
 
 
 def load_pretrained(name_or_path: str):
-    """Load model and tokenizer from a local folder or the offline cache."""
+    """Load model and tokenizer from a local model folder (a Hub id is resolved first)."""
     import transformers
 
     try:
         config = transformers.AutoConfig.from_pretrained(name_or_path)
     except (OSError, ValueError) as e:
         raise CompileError(
-            f"unknown model {name_or_path!r}: not a local model folder and not in the offline "
-            "cache (Cerberus never downloads)"
+            f"cannot load model {name_or_path!r}: not a Hugging Face model folder with a "
+            "readable config.json"
         ) from e
     cls = (
         transformers.AutoModelForCausalLM

@@ -11,7 +11,8 @@ DEFAULTS = CompileOptions()
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", help="Hugging Face id or folder (offline), .onnx file")
+    p.add_argument("model", help="model folder, .onnx file, or Hugging Face Hub id (from the "
+                                 "HF cache, else downloaded; cache only if HF_HUB_OFFLINE=1)")
     p.add_argument("-o", "--output", type=Path, help="artefact folder (default: NAME.cerb)")
     p.add_argument("--force", action="store_true", help="replace an existing output folder")
     p.add_argument("--fhe", action="store_true",
