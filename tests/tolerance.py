@@ -53,6 +53,9 @@ import torch
 
 U32 = 2.0**-24
 U64 = 2.0**-53
+#: Higham's underflow term: a result in the subnormal range is off by up to η = 2**-1075
+#: absolutely, not relatively (float64); ETA64 = 2η covers two such operations.
+ETA64 = float(np.finfo(np.float64).smallest_subnormal)
 LAMBDA = 6.0
 LIBM_ULPS = 4
 
@@ -107,6 +110,16 @@ def dot_atol(a, b, extra: int = 0, u: float = U32) -> np.ndarray:
     a = np.abs(np.asarray(a, dtype=np.float64))
     b = np.abs(np.asarray(b, dtype=np.float64))
     return gamma(a.shape[-1] + extra, u) * (a @ b)
+
+
+def roundings_approx(expected, n: int, scale, u: float = U64, extra: float = 0.0):
+    """``pytest.approx(expected)`` within ``n`` roundings at unit roundoff ``u`` of operands
+    of magnitude ``scale`` (a scalar or an array): ``abs = γ_n(u)·scale + extra``, no
+    relative slack. ``extra`` adds a bound from outside the arithmetic (the precision a
+    constant was written to)."""
+    import pytest
+
+    return pytest.approx(expected, abs=np.max(gamma(n, u) * np.asarray(scale)) + extra, rel=0)
 
 
 def as_f64(x) -> np.ndarray:

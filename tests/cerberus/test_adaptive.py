@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from tolerance import U64, assert_within, gamma
+from tolerance import U32, U64, assert_within, gamma, roundings_approx
 
 from cerberus.errors import CompileError
 from cerberus.passes.adaptive import AdaptiveQuantizer, adaptive_dynamic_quantize
@@ -20,14 +20,19 @@ def test_adaptive_matches_hand_computed_example() -> None:
     # Row 1: mean .0275, Σ(dev²) = .000875, σ = sqrt(.00021875) = .014790 ≤ T → S = 1/α = 2;
     #   scaled [.02, .04, .06, .10]; min .02, Q = .08/3; (y−min)/Q = [0, .75, 1.5, 3]
     #   → levels [0, 0, 1, 3]; q = [.02, .02, .02+.08/3, .10]; x̂ = q/2.
-    assert r.sigma == pytest.approx([0.38405728739, 0.01479019946], rel=1e-9)
+    # Expectations within the float64 roundings of both sides (Higham, tests/tolerance.py):
+    # σ (4 squares of differences, a sum, a divide, sqrt: 11) and the 11 decimals it is
+    # written to; min·S exact (S a power of two) against the decimal 0.02; Q: two decimal
+    # inputs, a subtraction and a divide against 0.08/3 (5); x̂ = (q·Q + min)/S: Q's and
+    # the expectation's own (8), all on operands ≤ 0.1 (row 1) or ≤ 1 (row 0).
+    assert r.sigma == roundings_approx([0.38405728739, 0.01479019946], 11, 1.0, extra=0.5e-11)
     assert r.S.tolist() == [0.5, 2.0]
     assert r.q_int.tolist() == [[0, 1, 2, 3], [0, 0, 1, 3]]
     assert r.q_int.dtype == np.int64
-    assert r.mins == pytest.approx([0.0, 0.02])
-    assert r.q_step == pytest.approx([0.5 / 3, 0.08 / 3])
-    assert r.x_hat[0] == pytest.approx([0.0, 1 / 3, 2 / 3, 1.0])
-    assert r.x_hat[1] == pytest.approx([0.01, 0.01, (0.02 + 0.08 / 3) / 2, 0.05])
+    assert r.mins == roundings_approx([0.0, 0.02], 2, 0.1)
+    assert r.q_step == roundings_approx([0.5 / 3, 0.08 / 3], 5, 0.5)
+    assert r.x_hat[0] == roundings_approx([0.0, 1 / 3, 2 / 3, 1.0], 8, 1.0)
+    assert r.x_hat[1] == roundings_approx([0.01, 0.01, (0.02 + 0.08 / 3) / 2, 0.05], 8, 0.1)
 
 
 def test_adaptive_both_branches_of_S() -> None:
@@ -37,7 +42,10 @@ def test_adaptive_both_branches_of_S() -> None:
     # threshold above both σ → both rows scaled up
     r2 = adaptive_dynamic_quantize(x, threshold=10.0, alpha=0.25)
     assert r2.S.tolist() == [4.0, 4.0]
-    assert r.mins[0] == pytest.approx(-3 * 0.25) and r.mins[1] == pytest.approx(-0.01 * 4)
+    # x is float32 (linspace's default): −3 is exact, −0.01 carries float32's rounding,
+    # then ×S is exact (a power of two)
+    assert r.mins[0] == -3 * 0.25
+    assert r.mins[1] == roundings_approx(-0.01 * 4, 1, 0.04, u=U32, extra=gamma(1, U64) * 0.04)
 
 
 @pytest.mark.parametrize("levels", [2, 5, 16, 256])
@@ -51,7 +59,10 @@ def test_adaptive_respects_levels_and_bounds_error(levels: int) -> None:
     # floor ⇒ the reconstruction lies below x by less than one step (in x units)
     d = x.numpy() - r.x_hat
     step = (r.q_step / r.S)[:, None]
-    assert np.all(d >= -1e-9 * step) and np.all(d < step * (1 + 1e-9))
+    # slack: the implementation's 1e-9 floor guard (one level up within 1e-9·step), and
+    # float64 rounding of S·x, − min, /Q, q·Q, + min, /S and d itself: γ_7·(|x| + |x̂|)
+    slack = 1e-9 * step + gamma(7, U64) * (np.abs(x.numpy()) + np.abs(r.x_hat))
+    assert np.all(d >= -slack) and np.all(d < step + slack)
 
 
 def test_adaptive_constant_rows_do_not_divide_by_zero() -> None:
@@ -60,7 +71,9 @@ def test_adaptive_constant_rows_do_not_divide_by_zero() -> None:
     assert np.all(np.isfinite(r.x_hat))
     assert r.q_step[0] == 0 and r.q_step[1] == 0
     assert r.q_int[:2].tolist() == [[0, 0, 0], [0, 0, 0]]
-    assert r.x_hat[0] == pytest.approx([0.3] * 3) and r.x_hat[1].tolist() == [0.0] * 3
+    # x is float32: 0.3 carries float32's rounding; S·x then /S two float64 ones
+    assert r.x_hat[0] == roundings_approx([0.3] * 3, 1, 0.3, u=U32, extra=gamma(2, U64) * 0.3)
+    assert r.x_hat[1].tolist() == [0.0] * 3
     with pytest.raises(CompileError):
         adaptive_dynamic_quantize(x, levels=1)
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from tolerance import U64, gamma
 
 from cerberus.artefact import load_artefact
 from cerberus.compile import CompileOptions, compile_model
@@ -143,7 +144,8 @@ def test_adaptive_quantization_is_applied_by_the_loaded_client(tmp_path) -> None
     from cerberus.artefact import adaptive_preprocess
 
     pre = adaptive_preprocess(raw, m["quantization"]["adaptive_params"])
-    assert not np.allclose(pre, raw)
+    # it moves values by more than the float64 rounding of its own six operations could
+    assert np.abs(pre - raw).max() > gamma(7, U64) * np.abs(raw).max()
     top = 2 ** (a.graph.meta["input_bits"] - 1) - 1
     expected = np.clip(np.floor(pre / a.graph.meta["input_scale"] + 0.5), -top, top)
     assert np.array_equal(a.encode_input(ids), expected)
