@@ -19,21 +19,23 @@ from pathlib import Path
 from cerberus.errors import CompileError
 
 # What compiling needs and nothing more: a Hub repo often also holds ONNX, TF, Flax and
-# pickle copies of the weights, which can be many times the model's size. Exact names,
-# because fnmatch's ``*`` crosses ``/`` and would pull ``onnx/config.json`` and the like.
+# pickle copies of the weights, which can be many times the model's size. Every pattern
+# starts with a file name, so only top-level files match (fnmatch's ``*`` crosses ``/``):
+# ``onnx/config.json`` and other subfolder copies stay on the Hub. Tokenizer files are
+# those of the supported families, GPT-2 (byte-level BPE) and BERT (WordPiece).
 ALLOW_PATTERNS: tuple[str, ...] = (
     "config.json",
     "generation_config.json",
-    "*.safetensors",
+    "model.safetensors",
+    "model-*-of-*.safetensors",  # sharded weights
     "model.safetensors.index.json",
     "tokenizer.json",
     "tokenizer_config.json",
     "special_tokens_map.json",
     "added_tokens.json",
     "vocab.json",
-    "vocab.txt",
     "merges.txt",
-    "*.model",  # sentencepiece tokenizers
+    "vocab.txt",
 )
 
 
