@@ -20,12 +20,11 @@ it as a Brain's task.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import tempfile
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -34,6 +33,7 @@ from safetensors.torch import load_file, save_file
 
 from cerberus.errors import CompileError
 from cerberus.frontends.canonical import CanonicalTransformer, TransformerConfig
+from cerberus.hashing import folder_sha256
 from cerberus.ir import IntGraph, evaluate
 from cerberus.passes.quantize import qmax
 
@@ -41,31 +41,9 @@ HASH_FILE = "artefact.sha256"
 FORMAT_VERSION = 1
 
 
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def digest_of_files(digests: dict[str, str]) -> str:
-    """sha256 over ``relative path NUL file sha256 LF`` per file, sorted by path.
-
-    Separate from reading the files so that a client holding only some of an artefact's
-    files (and the miner's word for the other digests) can still check the whole hash.
-    """
-    h = hashlib.sha256()
-    for rel in sorted(digests, key=PurePosixPath):
-        if PurePosixPath(rel).name != HASH_FILE:
-            h.update(f"{rel}\0{digests[rel]}\n".encode())
-    return h.hexdigest()
-
-
 def artefact_hash(folder: Path) -> str:
-    """The artefact's id: ``digest_of_files`` over every file in the folder."""
-    return digest_of_files({p.relative_to(folder).as_posix(): file_sha256(p)
-                            for p in folder.rglob("*") if p.is_file()})
+    """The artefact's id: the folder's digest, without the file that records it."""
+    return folder_sha256(folder, exclude={HASH_FILE})
 
 
 def adaptive_preprocess(x: np.ndarray, params: dict) -> np.ndarray:

@@ -16,7 +16,6 @@ going into the manifest. The other steps change representation and are not passe
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import time
@@ -42,6 +41,7 @@ from cerberus.errors import CompileError
 from cerberus.frontends.canonical import CanonicalTransformer
 from cerberus.frontends.hub import resolve_model
 from cerberus.frontends.huggingface import from_hf_module, load_pretrained
+from cerberus.hashing import arrays_sha256, file_sha256, folder_sha256
 from cerberus.hybrid import hybrid_model, lower_hybrid
 from cerberus.ir import RangeOverflow
 from cerberus.lower import LoweringOptions, lower_blocks
@@ -118,30 +118,18 @@ def load_source(source: str | Path | nn.Module) -> tuple[CanonicalTransformer, A
         from cerberus.frontends.onnx_import import canonical_from_onnx
 
         return canonical_from_onnx(path), None, {"kind": "onnx", "name": path.stem,
-                                                  "sha256": file_hash(path)}
+                                                  "sha256": file_sha256(path)}
     folder = path if path.exists() else resolve_model(str(source))  # else: a Hub id
     hf, tokenizer = load_pretrained(str(folder))
     info = {"kind": "huggingface", "name": path.name if path.exists() else str(source),
-            "sha256": folder_hash(folder) if folder.is_dir() else state_hash(hf)}
+            "sha256": folder_sha256(folder) if folder.is_dir() else state_hash(hf)}
     return from_hf_module(hf), tokenizer, info
 
 
-def file_hash(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def folder_hash(path: Path) -> str:
-    h = hashlib.sha256()
-    for p in sorted(q for q in path.rglob("*") if q.is_file()):
-        h.update(p.relative_to(path).as_posix().encode() + b"\0" + p.read_bytes())
-    return h.hexdigest()
-
-
 def state_hash(model: nn.Module) -> str:
-    h = hashlib.sha256()
-    for k, v in sorted(model.state_dict().items()):
-        h.update(k.encode() + v.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
+    """A torch module's content address, hashed like a folder of one file per tensor."""
+    return arrays_sha256({k: v.detach().cpu().contiguous().numpy().tobytes()
+                          for k, v in model.state_dict().items()})
 
 
 def default_output(info: dict) -> Path:

@@ -39,8 +39,9 @@ import grpc
 import numpy as np
 import torch
 
-from cerberus.artefact import Artefact, digest_of_files, file_sha256, load_artefact
+from cerberus.artefact import HASH_FILE, Artefact, load_artefact
 from cerberus.errors import CerberusError
+from cerberus.hashing import digest_of_files, file_sha256
 from cerberus.paths import CACHE_DIR
 from runtime.protos import miner_pb2 as pb
 from runtime.protos import miner_pb2_grpc as pb_grpc
@@ -215,7 +216,7 @@ class MinerClient:
                 local = tmp / rel
                 if local.exists() and file_sha256(local) != digest:
                     raise MinerError(f"miner sent {rel} with the wrong content")
-            if digest_of_files(digests) != sha:
+            if digest_of_files(digests, exclude={HASH_FILE}) != sha:
                 raise MinerError(f"miner {self.address}'s files do not hash to its artefact "
                                  f"{sha[:16]}")
             try:

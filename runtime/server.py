@@ -44,8 +44,9 @@ from typing import Any
 import grpc
 
 from cerberus import __version__
-from cerberus.artefact import HASH_FILE, digest_of_files, file_sha256
+from cerberus.artefact import HASH_FILE
 from cerberus.errors import CerberusError
+from cerberus.hashing import digest_of_files, folder_digests
 from runtime.keycache import KeyCache, KeySet
 from runtime.metrics import Metrics
 from runtime.protos import miner_pb2 as pb
@@ -160,9 +161,8 @@ class MinerService(pb_grpc.MinerServicer):
             raise CerberusError(f"{self.path} is not a Cerberus artefact (no manifest.json)")
         recorded = (self.path / HASH_FILE).read_text().strip()
         # every file's digest, once: it checks the artefact here and FetchClient sends it
-        self.digests = {p.relative_to(self.path).as_posix(): file_sha256(p)
-                        for p in sorted(self.path.rglob("*")) if p.is_file()}
-        if digest_of_files(self.digests) != recorded:
+        self.digests = dict(sorted(folder_digests(self.path).items()))
+        if digest_of_files(self.digests, exclude={HASH_FILE}) != recorded:
             raise CerberusError(f"artefact {self.path} is corrupted: its files do not match "
                                 f"its sha256 {recorded}")
         self.sha256 = recorded
