@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
+from tolerance import U64, gamma, roundings_approx
 
 from ledger.consensus import (
     KAPPA,
@@ -21,6 +22,24 @@ from ledger.consensus import (
 )
 
 YEAR = 3_155_760
+
+
+def epoch_rtol(shape: tuple[int, int]) -> float:
+    """Relative bound of every yuma_epoch output against its hand-worked value (float64).
+
+    Every quantity is built from sums of non-negative terms, products and divides, so no
+    cancellation: each output is within γ_n of its exact value (Higham), n the longest chain
+    of roundings — the stake and row normalisations (V + 1, M + 1), the stake-weighted sums
+    (V), the rank normalisation (M + 1) and with β the accuracy's and the incentive's (2M +
+    3), the bonds' product, EMA (3) and three column normalisations (3V + 3), the dividends'
+    sum (M) and normalisation (V + 1): ≤ 4(V + M) + 20, plus 4 for the hand-written fraction.
+    """
+    v, m = shape
+    return gamma(4 * (v + m) + 24, U64)
+
+
+def epoch_close(actual, expected, shape: tuple[int, int], err_msg: str = "") -> None:
+    np.testing.assert_allclose(actual, expected, rtol=epoch_rtol(shape), atol=0, err_msg=err_msg)
 
 
 # --- β(t) schedule (whitepaper §3.4.2) -------------------------------------------------------
@@ -39,19 +58,21 @@ YEAR = 3_155_760
     ],
 )
 def test_beta_schedule_boundaries(height: int, expected: float) -> None:
-    assert beta_schedule(height) == pytest.approx(expected, abs=1e-12)
+    # 0.9·(h − 2Y)/(2Y): the integer parts exact, 0.9, the product and the divide round,
+    # and the expectation's decimal: γ_4 relative (0 and 1 exactly)
+    assert beta_schedule(height) == roundings_approx(expected, 4, expected)
 
 
 def test_beta_schedule_just_after_two_years_is_small_positive() -> None:
     b = beta_schedule(2 * YEAR + 1)
     # one block into a 2-year ramp to 0.9
-    assert b == pytest.approx(0.9 / (2 * YEAR))
+    assert b == roundings_approx(0.9 / (2 * YEAR), 5, b)
     assert b > 0
 
 
 def test_beta_schedule_custom_year_length() -> None:
     # 10 blocks a year: height 25 is t = 2.5, a quarter of the way up the ramp.
-    assert beta_schedule(25, blocks_per_year=10) == pytest.approx(0.225)
+    assert beta_schedule(25, blocks_per_year=10) == roundings_approx(0.225, 4, 0.225)
     assert beta_schedule(20, blocks_per_year=10) == 0.0
     assert beta_schedule(41, blocks_per_year=10) == 1.0
 
@@ -101,24 +122,25 @@ def test_weighted_median_picks_value_backed_by_kappa_stake() -> None:
     stake = np.array([0.2, 0.3, 0.5])
     w = np.array([[0.9], [0.6], [0.1]])
     # values >= 0.9: stake 0.2; >= 0.6: 0.5 (>= κ ≈ 0.49999); >= 0.1: 1.0 -> median 0.6
-    assert weighted_median_col(stake, w, KAPPA)[0] == pytest.approx(0.6)
+    # (the median is one of the column's own values: compared exactly)
+    assert weighted_median_col(stake, w, KAPPA)[0] == 0.6
     # with κ = 0.6 only the value 0.1 is backed by enough stake
-    assert weighted_median_col(stake, w, 0.6)[0] == pytest.approx(0.1)
+    assert weighted_median_col(stake, w, 0.6)[0] == 0.1
 
 
 def test_weighted_median_half_stake_is_enough_with_default_kappa() -> None:
     # κ = 32767/65535 is just below 1/2, so exactly half of the stake sets the consensus.
     stake = np.array([0.5, 0.5])
     w = np.array([[0.2, 0.0], [0.8, 1.0]])
-    np.testing.assert_allclose(weighted_median_col(stake, w, KAPPA), [0.8, 1.0])
+    np.testing.assert_array_equal(weighted_median_col(stake, w, KAPPA), [0.8, 1.0])
     # with κ exactly 1/2 the same holds (ties count as backing)
-    np.testing.assert_allclose(weighted_median_col(stake, w, 0.5), [0.8, 1.0])
+    np.testing.assert_array_equal(weighted_median_col(stake, w, 0.5), [0.8, 1.0])
 
 
 def test_weighted_median_ignores_zero_stake_rows() -> None:
     stake = np.array([0.0, 1.0])
     w = np.array([[1.0], [0.3]])
-    assert weighted_median_col(stake, w, KAPPA)[0] == pytest.approx(0.3)
+    assert weighted_median_col(stake, w, KAPPA)[0] == 0.3
 
 
 # --- a 2-validator × 3-miner epoch by hand ---------------------------------------------------
@@ -142,30 +164,30 @@ def test_two_validators_three_miners_by_hand() -> None:
     #   m1: both say 0.25 -> C1 = 0.25
     #   m2: 0.75 backed by only 0.25, 0.25 backed by 1.0 -> C2 = 0.25
     assert res.active.tolist() == [True, True]
-    np.testing.assert_allclose(res.consensus, [0.5, 0.25, 0.25])
+    epoch_close(res.consensus, [0.5, 0.25, 0.25], weights.shape)
 
     # clipped: V0 = (0.5, 0.25, 0.25); V1 = (0, 0.25, 0.25)  (0.75 clipped to 0.25)
     # validator trust = row sums = (1.0, 0.5)
-    np.testing.assert_allclose(res.validator_trust, [1.0, 0.5])
+    epoch_close(res.validator_trust, [1.0, 0.5], weights.shape)
 
     # ranks: m0 = 0.375, m1 = 0.25, m2 = 0.75*0.25 + 0.25*0.25 = 0.25; total 0.875
     # normalised R = (0.375, 0.25, 0.25) / 0.875 = (3/7, 2/7, 2/7)
-    np.testing.assert_allclose(res.ranks, [3 / 7, 2 / 7, 2 / 7])
+    epoch_close(res.ranks, [3 / 7, 2 / 7, 2 / 7], weights.shape)
     # trust = R/P before normalisation = (0.375/0.375, 0.25/0.25, 0.25/0.375)
-    np.testing.assert_allclose(res.trust, [1.0, 1.0, 2 / 3])
+    epoch_close(res.trust, [1.0, 1.0, 2 / 3], weights.shape)
     # β = 0: incentive is the ranks
-    np.testing.assert_allclose(res.incentive, [3 / 7, 2 / 7, 2 / 7])
+    epoch_close(res.incentive, [3 / 7, 2 / 7, 2 / 7], weights.shape)
 
     # ΔB = clipped ⊙ S: V0 = (0.375, 0.1875, 0.1875); V1 = (0, 0.0625, 0.0625)
     # column-normalised: m0 = (1, 0); m1 = m2 = (0.75, 0.25)
     # EMA with zero previous bonds: 0.1*ΔB, column-normalised back to ΔB
-    np.testing.assert_allclose(res.bonds, [[1.0, 0.75, 0.75], [0.0, 0.25, 0.25]])
+    epoch_close(res.bonds, [[1.0, 0.75, 0.75], [0.0, 0.25, 0.25]], weights.shape)
 
     # dividends D = B·I: V0 = 1*3/7 + 0.75*2/7 + 0.75*2/7 = 6/7; V1 = 0.25*2/7*2 = 1/7
-    np.testing.assert_allclose(res.dividends, [6 / 7, 1 / 7])
+    epoch_close(res.dividends, [6 / 7, 1 / 7], weights.shape)
 
     # ΔCredits = W·S with raw stake: 3*(0.5,0.25,0.25) + 1*(0,0.25,0.75) = (1.5, 1.0, 1.5)
-    np.testing.assert_allclose(res.credits, [1.5, 1.0, 1.5])
+    epoch_close(res.credits, [1.5, 1.0, 1.5], weights.shape)
 
 
 def test_bonds_ema_second_epoch_by_hand() -> None:
@@ -179,13 +201,13 @@ def test_bonds_ema_second_epoch_by_hand() -> None:
     #   m1: 0.1*(.75, .25) + 0.9*(1, 0)    = (0.975, 0.025)
     #   m2: 0.1*(.75, .25) + 0.9*(.5, .5)  = (0.525, 0.475)
     expected = np.array([[0.1, 0.975, 0.525], [0.9, 0.025, 0.475]])
-    np.testing.assert_allclose(res.bonds, expected)
+    epoch_close(res.bonds, expected, weights.shape)
     # previous bonds are column-normalised first, so their scale does not matter
     res_scaled = yuma_epoch(weights, stake, 2.0 * bonds_prev)
-    np.testing.assert_allclose(res_scaled.bonds, expected)
+    epoch_close(res_scaled.bonds, expected, weights.shape)
     # dividends D = B·I with I = (3/7, 2/7, 2/7):
     #   V0 = (0.1*3 + 0.975*2 + 0.525*2)/7 = 3.3/7; V1 = (0.9*3 + 0.025*2 + 0.475*2)/7 = 3.7/7
-    np.testing.assert_allclose(res.dividends, [3.3 / 7, 3.7 / 7])
+    epoch_close(res.dividends, [3.3 / 7, 3.7 / 7], weights.shape)
 
 
 def test_bond_alpha_one_forgets_history() -> None:
@@ -193,7 +215,7 @@ def test_bond_alpha_one_forgets_history() -> None:
     stake = np.array([3, 1])
     bonds_prev = np.array([[0.0, 1.0, 0.5], [1.0, 0.0, 0.5]])
     res = yuma_epoch(weights, stake, bonds_prev, bond_alpha=1.0)
-    np.testing.assert_allclose(res.bonds, [[1.0, 0.75, 0.75], [0.0, 0.25, 0.25]])
+    epoch_close(res.bonds, [[1.0, 0.75, 0.75], [0.0, 0.25, 0.25]], weights.shape)
 
 
 # --- incentive with the TFT term -------------------------------------------------------------
@@ -210,19 +232,19 @@ def test_incentive_and_dividends_with_tft_accuracy_by_hand() -> None:
     i0 = (3 / 7) / 1.45
     i1 = (2 / 7 + 0.45 * 0.25) / 1.45
     i2 = (2 / 7 + 0.45 * 0.75) / 1.45
-    np.testing.assert_allclose(res.incentive, [i0, i1, i2])
+    epoch_close(res.incentive, [i0, i1, i2], weights.shape)
     # ranks are untouched by the TFT term
-    np.testing.assert_allclose(res.ranks, [3 / 7, 2 / 7, 2 / 7])
+    epoch_close(res.ranks, [3 / 7, 2 / 7, 2 / 7], weights.shape)
     # dividends use the final incentive; B = [[1, .75, .75], [0, .25, .25]]:
     #   D0 = i0 + 0.75*(i1 + i2),  D1 = 0.25*(i1 + i2)  (they already sum to 1)
-    np.testing.assert_allclose(res.dividends, [i0 + 0.75 * (i1 + i2), 0.25 * (i1 + i2)])
+    epoch_close(res.dividends, [i0 + 0.75 * (i1 + i2), 0.25 * (i1 + i2)], weights.shape)
 
 
 def test_beta_zero_is_pure_yuma_even_with_accuracy() -> None:
     weights = np.array([[2.0, 1.0, 1.0], [0.0, 1.0, 3.0]])
     stake = np.array([3, 1])
     res = yuma_epoch(weights, stake, np.zeros((2, 3)), beta=0.0, tft_accuracy=np.ones(3))
-    np.testing.assert_allclose(res.incentive, res.ranks)
+    epoch_close(res.incentive, res.ranks, weights.shape)
 
 
 def test_accuracy_alone_pays_when_nobody_sets_weights() -> None:
@@ -230,7 +252,7 @@ def test_accuracy_alone_pays_when_nobody_sets_weights() -> None:
         np.zeros((2, 2)), np.array([1, 1]), np.zeros((2, 2)), beta=1.0,
         tft_accuracy=np.array([0.25, 0.75]),
     )
-    np.testing.assert_allclose(res.incentive, [0.25, 0.75])
+    epoch_close(res.incentive, [0.25, 0.75], (2, 2))
 
 
 def test_accuracy_out_of_range_is_rejected() -> None:
@@ -265,11 +287,11 @@ def test_dishonest_validator_outlier_weights_are_clipped() -> None:
     assert res.active.all()
     # consensus on miner 3: value 1 is backed by 20% < κ, value 0 by 80% -> 0
     assert res.consensus[3] == 0.0
-    np.testing.assert_allclose(res.incentive, [1 / 3, 1 / 3, 1 / 3, 0.0])
-    np.testing.assert_allclose(res.validator_trust, [1, 1, 1, 1, 0])
+    epoch_close(res.incentive, [1 / 3, 1 / 3, 1 / 3, 0.0], weights.shape)
+    epoch_close(res.validator_trust, [1, 1, 1, 1, 0], weights.shape)
     # no bonds in the miners that pay, so no dividends for the cheat
     assert res.dividends[4] == 0.0
-    np.testing.assert_allclose(res.dividends[:4], 0.25)
+    epoch_close(res.dividends[:4], 0.25, weights.shape)
 
 
 def test_inactive_validators_weights_are_ignored() -> None:
@@ -284,10 +306,14 @@ def test_inactive_validators_weights_are_ignored() -> None:
     bonds2[:3] = rng.random((3, 5))
     b = yuma_epoch(weights2, stake, bonds2)
     for name in ("consensus", "ranks", "trust", "incentive", "dividends", "bonds", "credits"):
-        np.testing.assert_allclose(getattr(a, name), getattr(b, name), err_msg=name)
+        # the active rows are the same numbers: the two runs round alike, each within its
+        # bound of the same exact values
+        np.testing.assert_allclose(getattr(a, name), getattr(b, name),
+                                   rtol=2 * epoch_rtol(weights.shape), atol=0, err_msg=name)
     assert a.dividends[:3].sum() == 0.0
     assert a.bonds[:3].sum() == 0.0
-    assert a.credits.sum() == pytest.approx(80 + 85 + 90)
+    # credits: W·S in stake units, each column within γ of its value, then a sum of 5
+    assert a.credits.sum() == roundings_approx(80 + 85 + 90, 4 * 11 + 24 + 5, 80 + 85 + 90)
 
 
 # --- edge cases ------------------------------------------------------------------------------
@@ -319,9 +345,9 @@ def test_one_silent_validator_does_not_break_the_epoch() -> None:
     _assert_finite(res)
     # the silent validator's half of the stake backs value 0 for both miners; the other half
     # backs (0.25, 0.75) and exactly half of the stake is enough (κ < 1/2)
-    np.testing.assert_allclose(res.consensus, [0.25, 0.75])
-    np.testing.assert_allclose(res.incentive, [0.25, 0.75])
-    np.testing.assert_allclose(res.dividends, [0.0, 1.0])
+    epoch_close(res.consensus, [0.25, 0.75], weights.shape)
+    epoch_close(res.incentive, [0.25, 0.75], weights.shape)
+    epoch_close(res.dividends, [0.0, 1.0], weights.shape)
 
 
 def test_empty_brain_shapes() -> None:
@@ -385,8 +411,9 @@ def test_vectorised_weighted_median_matches_reference(brain) -> None:
 
 
 def _sums_to_one_or_zero(x: np.ndarray) -> bool:
+    # x = y/Σy: the sum's n − 1 roundings, n divides and this sum's n − 1: within γ_{3n}
     total = float(x.sum())
-    return abs(total - 1.0) < 1e-9 or total == 0.0
+    return abs(total - 1.0) <= gamma(3 * len(x), U64) or total == 0.0
 
 
 @settings(max_examples=150, deadline=None)
@@ -398,11 +425,13 @@ def test_epoch_invariants(brain) -> None:
     assert np.all(res.incentive >= 0) and _sums_to_one_or_zero(res.incentive)
     assert np.all(res.dividends >= 0) and _sums_to_one_or_zero(res.dividends)
     assert np.all(res.ranks >= 0) and _sums_to_one_or_zero(res.ranks)
-    assert np.all((res.bonds >= 0) & (res.bonds <= 1 + 1e-12))
-    assert np.all((res.trust >= 0) & (res.trust <= 1 + 1e-12))
-    assert np.all((res.validator_trust >= 0) & (res.validator_trust <= 1 + 1e-12))
+    # ≤ 1 exactly, up to the normalisations' rounding: γ_n relative (see epoch_rtol)
+    top = 1 + epoch_rtol(weights.shape)
+    assert np.all((res.bonds >= 0) & (res.bonds <= top))
+    assert np.all((res.trust >= 0) & (res.trust <= top))
+    assert np.all((res.validator_trust >= 0) & (res.validator_trust <= top))
     # consensus never exceeds any miner's largest row-normalised weight
-    assert np.all(res.consensus <= 1 + 1e-12)
+    assert np.all(res.consensus <= top)
     # inactive validators earn nothing
     assert np.all(res.dividends[~res.active] == 0)
 
@@ -413,8 +442,11 @@ def test_permuting_miners_permutes_the_result(brain) -> None:
     weights, stake, bonds, acc, beta, perm = brain
     a = yuma_epoch(weights, stake, bonds, beta=beta, tft_accuracy=acc)
     b = yuma_epoch(weights[:, perm], stake, bonds[:, perm], beta=beta, tft_accuracy=acc[perm])
+    # the sums over miners add in another order: each run within epoch_rtol of the exact
+    # values, so the two within twice it
+    rtol = 2 * epoch_rtol(weights.shape)
     for name in ("consensus", "ranks", "trust", "incentive", "credits"):
-        np.testing.assert_allclose(getattr(b, name), getattr(a, name)[perm], atol=1e-12)
-    np.testing.assert_allclose(b.bonds, a.bonds[:, perm], atol=1e-12)
-    np.testing.assert_allclose(b.dividends, a.dividends, atol=1e-12)
-    np.testing.assert_allclose(b.validator_trust, a.validator_trust, atol=1e-12)
+        np.testing.assert_allclose(getattr(b, name), getattr(a, name)[perm], rtol=rtol, atol=0)
+    np.testing.assert_allclose(b.bonds, a.bonds[:, perm], rtol=rtol, atol=0)
+    np.testing.assert_allclose(b.dividends, a.dividends, rtol=rtol, atol=0)
+    np.testing.assert_allclose(b.validator_trust, a.validator_trust, rtol=rtol, atol=0)
