@@ -6,6 +6,9 @@ It loads local folders; ``compile.load_source`` first turns a Hub id into one
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import torch
 from torch import nn
 
@@ -96,13 +99,44 @@ def from_bert(model: nn.Module) -> CanonicalTransformer:
     return out.eval()
 
 
+def sentence_pooling(folder: Path) -> tuple[str, bool]:
+    """``(pooling, normalize)`` of a sentence-transformers folder (``modules.json`` lists a
+    ``Pooling`` module with its config and, for normalised embeddings, a ``Normalize``
+    module); ``("none", False)`` for a plain Hugging Face folder."""
+    try:
+        modules = json.loads((folder / "modules.json").read_text())
+    except FileNotFoundError:
+        return "none", False
+    pooling, normalize = "none", False
+    for mod in modules:
+        kind = str(mod.get("type", "")).rsplit(".", 1)[-1]
+        if kind == "Normalize":
+            normalize = True
+        elif kind == "Pooling":
+            conf = json.loads((folder / mod["path"] / "config.json").read_text())
+            modes = sorted(k for k, v in conf.items() if k.startswith("pooling_mode") and v)
+            pooling = {("pooling_mode_mean_tokens",): "mean",
+                       ("pooling_mode_cls_token",): "cls"}.get(tuple(modes), "")
+            if not pooling:
+                raise CompileError(f"{folder}: unsupported sentence-transformers pooling "
+                                   f"{modes}; Cerberus pools by mean or CLS token")
+    return pooling, normalize
+
+
 def from_hf_module(model: nn.Module) -> CanonicalTransformer:
-    """Dispatch on the Hugging Face architecture; anything else is a clear error."""
+    """Dispatch on the Hugging Face architecture; anything else is a clear error.
+
+    A model loaded from a sentence-transformers folder keeps its pooling and normalisation
+    in the config (``sentence_embedding`` then computes what sentence-transformers does).
+    """
     model_type = getattr(getattr(model, "config", None), "model_type", None)
-    if model_type == "gpt2":
-        return from_gpt2(model)
-    if model_type == "bert":
-        return from_bert(model)
+    convert = {"gpt2": from_gpt2, "bert": from_bert}.get(model_type)
+    if convert is not None:
+        out = convert(model)
+        name = getattr(model, "name_or_path", "")
+        if name and Path(name).is_dir():
+            out.cfg.pooling, out.cfg.normalize = sentence_pooling(Path(name))
+        return out
     raise CompileError(
         f"unsupported architecture {model_type or type(model).__name__!r}: "
         "Cerberus compiles GPT-2-style causal LMs and BERT-style encoders"
