@@ -112,6 +112,14 @@ def dot_atol(a, b, extra: int = 0, u: float = U32) -> np.ndarray:
     return gamma(a.shape[-1] + extra, u) * (a @ b)
 
 
+def cost_total_rtol(cost, u: float = U64) -> float:
+    """Relative bound of a ``cerberus.cost`` total: a sum of non-negative terms (a count
+    times a price c·g^(w − w_ref) through a library pow, MACs and adds times theirs) over
+    its rows and widths, within γ_{n + LIBM_ULPS + 2} of its exact value, no cancellation."""
+    terms = max(len(cost.rows), 1) * (len(cost.pbs_by_width) + 2)
+    return gamma(terms + LIBM_ULPS + 2, u)
+
+
 def roundings_approx(expected, n: int, scale, u: float = U64, extra: float = 0.0):
     """``pytest.approx(expected)`` within ``n`` roundings at unit roundoff ``u`` of operands
     of magnitude ``scale`` (a scalar or an array): ``abs = γ_n(u)·scale + extra``, no
