@@ -242,8 +242,9 @@ def evaluate(
 
     Returns the output under ``"output"`` plus any node named in ``keep``. With
     ``check_ranges`` every value must lie in its node's compiled range. ``backend="triton"``
-    routes ``linear``/``lut``/``matmul``/``mul`` to the Triton kernels (SPEC C7, same bits;
-    the NumPy path stays the reference); Triton is imported only then.
+    runs every op that has a ``triton`` hook in ``cerberus.ops`` (today ``linear``, ``lut``,
+    ``matmul``, ``mul``) on its Triton kernel (SPEC C7, same bits; the NumPy path stays the
+    reference); Triton is imported only then.
     """
     if backend not in ("numpy", "triton"):
         raise ValueError(f"unknown backend {backend!r} (expected 'numpy' or 'triton')")

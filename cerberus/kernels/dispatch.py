@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from cerberus.kernels import triton_ops
+import cerberus.kernels.triton_ops as triton_ops
 from cerberus.kernels.triton_ops import INT32_MAX, Int32FallbackWarning, Int32Overflow
 from cerberus.ops import NodeLike, op_def
 
