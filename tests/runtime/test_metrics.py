@@ -1,5 +1,7 @@
 """Metrics text: counters and histogram buckets a Prometheus scraper can read."""
 
+from tolerance import U64, gamma
+
 from runtime.metrics import Metrics, parse
 
 
@@ -15,5 +17,8 @@ def test_histogram_is_cumulative_and_counts_match() -> None:
     assert v['cerberus_request_seconds_bucket{method="Infer",le="0.25"}'] == 4
     assert v['cerberus_request_seconds_bucket{method="Infer",le="+Inf"}'] == 6
     assert v['cerberus_request_seconds_count{method="Infer"}'] == 6
-    assert abs(v['cerberus_request_seconds_sum{method="Infer"}'] - 1007.402) < 1e-6
+    # a float64 sum of 6 (γ_6, the decimals' own rounding, γ_7 in all), rendered with 6
+    # decimals (half a unit: 5e-7)
+    got = v['cerberus_request_seconds_sum{method="Infer"}']
+    assert abs(got - 1007.402) <= 0.5e-6 + gamma(7, U64) * 1007.402
     assert v["cerberus_key_cache_bytes"] == 42
