@@ -16,6 +16,7 @@ going into the manifest. The other steps change representation and are not passe
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
@@ -30,7 +31,7 @@ from torch import nn
 
 from cerberus import __version__
 from cerberus.artefact import (
-    Artefact,
+    MANIFEST,
     adaptive_preprocess,
     adaptive_torch,
     load_artefact,
@@ -42,8 +43,9 @@ from cerberus.frontends.canonical import CanonicalTransformer
 from cerberus.frontends.hub import resolve_model
 from cerberus.frontends.huggingface import from_hf_module, load_pretrained
 from cerberus.hashing import arrays_sha256, file_sha256, folder_sha256
-from cerberus.hybrid import hybrid_model, lower_hybrid
-from cerberus.ir import RangeOverflow
+from cerberus.hybrid import Miner, extreme_rows, lower_hybrid
+from cerberus.ir import IntGraph, RangeOverflow
+from cerberus.light_client import LightClient, client_state, simulated_miner
 from cerberus.lower import LoweringOptions, lower_blocks
 from cerberus.passes.fuse import FuseReport, compose_luts, fold_affine, graph_stats
 from cerberus.passes.quantize import check_bits
@@ -261,38 +263,39 @@ def compile_model(
              fuse_report.before["lookups"], fuse_report.after["lookups"],
              fuse_report.after["max_lookup_bits"])
 
-    # the client's side of the split, exactly as a loaded artefact will run it
-    client = Artefact(Path("."), {"quantization": {"adaptive": opts.adaptive,
-                                                   "adaptive_params": adaptive_params}},
-                      graph, folded, None)
-    extra: dict[str, Callable[[Path], object]] = {}
+    # the client's side of the split, exactly as a loaded artefact runs it (light_client)
+    quant_io = {"input_scale": graph.meta["input_scale"],
+                "input_bits": int(graph.meta["input_bits"]),
+                "output_scale": graph.meta["output_scale"]}
+    prep = adaptive_torch(adaptive_params) if opts.adaptive else None
     if opts.partition == "hybrid":
-        parts = lower_hybrid(folded, cal_batches, opts.bits, opts.weight_bits or opts.bits)
-        prep = adaptive_torch(adaptive_params) if opts.adaptive else None
-        fid = fidelity(model, hybrid_model(folded, parts, prep), held_out)
-        extra["hybrid"] = lambda p: [part.save(p / name) for name, part in parts.items()]
-        miner_graphs = {name: part.graph for name, part in parts.items()}
-        inputsets: dict[str, list[np.ndarray]] = {}
-        if opts.fhe:
-            with torch.no_grad():
-                hybrid_model(folded, parts, prep, record=inputsets)(calib)
+        linears, programs = lower_hybrid(folded, cal_batches, opts.bits,
+                                         opts.weight_bits or opts.bits)
     else:
-        fid = fidelity(model, client.logits, held_out)
-        miner_graphs = {"blocks": graph}
-        inputsets = {"blocks": list(client.encode_input(calib))}
-        if opts.fhe:
-            from cerberus.fhe.concrete_backend import check_widths
+        linears, programs = {}, {"blocks": graph}
+    state = client_state(folded, opts.partition)
 
-            check_widths(graph, opts.max_lookup_bits)
+    def light(miner: Miner) -> LightClient:
+        return LightClient(folded.cfg, state, partition=opts.partition, miner=miner,
+                           linears=linears, io=quant_io, preprocess=prep, seq_len=opts.seq_len)
+
+    sim = simulated_miner(programs)
+    fid = fidelity(model, light(sim).logits, held_out)
     log.info("fidelity (%s partition) on %d held-out windows: %s", opts.partition,
              len(held_out), fid)
     fhe_stats = None
+    extra: list[Callable[[Path], object]] = []
     if opts.fhe:
         from cerberus.fhe.program import compile_programs, save_programs
 
-        circuits = compile_programs(miner_graphs, inputsets)
+        if opts.partition == "full":
+            from cerberus.fhe.concrete_backend import check_widths
+
+            check_widths(graph, opts.max_lookup_bits)
+        inputsets = _inputsets(light, sim, calib, programs)
+        circuits = compile_programs(programs, inputsets)
         fhe_stats = {}  # filled when the artefact writer saves the programs, before the manifest
-        extra["fhe"] = lambda p: fhe_stats.update(save_programs(circuits, p))
+        extra.append(lambda root: fhe_stats.update(save_programs(circuits, root)))
     manifest = {
         "cerberus_version": __version__,
         "torch_version": torch.__version__,
@@ -307,8 +310,7 @@ def compile_model(
         "quantization": {"bits": opts.bits, "weight_bits": opts.weight_bits or opts.bits,
                          "wide_bits": lowering.wide_bits,
                          "max_lookup_bits": opts.max_lookup_bits,
-                         "input_scale": graph.meta["input_scale"],
-                         "output_scale": graph.meta["output_scale"],
+                         **quant_io,
                          "lookup_widths": graph.lookup_widths(),
                          "adaptive": opts.adaptive,
                          "adaptive_params": adaptive_params},
@@ -322,10 +324,29 @@ def compile_model(
     }
     from cerberus.onnx_export import export_onnx
 
-    extra["model.onnx"] = lambda p: export_onnx(graph, p)
-    digest = write_artefact(output, manifest=manifest, graph=graph, model=folded,
-                            tokenizer=tokenizer, force=force, extra=extra)
-    return output, digest, manifest
+    extra.append(lambda root: export_onnx(graph, root / "miner" / "model.onnx"))
+    digest = write_artefact(output, manifest=manifest, cfg=folded.cfg, state=state, graph=graph,
+                            programs=programs if opts.partition == "hybrid" else None,
+                            linears=linears, tokenizer=tokenizer, force=force, extra=extra)
+    return output, digest, json.loads((output / MANIFEST).read_text())  # as written
+
+
+def _inputsets(light: Callable[[Miner], LightClient], sim: Miner, calib: torch.Tensor,
+               programs: dict[str, IntGraph]) -> dict[str, list[np.ndarray]]:
+    """What each program receives on the calibration windows (recorded at the miner's
+    side of the split), plus, for every hybrid linear, the inputs at the edges of its
+    declared range, so concrete sizes the circuit for the extremes too."""
+    seen: dict[str, list[np.ndarray]] = {name: [] for name in programs}
+
+    def record(program: str, xs: np.ndarray) -> np.ndarray:
+        seen[program].extend(xs)
+        return sim(program, xs)
+
+    light(record).logits(calib)
+    for name, g in programs.items():
+        if g.meta.get("linear"):
+            seen[name].extend(extreme_rows(g))
+    return seen
 
 
 def _partition(mode: str, model: CanonicalTransformer) -> dict:

@@ -39,7 +39,7 @@ from typing import TypeVar
 
 import numpy as np
 
-from cerberus.artefact import Artefact
+from cerberus.artefact import Artefact, ClientHalf
 from cerberus.errors import CerberusError
 from runtime.client import MinerError
 
@@ -55,12 +55,15 @@ class RoutingError(CerberusError):
         self.failures = failures
 
 
-def embed_query(artefact: Artefact, text: str) -> np.ndarray:
-    """The query's embedding: mean of its tokens' embedding rows, L2-normalised (float64)."""
-    ids = list(artefact.tokenizer(text).input_ids)
+def embed_query(artefact: Artefact | ClientHalf, text: str) -> np.ndarray:
+    """The query's embedding: mean of its tokens' embedding rows, L2-normalised (float64).
+
+    Only the client half is needed (the token embeddings are the client's)."""
+    half = artefact.client if isinstance(artefact, Artefact) else artefact
+    ids = list(half.tokenizer(text).input_ids)
     if not ids:
         raise CerberusError("cannot embed an empty query")
-    table = artefact.model.tok_emb.weight.detach().double().numpy()
+    table = half.state["tok_emb.weight"].detach().double().numpy()
     v = table[np.asarray(ids, dtype=np.int64)].mean(axis=0)
     norm = float(np.linalg.norm(v))
     return v / norm if norm > 0 else v

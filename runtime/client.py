@@ -6,12 +6,15 @@
 
 The client holds the secret key and does everything that needs plaintext: tokenizing,
 embedding, quantizing, encrypting, decrypting and — in the hybrid partition — the norms,
-softmax and GELU between the miner's linears. The miner sees only ciphertexts.
+attention, softmax and GELU between the miner's linears, with its own K/V cache
+(``cerberus.light_client``). The miner sees only ciphertexts.
 
-What the client needs from the artefact (weights for the client half, the tokenizer, the
-FHE client specs) it fetches from the miner once and checks against the artefact's
-sha256, so the address is enough; pass ``artefact=`` to use a local copy instead, and
-``expected_sha256=`` (a Brain's registered task, SPEC L6) to refuse any other model.
+What the client needs — the artefact's client half: embeddings, norms, head, scales,
+tokenizer, FHE client specs; no miner weight — it fetches from the miner once and checks
+against the artefact's sha256 (the miner half's files as digests only), so the address is
+enough; pass ``artefact=`` to use a local copy instead, and ``expected_sha256=`` (a
+Brain's registered task, SPEC L6) to refuse any other model. Every call carries the
+protocol version; a miner of another version is refused with both versions named.
 
 Keys: the first run draws a secret seed from the OS, stores it (mode 0600) under the cache
 folder and generates keys; later runs reload them. The evaluation keys are uploaded once;
@@ -39,13 +42,15 @@ import grpc
 import numpy as np
 import torch
 
-from cerberus.artefact import HASH_FILE, Artefact, load_artefact
+from cerberus.artefact import FORMAT_VERSION, HASH_FILE, ClientHalf, is_miner_file, load_client
 from cerberus.errors import CerberusError
+from cerberus.frontends.canonical import KVCache
 from cerberus.hashing import digest_of_files, file_sha256
+from cerberus.light_client import LightClient, Session
 from cerberus.paths import CACHE_DIR
 from runtime.protos import miner_pb2 as pb
 from runtime.protos import miner_pb2_grpc as pb_grpc
-from runtime.server import CHUNK, key_id
+from runtime.server import CHUNK, PROTOCOL, PROTOCOL_HEADER, key_id
 
 log = logging.getLogger("runtime.client")
 DEFAULT_CACHE = CACHE_DIR
@@ -66,14 +71,47 @@ class _KeysLost(Exception):
 
 
 @dataclass
-class Generation:
-    """What ``generate`` returns: the new tokens and what they cost."""
+class Step:
+    """What one token (or one whole-sequence call) cost: miner time, bytes, round trips."""
 
-    ids: list[int]
-    token_seconds: list[float] = field(default_factory=list)
     server_ms: float = 0.0
     bytes_sent: int = 0
     bytes_received: int = 0
+    round_trips: int = 0
+
+    def reset(self) -> None:  # a retried stream counts only its last attempt
+        self.server_ms, self.bytes_sent, self.bytes_received, self.round_trips = 0.0, 0, 0, 0
+
+
+@dataclass
+class Generation:
+    """What ``generate`` returns: the new tokens and, per token, what each cost (the
+    first token's step includes the prefill)."""
+
+    ids: list[int]
+    token_seconds: list[float] = field(default_factory=list)
+    steps: list[Step] = field(default_factory=list)
+
+    def add(self, token: int, seconds: float, step: Step) -> None:
+        self.ids.append(token)
+        self.token_seconds.append(seconds)
+        self.steps.append(step)
+
+    @property
+    def server_ms(self) -> float:
+        return sum(s.server_ms for s in self.steps)
+
+    @property
+    def bytes_sent(self) -> int:
+        return sum(s.bytes_sent for s in self.steps)
+
+    @property
+    def bytes_received(self) -> int:
+        return sum(s.bytes_received for s in self.steps)
+
+    @property
+    def round_trips(self) -> int:
+        return sum(s.round_trips for s in self.steps)
 
 
 def sample(logits: np.ndarray, temperature: float, top_k: int, rng: np.random.Generator) -> int:
@@ -125,10 +163,13 @@ class MinerClient:
         self._expected = expected_sha256
         self._seed = seed
         self._info: pb.InfoReply | None = None
-        self._artefact: Artefact | None = None
+        self._artefact: ClientHalf | None = None
+        self._light: LightClient | None = None
         self._fhe: Any = None  # cerberus.fhe.program.FheClient once keys exist
         self._key_id: str | None = None
         self._uploaded = False
+        self._stream: _Stream | None = None  # the token's Generate call, while it runs
+        self._stats: Step | None = None
         self.channel = grpc.insecure_channel(address, options=[
             ("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)])
         self.stub = pb_grpc.MinerStub(self.channel)
@@ -148,7 +189,8 @@ class MinerClient:
         busy with backoff, turn lost keys into ``_KeysLost``, anything else MinerError."""
         delay = self.backoff
         for attempt in range(self.retries + 1):
-            metadata = (("x-request-id", uuid.uuid4().hex[:16]),)
+            metadata = (("x-request-id", uuid.uuid4().hex[:16]),
+                        (PROTOCOL_HEADER, str(PROTOCOL)))
             try:
                 return fn(metadata)
             except grpc.RpcError as e:
@@ -168,8 +210,14 @@ class MinerClient:
 
     def info(self) -> pb.InfoReply:
         if self._info is None:
-            self._info = self._call("Info", lambda md: self.stub.Info(
+            info = self._call("Info", lambda md: self.stub.Info(
                 pb.InfoRequest(), metadata=md, timeout=min(self.timeout, 30)))
+            if info.protocol != PROTOCOL or info.format != FORMAT_VERSION:
+                raise MinerError(f"miner {self.address} speaks protocol {info.protocol} with "
+                                 f"artefact format {info.format}; this client speaks protocol "
+                                 f"{PROTOCOL}, format {FORMAT_VERSION}: use the same Cerberus "
+                                 f"version (the miner runs {info.version or 'unknown'})")
+            self._info = info
             if self._expected and self._info.artefact_sha256 != self._expected:
                 raise MinerError(f"miner {self.address} serves artefact "
                                  f"{self._info.artefact_sha256[:16]}, not the expected "
@@ -186,17 +234,18 @@ class MinerClient:
 
     # -- the artefact's client half ----------------------------------------------------
     @property
-    def artefact(self) -> Artefact:
+    def artefact(self) -> ClientHalf:
+        """The client half: a local artefact (checked whole) or fetched from the miner."""
         if self._artefact is None:
             sha = self.info().artefact_sha256
             if self._local is not None:
-                art = load_artefact(self._local)
-                if art.sha256 != sha:
-                    raise MinerError(f"{self._local} is artefact {art.sha256[:16]} but miner "
+                half = load_client(self._local)
+                if half.sha256 != sha:
+                    raise MinerError(f"{self._local} is artefact {half.sha256[:16]} but miner "
                                      f"{self.address} serves {sha[:16]}")
             else:
-                art = load_artefact(self._fetch(sha), verify=False)
-            self._artefact = art
+                half = load_client(self._fetch(sha), sha256=sha)
+            self._artefact = half
         return self._artefact
 
     @property
@@ -212,6 +261,10 @@ class MinerClient:
         tmp = Path(tempfile.mkdtemp(prefix=f".{sha[:16]}.", dir=dest.parent))
         try:
             digests = self._download(tmp)
+            offered = sorted(r for r in digests if is_miner_file(r) and (tmp / r).exists())
+            if offered:  # a client has no use for them and must not hold them
+                raise MinerError(f"miner {self.address} sent files of its miner half "
+                                 f"({', '.join(offered[:3])}); a client takes the client half")
             for rel, digest in digests.items():
                 local = tmp / rel
                 if local.exists() and file_sha256(local) != digest:
@@ -263,7 +316,7 @@ class MinerClient:
             sha = self.info().artefact_sha256
             seed = self._seed if self._seed is not None else self._stored_seed(sha)
             # FheClient names each key file by program and seed, so one folder serves all
-            self._fhe = FheClient(self.artefact.path / "fhe",
+            self._fhe = FheClient(self.artefact.fhe_dir,
                                   key_cache=self.cache_dir / "keys" / sha[:32])
             t0 = time.perf_counter()
             self._fhe.keygen(seed)
@@ -325,89 +378,131 @@ class MinerClient:
                                  grpc.StatusCode.NOT_FOUND) from e
 
     # -- encrypted computation ---------------------------------------------------------
+    @property
+    def light(self) -> LightClient:
+        """The client's side of the split, built once, with this miner computing the rest."""
+        if self._light is None:
+            self._light = self.artefact.light_client(self._miner)
+        return self._light
+
+    def _miner(self, program: str, xs: np.ndarray) -> np.ndarray:
+        """One program on the rows ``xs`` through the open stream: encrypt, one round trip
+        per ``max_rows`` rows, decrypt."""
+        stream, stats = self._stream, self._stats
+        if stream is None or stats is None:
+            raise AssertionError("miner programs run only inside a stream (_streamed)")
+        kid = self.keygen()
+        limit = self._max_rows().get(program)
+        if limit is None:
+            raise MinerError(f"miner {self.address} has no program {program!r}")
+        out: list[np.ndarray] = []
+        for i in range(0, len(xs), limit):
+            cts = [self._fhe.encrypt(program, x) for x in xs[i:i + limit]]
+            reply = stream.step(pb.InferRequest(key_id=kid, program=program, ciphertexts=cts))
+            if len(reply.ciphertexts) != len(cts):
+                raise MinerError(f"miner {self.address} answered {len(reply.ciphertexts)} "
+                                 f"ciphertexts for {len(cts)}")
+            stats.server_ms += reply.server_ms
+            stats.bytes_sent += sum(map(len, cts))
+            stats.bytes_received += sum(map(len, reply.ciphertexts))
+            stats.round_trips += 1
+            out += [self._fhe.decrypt(program, c) for c in reply.ciphertexts]
+        return np.stack(out)
+
     def infer(self, program: str, x: np.ndarray) -> np.ndarray:
-        """One program on encrypted ``x`` (unary ``Infer``); returns the decrypted result."""
+        """One program on one encrypted input (unary ``Infer``); the decrypted result."""
         kid = self.keygen()
         ct = self._fhe.encrypt(program, x)
 
         def run() -> np.ndarray:
             reply = self._call("Infer", lambda md: self.stub.Infer(
-                pb.InferRequest(key_id=kid, program=program, ciphertext=ct), metadata=md,
+                pb.InferRequest(key_id=kid, program=program, ciphertexts=[ct]), metadata=md,
                 timeout=self.timeout))
-            return self._fhe.decrypt(program, reply.ciphertext)
+            if len(reply.ciphertexts) != 1:
+                raise MinerError(f"miner {self.address} answered {len(reply.ciphertexts)} "
+                                 "ciphertexts for 1")
+            return self._fhe.decrypt(program, reply.ciphertexts[0])
         return self._with_keys(run)
 
-    def next_logits(self, ids: list[int], stats: Generation | None = None) -> torch.Tensor:
-        """The logits after ``ids`` (its last T tokens), every miner step encrypted.
+    def _max_rows(self) -> dict[str, int]:
+        return {p.name: max(1, p.max_rows) for p in self.info().programs}
 
-        One ``Generate`` call per token: the client sends each step's ciphertext and waits
-        for its result before computing the next step's input.
-        """
-        art = self.artefact
-        kid = self.keygen()
-        window, pos = art.window(ids)
+    def _streamed(self, fn: Callable[[], T], stats: Step, cache: KVCache | None = None) -> T:
+        """Run ``fn`` (one token's client work) with its miner calls on one ``Generate``
+        stream. A broken stream (UNAVAILABLE, busy) or lost keys redo the whole token from
+        the KV cache as it was before it, so a retry never appends twice."""
+        self.keygen()
+        saved = (list(cache.layers), cache.length) if cache is not None else None
 
-        def run(metadata: tuple) -> torch.Tensor:
-            stream = _Stream(self.stub, metadata, self.timeout)
-
-            def miner(program: str, x: np.ndarray) -> np.ndarray:
-                ct = self._fhe.encrypt(program, x)
-                reply = stream.step(pb.InferRequest(key_id=kid, program=program, ciphertext=ct))
-                if stats is not None:
-                    stats.server_ms += reply.server_ms
-                    stats.bytes_sent += len(ct)
-                    stats.bytes_received += len(reply.ciphertext)
-                return self._fhe.decrypt(program, reply.ciphertext)
-
+        def run(metadata: tuple) -> T:
+            if cache is not None and saved is not None:
+                cache.layers, cache.length = list(saved[0]), saved[1]
+            stats.reset()
+            self._stream, self._stats = _Stream(self.stub, metadata, self.timeout), stats
             try:
-                with torch.no_grad():
-                    if art.parts is not None:
-                        from cerberus.hybrid import hybrid_model
-
-                        logits = hybrid_model(art.model, art.parts, _prep(art),
-                                              miner=miner)(window)
-                    else:
-                        logits = art.decode_output(miner("blocks", art.encode_input(window)[0])
-                                                   [None])
+                return fn()
             finally:
-                stream.close()
-            return logits[0, pos]
+                self._stream.close()
+                self._stream = self._stats = None
 
-        # a broken stream (UNAVAILABLE, busy) redoes the token's steps from the start
         return self._with_keys(lambda: self._call("Generate", run))
+
+    def logits(self, input_ids: torch.Tensor,
+               attention_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, Step]:
+        """Logits (or an encoder's hidden states) of whole sequences, every miner step
+        encrypted; no cache."""
+        stats = Step()
+        out = self._streamed(lambda: self.light.logits(input_ids, attention_mask), stats)
+        return out, stats
+
+    def sentence_embedding(self, input_ids: torch.Tensor,
+                           attention_mask: torch.Tensor | None = None
+                           ) -> tuple[torch.Tensor, Step]:
+        """An encoder's pooled sentence embeddings ``[B, d]``, computed through the miner."""
+        stats = Step()
+        out = self._streamed(lambda: self.light.sentence_embedding(input_ids, attention_mask),
+                             stats)
+        return out, stats
 
     def generate(self, prompt_ids: list[int], max_new_tokens: int, *,
                  temperature: float = 0.0, top_k: int = 0, seed: int | None = None,
                  on_token: Callable[[int, float], None] | None = None) -> Generation:
         """Autoregressive generation under encryption; greedy unless ``temperature`` > 0.
 
-        ``on_token(token_id, seconds)`` is called as each token arrives (for progress).
+        Hybrid partition: the prompt's rows go once (prefill), then one row per program per
+        token, the client keeping the K/V cache in the clear; full partition: the window is
+        recomputed per token. ``on_token(token_id, seconds)`` is called as each token
+        arrives (for progress). Per-token costs are in the returned ``Generation``.
         """
         if not prompt_ids:
             raise MinerError("the prompt is empty")
         if max_new_tokens < 1:
             raise MinerError("max_new_tokens must be at least 1")
+        light = self.light
         if not self._uploaded:
             self.upload_keys()
         rng = np.random.default_rng(seed)
         out = Generation(ids=[])
+
+        def pick(logits: torch.Tensor) -> int:
+            return sample(logits.double().numpy(), temperature, top_k, rng)
+
+        session = Session(light) if light.partition == "hybrid" else None
         ids = list(prompt_ids)
-        for _ in range(max_new_tokens):
+        for step in range(max_new_tokens):
             t0 = time.perf_counter()
-            logits = self.next_logits(ids, out).double().numpy()
-            token = sample(logits, temperature, top_k, rng)
+            stats = Step()
+            if session is not None:  # prefill, then the last token only
+                new = ids if step == 0 else ids[-1:]
+                reserve = max_new_tokens - 1 - step
+                logits = self._streamed(lambda n=new, r=reserve: session.feed(n, r), stats,
+                                        session.cache)
+            else:
+                window, pos = light.window(ids)
+                logits = self._streamed(lambda w=window: light.logits(w), stats)[0, pos]
+            token = pick(logits)
             ids.append(token)
-            out.ids.append(token)
-            out.token_seconds.append(time.perf_counter() - t0)
+            out.add(token, time.perf_counter() - t0, stats)
             if on_token is not None:
                 on_token(token, out.token_seconds[-1])
         return out
-
-
-def _prep(art: Artefact) -> Callable[[torch.Tensor], torch.Tensor] | None:
-    quant = art.manifest["quantization"]
-    if not quant.get("adaptive"):
-        return None
-    from cerberus.artefact import adaptive_torch
-
-    return adaptive_torch(quant["adaptive_params"])

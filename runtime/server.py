@@ -1,15 +1,20 @@
 """The miner: serves one compiled artefact's FHE programs over gRPC (SPEC R1–R4).
 
-A miner holds the server half of an artefact (``fhe/NAME/server.zip``) and, per client,
-that client's evaluation keys. It receives ciphertexts, runs them and returns ciphertexts;
-it has no secret key, so it never sees a prompt, a token or an activation.
+A miner holds the miner half of an artefact (``miner/fhe/NAME/server.zip``) and, per
+client, that client's evaluation keys; it hands clients only the client half. It receives
+ciphertexts, runs them and returns ciphertexts; it has no secret key, so it never sees a
+prompt, a token or an activation.
 
 Operational shape:
 
 * a bounded worker pool and a bounded number of concurrent RPCs: beyond it gRPC answers
   RESOURCE_EXHAUSTED at once instead of queueing without limit;
 * evaluation keys in an LRU cache bounded in bytes (``runtime.keycache``);
-* message size limits derived from the programs' ciphertext sizes;
+* message size limits derived from the programs' ciphertext sizes, and per program a cap
+  on the rows one request may carry (``max_rows``: the model's context, or fewer when
+  that would make a message larger than ``MAX_MESSAGE``);
+* protocol ``PROTOCOL`` checked on every call (``x-cerberus-protocol``), so a client of
+  another version gets FAILED_PRECONDITION with both versions named;
 * every RPC logged as one JSON line with a request id (the client's ``x-request-id`` or a
   fresh one, echoed back in trailing metadata), counted in ``Metrics``;
 * SIGTERM/SIGINT drain: no new RPCs, in-flight ones finish (up to ``grace`` seconds).
@@ -44,7 +49,7 @@ from typing import Any
 import grpc
 
 from cerberus import __version__
-from cerberus.artefact import HASH_FILE
+from cerberus.artefact import FORMAT_VERSION, HASH_FILE, is_miner_file, load_miner, read_manifest
 from cerberus.errors import CerberusError
 from cerberus.hashing import digest_of_files, folder_digests
 from runtime.keycache import KeyCache, KeySet
@@ -54,10 +59,11 @@ from runtime.protos import miner_pb2_grpc as pb_grpc
 
 log = logging.getLogger("runtime.server")
 
+PROTOCOL = 2  # runtime/protos/miner.proto: bump with any change a peer must know about
+PROTOCOL_HEADER = "x-cerberus-protocol"
 CHUNK = 1 << 20  # bytes per streamed chunk (keys, artefact files)
 SLACK = 1 << 20  # headroom over a ciphertext's size for framing
-# Files a client never needs: the server programs and the ONNX export.
-SERVER_ONLY = ("server.zip", "model.onnx")
+MAX_MESSAGE = 256 << 20  # the largest request or reply; bounds max_rows of wide programs
 MISBEHAVIOURS = ("replay",)  # for testing validators only; see the module docstring
 
 
@@ -92,6 +98,13 @@ def _rpc(method: Callable) -> Callable:
             self.metrics.in_flight += 1
         return rid, time.perf_counter()
 
+    def check_protocol(context: grpc.ServicerContext) -> None:
+        spoken = dict(context.invocation_metadata() or ()).get(PROTOCOL_HEADER)
+        if spoken != str(PROTOCOL):
+            raise Abort(grpc.StatusCode.FAILED_PRECONDITION,
+                        f"this miner speaks protocol {PROTOCOL}; the client sent "
+                        f"{spoken or 'none'}: use a client of the same Cerberus version")
+
     def end(self: MinerService, context: grpc.ServicerContext, rid: str, t0: float,
             error: BaseException | None, extra: dict[str, Any], reply: bool = True) -> None:
         code = "OK"
@@ -120,6 +133,7 @@ def _rpc(method: Callable) -> Callable:
             extra: dict[str, Any] = {}
             error = None
             try:
+                check_protocol(context)
                 yield from method(self, request, context, extra)
             except GeneratorExit:  # the client went away mid-stream: count it, then close
                 end(self, context, rid, t0, Abort(grpc.StatusCode.CANCELLED, "client left"),
@@ -136,6 +150,7 @@ def _rpc(method: Callable) -> Callable:
         extra: dict[str, Any] = {}
         error = result = None
         try:
+            check_protocol(context)
             result = method(self, request, context, extra)
         except Exception as e:  # noqa: BLE001 - mapped to a status in end()
             error = e
@@ -157,8 +172,8 @@ class MinerService(pb_grpc.MinerServicer):
         self.misbehave = misbehave
         self._replies: dict[str, bytes] = {}  # misbehave="replay": program → first reply
         self.path = Path(artefact)
-        if not (self.path / "manifest.json").is_file():
-            raise CerberusError(f"{self.path} is not a Cerberus artefact (no manifest.json)")
+        self.manifest = read_manifest(self.path)  # a clear error for a non- or old artefact
+        load_miner(self.path)  # … and for a folder without the miner half
         recorded = (self.path / HASH_FILE).read_text().strip()
         # every file's digest, once: it checks the artefact here and FetchClient sends it
         self.digests = dict(sorted(folder_digests(self.path).items()))
@@ -167,12 +182,17 @@ class MinerService(pb_grpc.MinerServicer):
                                 f"its sha256 {recorded}")
         self.sha256 = recorded
         self.manifest_json = (self.path / "manifest.json").read_text()
-        self.manifest = json.loads(self.manifest_json)
-        if not (self.path / "fhe").is_dir():
+        if not (self.path / "miner" / "fhe").is_dir():
             raise CerberusError(f"{self.path} has no FHE programs: compile it with --fhe")
-        self.fhe = FheServer(self.path / "fhe")
+        self.fhe = FheServer(self.path / "miner" / "fhe")
         self.sizes = {n: self.fhe.ciphertext_bytes(n) for n in self.fhe.servers}
-        self.max_message_bytes = max(max(s) for s in self.sizes.values()) + SLACK
+        # the hybrid partition sends a prefill's rows at once; the full one a window a call
+        context = int(self.manifest["model_config"]["n_positions"])
+        rows = context if self.manifest["partition"]["mode"] == "hybrid" else 1
+        self.max_rows = {n: max(1, min(rows, MAX_MESSAGE // (max(size) + SLACK)))
+                         for n, size in self.sizes.items()}
+        self.max_message_bytes = max(self.max_rows[n] * (max(size) + SLACK)
+                                     for n, size in self.sizes.items()) + SLACK
         self.cache = KeyCache(key_cache_bytes)
         self.metrics = Metrics()
         self.lock = threading.Lock()
@@ -188,16 +208,23 @@ class MinerService(pb_grpc.MinerServicer):
                 self._record.flush()
 
     def _run(self, request: pb.InferRequest) -> pb.InferReply:
-        self._recv(request.ciphertext)
-        if request.program not in self.sizes:
+        for ct in request.ciphertexts:
+            self._recv(ct)
+        program = request.program
+        if program not in self.sizes:
             raise Abort(grpc.StatusCode.INVALID_ARGUMENT,
-                        f"unknown program {request.program!r}; this artefact has "
+                        f"unknown program {program!r}; this artefact has "
                         f"{', '.join(sorted(self.sizes))}")
-        limit = self.sizes[request.program][0] + SLACK
-        if len(request.ciphertext) > limit:
+        if not 1 <= len(request.ciphertexts) <= self.max_rows[program]:
             raise Abort(grpc.StatusCode.INVALID_ARGUMENT,
-                        f"ciphertext of {len(request.ciphertext)} bytes is larger than program "
-                        f"{request.program}'s input ({limit} bytes at most)")
+                        f"{len(request.ciphertexts)} ciphertexts for program {program}: "
+                        f"send 1 to {self.max_rows[program]} per request")
+        limit = self.sizes[program][0] + SLACK
+        big = max(len(ct) for ct in request.ciphertexts)
+        if big > limit:
+            raise Abort(grpc.StatusCode.INVALID_ARGUMENT,
+                        f"ciphertext of {big} bytes is larger than program {program}'s input "
+                        f"({limit} bytes at most)")
         keys = self.cache.get(request.key_id)
         if keys is None:
             raise Abort(grpc.StatusCode.NOT_FOUND,
@@ -205,38 +232,38 @@ class MinerService(pb_grpc.MinerServicer):
                         "(they may have been evicted)")
         if self.misbehave == "replay":
             with self.lock:
-                old = self._replies.get(request.program)
+                old = self._replies.get(program)
             if old is not None:  # lazy: the old answer, no computation
-                return pb.InferReply(ciphertext=old, server_ms=0.0)
+                return pb.InferReply(ciphertexts=[old] * len(request.ciphertexts), server_ms=0.0)
         t0 = time.perf_counter()
         try:
-            out = self.fhe.run(request.program, request.ciphertext, keys.keys[request.program])
+            out = [self.fhe.run(program, ct, keys.keys[program]) for ct in request.ciphertexts]
         except RuntimeError as e:
             first = str(e).splitlines()[0] if str(e) else type(e).__name__
             if "incompatible raw info" in str(e):
-                first = "ciphertext shape or parameters do not match program " + request.program
+                first = "ciphertext shape or parameters do not match program " + program
             raise Abort(grpc.StatusCode.INVALID_ARGUMENT, f"bad ciphertext: {first}") from e
         if self.misbehave == "replay":
             with self.lock:
-                self._replies.setdefault(request.program, out)
-        return pb.InferReply(ciphertext=out, server_ms=1000 * (time.perf_counter() - t0))
+                self._replies.setdefault(program, out[0])
+        return pb.InferReply(ciphertexts=out, server_ms=1000 * (time.perf_counter() - t0))
 
     # -- RPCs ------------------------------------------------------------------------
     @_rpc
     def Info(self, request: pb.InfoRequest, context: grpc.ServicerContext,  # noqa: N802
              extra: dict) -> pb.InfoReply:
-        programs = [pb.Program(name=n, input_bytes=i, output_bytes=o)
+        programs = [pb.Program(name=n, input_bytes=i, output_bytes=o, max_rows=self.max_rows[n])
                     for n, (i, o) in sorted(self.sizes.items())]
         return pb.InfoReply(artefact_sha256=self.sha256, manifest_json=self.manifest_json,
                             programs=programs, max_message_bytes=self.max_message_bytes,
-                            partition=self.manifest.get("partition", {}).get("mode", "full"),
-                            version=__version__)
+                            partition=self.manifest["partition"]["mode"],
+                            version=__version__, protocol=PROTOCOL, format=FORMAT_VERSION)
 
     @_rpc
     def FetchClient(self, request: pb.FetchClientRequest,  # noqa: N802
                     context: grpc.ServicerContext, extra: dict) -> Iterator[pb.FileChunk]:
         for rel, digest in self.digests.items():
-            if Path(rel).name in SERVER_ONLY:
+            if is_miner_file(rel):  # the miner half stays here: its digest only
                 yield pb.FileChunk(path=rel, sha256=digest, skipped=True)
                 continue
             with open(self.path / rel, "rb") as f:
@@ -291,7 +318,8 @@ class MinerService(pb_grpc.MinerServicer):
     @_rpc
     def Infer(self, request: pb.InferRequest, context: grpc.ServicerContext,  # noqa: N802
               extra: dict) -> pb.InferReply:
-        extra.update(program=request.program, bytes_in=len(request.ciphertext))
+        extra.update(program=request.program, rows=len(request.ciphertexts),
+                     bytes_in=sum(len(c) for c in request.ciphertexts))
         return self._run(request)
 
     @_rpc

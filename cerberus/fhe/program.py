@@ -1,11 +1,15 @@
 """FHE programs of an artefact: compile, save, and the client/server halves (SPEC C6, R1–R2).
 
-An artefact compiled with ``--fhe`` holds, under ``fhe/NAME/``, one concrete-python
-program per miner-side graph (one per linear in the hybrid partition, one per model in
-the full partition):
+An artefact compiled with ``--fhe`` holds one concrete-python program per miner program
+(one per fused linear in the hybrid partition, one for the blocks in the full partition),
+split between the artefact's halves:
 
-    server.zip      what the miner loads and runs (``fhe.Server``)
-    client.specs    what the client needs to generate keys and encrypt (``fhe.ClientSpecs``)
+    miner/fhe/NAME/server.zip     what the miner loads and runs (``fhe.Server``)
+    client/fhe/NAME/client.specs  what the client needs to generate keys and encrypt
+
+Inputs are compressed (``compress_input_ciphertexts``: a seeded LWE ciphertext is its body
+and a seed, ~25 B per value instead of ~11.5 KB) and so are evaluation keys: the client's
+upload is what shrinks; outputs stay full ciphertexts.
 
 ``FheClient`` generates keys (seeded on request, cached on disk by the program's hash and
 the seed so a second run skips keygen), encrypts and decrypts; ``FheServer`` runs
@@ -33,6 +37,8 @@ from cerberus.paths import CACHE_DIR
 
 log = logging.getLogger("cerberus.fhe")
 DEFAULT_KEY_CACHE = CACHE_DIR / "keys"
+CONFIGURATION = fhe.Configuration(show_progress=False, compress_input_ciphertexts=True,
+                                  compress_evaluation_keys=True)
 
 
 def compile_programs(
@@ -43,7 +49,7 @@ def compile_programs(
     for name, graph in graphs.items():
         t0 = time.perf_counter()
         try:
-            out[name] = compile_circuit(graph, list(inputsets[name]))
+            out[name] = compile_circuit(graph, list(inputsets[name]), CONFIGURATION)
         except RuntimeError as e:  # concrete: NoParametersFound, width too large, …
             widest = max(graph.nodes, key=lambda n: n.bits)
             raise CompileError(
@@ -55,14 +61,17 @@ def compile_programs(
     return out
 
 
-def save_programs(circuits: dict[str, fhe.Circuit], folder: Path) -> dict[str, dict]:
-    """Write ``server.zip`` and ``client.specs`` per program; returns their statistics."""
+def save_programs(circuits: dict[str, fhe.Circuit], root: Path) -> dict[str, dict]:
+    """Write each program's ``server.zip`` into the artefact's miner half and its
+    ``client.specs`` into the client half (``root`` is the artefact folder); returns their
+    statistics."""
     stats = {}
     for name, circuit in circuits.items():
-        d = folder / name
-        d.mkdir(parents=True, exist_ok=True)
-        circuit.server.save(d / "server.zip")
-        (d / "client.specs").write_bytes(circuit.client.specs.serialize())
+        server, client = root / "miner" / "fhe" / name, root / "client" / "fhe" / name
+        server.mkdir(parents=True, exist_ok=True)
+        client.mkdir(parents=True, exist_ok=True)
+        circuit.server.save(server / "server.zip")
+        (client / "client.specs").write_bytes(circuit.client.specs.serialize())
         s = circuit.statistics
         stats[name] = {"pbs": int(s["programmable_bootstrap_count"]),
                        "complexity": float(circuit.complexity),

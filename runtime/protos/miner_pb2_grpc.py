@@ -35,37 +35,37 @@ class MinerStub:
             channel: A grpc.Channel.
         """
         self.Info = channel.unary_unary(
-                '/cerberus.runtime.v1.Miner/Info',
+                '/cerberus.runtime.v2.Miner/Info',
                 request_serializer=runtime_dot_protos_dot_miner__pb2.InfoRequest.SerializeToString,
                 response_deserializer=runtime_dot_protos_dot_miner__pb2.InfoReply.FromString,
                 _registered_method=True)
         self.FetchClient = channel.unary_stream(
-                '/cerberus.runtime.v1.Miner/FetchClient',
+                '/cerberus.runtime.v2.Miner/FetchClient',
                 request_serializer=runtime_dot_protos_dot_miner__pb2.FetchClientRequest.SerializeToString,
                 response_deserializer=runtime_dot_protos_dot_miner__pb2.FileChunk.FromString,
                 _registered_method=True)
         self.UploadKeys = channel.stream_unary(
-                '/cerberus.runtime.v1.Miner/UploadKeys',
+                '/cerberus.runtime.v2.Miner/UploadKeys',
                 request_serializer=runtime_dot_protos_dot_miner__pb2.KeyChunk.SerializeToString,
                 response_deserializer=runtime_dot_protos_dot_miner__pb2.KeyId.FromString,
                 _registered_method=True)
         self.Infer = channel.unary_unary(
-                '/cerberus.runtime.v1.Miner/Infer',
+                '/cerberus.runtime.v2.Miner/Infer',
                 request_serializer=runtime_dot_protos_dot_miner__pb2.InferRequest.SerializeToString,
                 response_deserializer=runtime_dot_protos_dot_miner__pb2.InferReply.FromString,
                 _registered_method=True)
         self.Generate = channel.stream_stream(
-                '/cerberus.runtime.v1.Miner/Generate',
+                '/cerberus.runtime.v2.Miner/Generate',
                 request_serializer=runtime_dot_protos_dot_miner__pb2.InferRequest.SerializeToString,
                 response_deserializer=runtime_dot_protos_dot_miner__pb2.InferReply.FromString,
                 _registered_method=True)
         self.Health = channel.unary_unary(
-                '/cerberus.runtime.v1.Miner/Health',
+                '/cerberus.runtime.v2.Miner/Health',
                 request_serializer=runtime_dot_protos_dot_miner__pb2.HealthRequest.SerializeToString,
                 response_deserializer=runtime_dot_protos_dot_miner__pb2.HealthReply.FromString,
                 _registered_method=True)
         self.Metrics = channel.unary_unary(
-                '/cerberus.runtime.v1.Miner/Metrics',
+                '/cerberus.runtime.v2.Miner/Metrics',
                 request_serializer=runtime_dot_protos_dot_miner__pb2.MetricsRequest.SerializeToString,
                 response_deserializer=runtime_dot_protos_dot_miner__pb2.MetricsReply.FromString,
                 _registered_method=True)
@@ -82,8 +82,9 @@ class MinerServicer:
         raise NotImplementedError('Method not implemented!')
 
     def FetchClient(self, request, context):
-        """The client half of the artefact (everything but the server programs), file by file,
-        so a client needs only the miner's address; it checks the files against the hash.
+        """The client half of the artefact (manifest.json and client/), file by file, so a
+        client needs only the miner's address; the miner half (miner/) is sent as digests
+        only, so the client can still check every file against the artefact's hash.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -98,17 +99,18 @@ class MinerServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Infer(self, request, context):
-        """One encrypted step: a ciphertext in, a ciphertext out.
+        """One encrypted step: ciphertexts in (one per row), ciphertexts out.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Generate(self, request_iterator, context):
-        """The autoregressive loop: the client streams the encrypted steps of each token (one
-        per FHE program it needs; one per token in the full partition) and the miner streams
-        back each result in order. It is bidirectional because the client must decrypt,
-        sample and embed before it can send the next token's input.
+        """The autoregressive loop: the client streams the encrypted steps of a token (one per
+        FHE program: q·k·v fused, o, fc1, fc2 per block in the hybrid partition; the prefill
+        sends all the prompt's rows in each step) and the miner streams back each result in
+        order. Bidirectional because the client computes attention, norms and activations
+        between steps.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -167,9 +169,9 @@ def add_MinerServicer_to_server(servicer, server):
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
-            'cerberus.runtime.v1.Miner', rpc_method_handlers)
+            'cerberus.runtime.v2.Miner', rpc_method_handlers)
     server.add_generic_rpc_handlers((generic_handler,))
-    server.add_registered_method_handlers('cerberus.runtime.v1.Miner', rpc_method_handlers)
+    server.add_registered_method_handlers('cerberus.runtime.v2.Miner', rpc_method_handlers)
 
 
  # This class is part of an EXPERIMENTAL API.
@@ -190,7 +192,7 @@ class Miner:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/cerberus.runtime.v1.Miner/Info',
+            '/cerberus.runtime.v2.Miner/Info',
             runtime_dot_protos_dot_miner__pb2.InfoRequest.SerializeToString,
             runtime_dot_protos_dot_miner__pb2.InfoReply.FromString,
             options,
@@ -217,7 +219,7 @@ class Miner:
         return grpc.experimental.unary_stream(
             request,
             target,
-            '/cerberus.runtime.v1.Miner/FetchClient',
+            '/cerberus.runtime.v2.Miner/FetchClient',
             runtime_dot_protos_dot_miner__pb2.FetchClientRequest.SerializeToString,
             runtime_dot_protos_dot_miner__pb2.FileChunk.FromString,
             options,
@@ -244,7 +246,7 @@ class Miner:
         return grpc.experimental.stream_unary(
             request_iterator,
             target,
-            '/cerberus.runtime.v1.Miner/UploadKeys',
+            '/cerberus.runtime.v2.Miner/UploadKeys',
             runtime_dot_protos_dot_miner__pb2.KeyChunk.SerializeToString,
             runtime_dot_protos_dot_miner__pb2.KeyId.FromString,
             options,
@@ -271,7 +273,7 @@ class Miner:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/cerberus.runtime.v1.Miner/Infer',
+            '/cerberus.runtime.v2.Miner/Infer',
             runtime_dot_protos_dot_miner__pb2.InferRequest.SerializeToString,
             runtime_dot_protos_dot_miner__pb2.InferReply.FromString,
             options,
@@ -298,7 +300,7 @@ class Miner:
         return grpc.experimental.stream_stream(
             request_iterator,
             target,
-            '/cerberus.runtime.v1.Miner/Generate',
+            '/cerberus.runtime.v2.Miner/Generate',
             runtime_dot_protos_dot_miner__pb2.InferRequest.SerializeToString,
             runtime_dot_protos_dot_miner__pb2.InferReply.FromString,
             options,
@@ -325,7 +327,7 @@ class Miner:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/cerberus.runtime.v1.Miner/Health',
+            '/cerberus.runtime.v2.Miner/Health',
             runtime_dot_protos_dot_miner__pb2.HealthRequest.SerializeToString,
             runtime_dot_protos_dot_miner__pb2.HealthReply.FromString,
             options,
@@ -352,7 +354,7 @@ class Miner:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/cerberus.runtime.v1.Miner/Metrics',
+            '/cerberus.runtime.v2.Miner/Metrics',
             runtime_dot_protos_dot_miner__pb2.MetricsRequest.SerializeToString,
             runtime_dot_protos_dot_miner__pb2.MetricsReply.FromString,
             options,
