@@ -190,14 +190,22 @@ def test_fisher_distortion_estimates_jacobian_norm(bert):
     rep = head_significance(bert, batches, method="fisher", seed=0)
     gates = {f"blocks.{i}.gates": bert.blocks[i].gates.detach() for i in range(2)}
     exact = torch.zeros(2, 4, dtype=torch.float64)
+    per_example: list[list[torch.Tensor]] = [[], []]
     for batch in batches:
         jac = jacfwd(lambda g, batch=batch: functional_call(bert, g, (batch,)))(gates)
         for i in range(2):  # jac[...]: [B, T, d, n_heads]; per-example ||∂f/∂ξ||² summed
             exact[i] += jac[f"blocks.{i}.gates"].double().square().sum(dim=(0, 1, 2)) / (6 * 32)
+            per_example[i].append(
+                jac[f"blocks.{i}.gates"].double().square().sum(dim=(1, 2)) / (6 * 32))
     exact /= sum(b.shape[0] for b in batches)
     est = torch.tensor(rep.scores, dtype=torch.float64)
-    # 192 Gaussian projections: relative standard error ≈ √(2/192) ≈ 0.1.
-    assert torch.allclose(est, exact, rtol=0.35)
+    # One Gaussian projection per example (192): its squared projection is q_e·χ²₁, q_e the
+    # example's ||∂f/∂ξ||²/numel, variance 2·q_e²; so the mean's relative standard error is
+    # √(2·Σq_e²)/Σq_e per head (≈ √(2/192) ≈ 0.1 for equal q_e). 3.5 standard errors: a
+    # Gaussian tail of ~5e-4 per head. (Float rounding is ~1e-7 of this.)
+    q = torch.stack([torch.cat(p) for p in per_example])  # [layers, examples, heads]
+    rel_se = (2 * q.square().sum(dim=1)).sqrt() / q.sum(dim=1)
+    assert torch.all((est - exact).abs() <= 3.5 * rel_se * exact), (est, exact, rel_se)
 
 
 def test_bad_inputs(gpt):
