@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import itertools
 import json
+import math
 import random
 import statistics
 
@@ -283,8 +284,9 @@ def test_budget_too_small_and_theta_too_high(gpt, gpt_sig):
     top = max(s for row in gpt_sig.normalized for s in row)
     with pytest.raises(CompileError, match="θ=.* removes every head"):
         squeeze(model, gpt_sig, theta=top, seq_len=T, bits=BITS)
-    # Just below the top score, exactly one head survives.
-    _, rep = squeeze(model, gpt_sig, theta=top * (1 - 1e-9), seq_len=T, bits=BITS)
+    # Just below the top score (the next float down: θ is compared with the stored scores
+    # themselves), exactly one head survives.
+    _, rep = squeeze(model, gpt_sig, theta=math.nextafter(top, 0.0), seq_len=T, bits=BITS)
     assert sum(map(len, rep.heads_kept)) == 1
 
 
