@@ -110,7 +110,7 @@ def measure(art: Any, batch: int, repeats: int, seed: int) -> dict[str, Any]:
     """Both backends on the same ``batch`` random token windows; bit-exactness checked."""
     graph = art.graph
     seq_len = int(graph.meta["seq_len"])
-    vocab = int(art.model.tok_emb.num_embeddings)
+    vocab = int(art.client.cfg.vocab_size)
     ids = torch.from_numpy(np.random.default_rng(seed).integers(0, vocab, (batch, seq_len)))
     x = art.encode_input(ids)
     with warnings.catch_warnings(record=True) as caught:

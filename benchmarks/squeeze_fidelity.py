@@ -29,6 +29,7 @@ Run: ``.venv/bin/python benchmarks/squeeze_fidelity.py [--quick]``. Writes
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import json
 import logging
@@ -37,6 +38,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -47,6 +49,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import cerberus.compile  # noqa: E402
 from benchmarks.results import machine, write_json, write_section  # noqa: E402
 from cerberus.artefact import load_artefact  # noqa: E402
 from cerberus.calibration import calibration_batches  # noqa: E402
@@ -179,6 +182,32 @@ def float_logits(model: CanonicalTransformer, inputs: torch.Tensor) -> torch.Ten
         return torch.cat([model(b) for b in inputs.split(CHUNK)])
 
 
+@contextlib.contextmanager
+def pruned_float_model() -> Iterator[list[CanonicalTransformer]]:
+    """The float model a compile lowers: squeezed (and QAT-tuned), LayerNorms folded.
+
+    An artefact holds no float weights since the client/miner split (format 2, issue #13:
+    the miner half has integers only, the client half no block linear), so the "pruned
+    float" reference is taken where ``compile_model`` makes it: the output of its
+    ``fold_affine`` step, recorded while the compile runs. Pruning alone could be rebuilt
+    from the manifest's head mask (``passes.squeeze.prune_heads``), but not a QAT row's
+    fine-tuned weights.
+    """
+    seen: list[CanonicalTransformer] = []
+    fold = cerberus.compile.fold_affine
+
+    def record(model: CanonicalTransformer, *a: Any, **k: Any) -> Any:
+        out = fold(model, *a, **k)
+        seen.append(out[0])
+        return out
+
+    cerberus.compile.fold_affine = record
+    try:
+        yield seen
+    finally:
+        cerberus.compile.fold_affine = fold
+
+
 def integer_logits(art: Any, inputs: torch.Tensor
                    ) -> tuple[torch.Tensor, np.ndarray, list[str]]:
     """Logits of the integer path, a mask of the windows it could compute, and why not.
@@ -236,11 +265,16 @@ def measure(ctx: Context, opts: CompileOptions, tag: str) -> dict[str, Any]:
     t0 = time.perf_counter()
     ctx.n_compiles += 1
     try:
-        path, _, manifest = compile_model(ctx.cfg.source, ctx.workdir / f"{tag}.cerb", opts,
-                                          force=True)
+        with pruned_float_model() as folded:
+            path, _, manifest = compile_model(ctx.cfg.source, ctx.workdir / f"{tag}.cerb",
+                                              opts, force=True)
+        if len(folded) != 1:
+            raise RuntimeError(f"compile_model folded {len(folded)} models, expected one")
+        if [sorted(h) for h in folded[0].cfg.heads_kept] != manifest["squeeze"]["heads_kept"]:
+            raise RuntimeError("the recorded float model is not the one the manifest squeezed")
         art = load_artefact(path, verify=False)
         got, ok, overflow_nodes = integer_logits(art, ctx.inputs)
-        pruned = float_logits(art.model, ctx.inputs)
+        pruned = float_logits(folded[0], ctx.inputs)
     except Exception as e:  # noqa: BLE001 - recorded in the results, see docstring
         row["error"] = f"{type(e).__name__}: {e}".splitlines()[0][:300]
         log.warning("%s failed: %s", tag, row["error"])
