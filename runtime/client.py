@@ -46,7 +46,7 @@ from cerberus.artefact import FORMAT_VERSION, HASH_FILE, ClientHalf, is_miner_fi
 from cerberus.errors import CerberusError
 from cerberus.frontends.canonical import KVCache
 from cerberus.hashing import digest_of_files, file_sha256
-from cerberus.light_client import LightClient, Session
+from cerberus.light_client import ContextOverflow, LightClient, Session
 from cerberus.paths import CACHE_DIR
 from runtime.protos import miner_pb2 as pb
 from runtime.protos import miner_pb2_grpc as pb_grpc
@@ -78,9 +78,14 @@ class Step:
     bytes_sent: int = 0
     bytes_received: int = 0
     round_trips: int = 0
+    # per program, one entry per round trip: (rows, miner ms, client wall ms of the round
+    # trip: send to reply, encryption and decryption not included) — the bench's
+    # per-linear and per-layer latency
+    programs: dict[str, list[tuple[int, float, float]]] = field(default_factory=dict)
 
     def reset(self) -> None:  # a retried stream counts only its last attempt
         self.server_ms, self.bytes_sent, self.bytes_received, self.round_trips = 0.0, 0, 0, 0
+        self.programs = {}
 
 
 @dataclass
@@ -398,7 +403,9 @@ class MinerClient:
         out: list[np.ndarray] = []
         for i in range(0, len(xs), limit):
             cts = [self._fhe.encrypt(program, x) for x in xs[i:i + limit]]
+            t0 = time.perf_counter()
             reply = stream.step(pb.InferRequest(key_id=kid, program=program, ciphertexts=cts))
+            wall_ms = 1000 * (time.perf_counter() - t0)
             if len(reply.ciphertexts) != len(cts):
                 raise MinerError(f"miner {self.address} answered {len(reply.ciphertexts)} "
                                  f"ciphertexts for {len(cts)}")
@@ -406,6 +413,7 @@ class MinerClient:
             stats.bytes_sent += sum(map(len, cts))
             stats.bytes_received += sum(map(len, reply.ciphertexts))
             stats.round_trips += 1
+            stats.programs.setdefault(program, []).append((len(cts), reply.server_ms, wall_ms))
             out += [self._fhe.decrypt(program, c) for c in reply.ciphertexts]
         return np.stack(out)
 
@@ -479,6 +487,14 @@ class MinerClient:
         if max_new_tokens < 1:
             raise MinerError("max_new_tokens must be at least 1")
         light = self.light
+        need = len(prompt_ids) + max_new_tokens - 1  # positions the KV cache must hold
+        if light.partition == "hybrid" and need > light.cfg.n_positions:
+            # refused here, before keys or a Generate call reach the miner (Session.feed
+            # would refuse it too, but only once the token's stream is open)
+            raise ContextOverflow(
+                f"{need} positions requested ({len(prompt_ids)} in the prompt, "
+                f"{max_new_tokens - 1} more to generate after it) exceed the model's "
+                f"context of {light.cfg.n_positions}")
         if not self._uploaded:
             self.upload_keys()
         rng = np.random.default_rng(seed)

@@ -16,15 +16,21 @@ import numpy as np
 import pytest
 
 from cerberus.artefact import Artefact
+from cerberus.ir import evaluate
+from cerberus.light_client import simulated_miner
 from cerberus_cli import CLI
-from runtime.client import MinerClient, MinerError
+from runtime.client import MinerClient, MinerError, _Stream
 from runtime.metrics import parse
 from runtime.protos import miner_pb2 as pb
 from runtime.protos import miner_pb2_grpc as pb_grpc
+from runtime.server import PROTOCOL, PROTOCOL_HEADER
 
 from .conftest import Miner
 
 PROMPT = "The for statement is used to"
+TOKENS = 16
+# every raw call speaks the protocol, as the SDK does (test_bad_input.py checks the refusal)
+MD = ((PROTOCOL_HEADER, str(PROTOCOL)),)
 
 
 def stub(address: str) -> pb_grpc.MinerStub:
@@ -34,26 +40,60 @@ def stub(address: str) -> pb_grpc.MinerStub:
 
 
 def in_shape(art: Artefact, program: str) -> tuple[int, int]:
-    """A hybrid program's input: one window of activations, [seq_len, in_features]."""
-    return int(art.manifest["seq_len"]), int(art.parts[program].graph.meta["d_model"])
+    """A hybrid program's input: one row of activations, [1, in_features]."""
+    return 1, int(art.programs[program].meta["d_model"])
+
+
+def programs_per_token(art: Artefact) -> int:
+    """Round trips of one decoded token: per block q·k·v fused, o, fc1, fc2 (a block whose
+    heads were all squeezed away keeps only fc1 and fc2)."""
+    kept = art.manifest["model_config"]["heads_kept"]
+    return sum(4 if heads else 2 for heads in kept)
 
 
 def client(miner: Miner, tmp: Path, seed: int, **kw) -> MinerClient:
     return MinerClient(miner.address, cache_dir=tmp / f"cache-{seed}", seed=seed, **kw)
 
 
-def test_generation_is_encrypted_and_equals_the_simulator(
+def test_sixteen_tokens_are_encrypted_kv_cached_and_equal_the_simulator(
         miner: Miner, fhe_artefact: Artefact, tmp_path: Path) -> None:
+    """16 greedy tokens through a ``cerberus serve`` process equal ``Artefact.generate``'s;
+    the first step carries the prompt's rows (the prefill), every later step one row per
+    program; the miner receives none of the plaintext."""
     ids = fhe_artefact.tokenizer(PROMPT).input_ids
-    expected = fhe_artefact.generate(ids, 3)
+    expected = fhe_artefact.generate(ids, TOKENS)
     before = miner.record.stat().st_size if miner.record.exists() else 0
     with client(miner, tmp_path, seed=1) as c:
         assert c.info().artefact_sha256 == fhe_artefact.sha256
-        out = c.generate(ids, 3)
+        out = c.generate(ids, TOKENS)
         # the client half was fetched from the miner and checked against the hash
         assert c.artefact.path != fhe_artefact.path
+        max_rows = {p.name: p.max_rows for p in c.info().programs}
     assert out.ids == expected
-    assert out.bytes_sent > 0 and len(out.token_seconds) == 3
+    assert len(out.token_seconds) == len(out.steps) == TOKENS
+
+    # Round trips and rows, derived from the artefact: the prefill sends each program the
+    # prompt's rows (in as few requests as max_rows allows), each later token one row to
+    # each program: q, k, v fused, so 4 per block.
+    programs = sorted(fhe_artefact.programs)
+    assert len(programs) == programs_per_token(fhe_artefact)
+    assert sorted(max_rows) == programs
+    first, *later = out.steps
+    assert sorted(first.programs) == programs
+    assert first.round_trips == sum(-(-len(ids) // max_rows[p]) for p in programs)
+    assert all(sum(r for r, _, _ in calls) == len(ids) for calls in first.programs.values())
+    for step in later:
+        assert step.round_trips == len(programs)
+        assert sorted(step.programs) == programs
+        assert all([r for r, _, _ in calls] == [1] for calls in step.programs.values())
+        # every row of a program is a ciphertext of one size: a token's bytes are the same
+        assert (step.bytes_sent, step.bytes_received) == (later[0].bytes_sent,
+                                                          later[0].bytes_received)
+    # the first step's bytes include the prefill: the prompt's rows, each as big as a token's
+    assert first.bytes_sent == len(ids) * later[0].bytes_sent > 0
+    assert first.bytes_received == len(ids) * later[0].bytes_received > 0
+    assert out.bytes_sent == sum(s.bytes_sent for s in out.steps)
+    assert out.round_trips == first.round_trips + (TOKENS - 1) * len(programs)
 
     # What the miner received holds none of the plaintext: not the prompt, not the token
     # ids, not the quantized activations it computed on.
@@ -63,17 +103,25 @@ def test_generation_is_encrypted_and_equals_the_simulator(
     assert PROMPT.encode() not in received and text.encode() not in received
     for dtype in (np.int64, np.int32, np.int16):
         assert np.asarray(ids, dtype=dtype).tobytes() not in received
-    window, _ = fhe_artefact.window(ids)
     record: dict[str, list[np.ndarray]] = {}
-    from cerberus.hybrid import hybrid_model
+    simulate = simulated_miner(fhe_artefact.programs)
 
-    hybrid_model(fhe_artefact.model, fhe_artefact.parts, record=record)(window)
-    for name, xs in record.items():
-        for x in xs:
-            for row in x[:4]:
+    def recording(program: str, xs: np.ndarray) -> np.ndarray:
+        record.setdefault(program, []).append(xs)
+        return simulate(program, xs)
+
+    # the same session, simulated, with every program input the client encrypted recorded
+    assert fhe_artefact.client.light_client(recording).generate(ids, TOKENS) == expected
+    assert sorted(record) == programs
+    checked = 0
+    for name, calls in record.items():
+        for xs in calls:
+            for row in xs.reshape(-1, xs.shape[-1])[:4]:
                 if np.count_nonzero(row) > 8:  # rows of mostly zeros say nothing
+                    checked += 1
                     for dtype in (np.int64, np.int32, np.int8):
                         assert row.astype(dtype).tobytes() not in received, name
+    assert checked > 0
 
 
 def test_eight_concurrent_clients_with_distinct_keys(
@@ -100,17 +148,19 @@ def test_eight_concurrent_clients_with_distinct_keys(
     assert not errors, errors
     assert [results[i] for i in range(len(prompts))] == expected
     # distinct secret keys: a ciphertext of one client means nothing under another's key
-    name = next(iter(fhe_artefact.parts))
-    x = np.arange(np.prod(in_shape(fhe_artefact, name))).reshape(
-        in_shape(fhe_artefact, name)) % 7
-    ct = clients[0]._fhe.encrypt(name, x)  # noqa: SLF001 - the test reaches into the SDK
-    reply = stub(miner.address).Infer(pb.InferRequest(
-        key_id=clients[0].keygen(), program=name, ciphertext=ct), timeout=120).ciphertext
-    from cerberus.ir import evaluate
-
-    want = evaluate(fhe_artefact.parts[name].graph, x)["output"]
-    assert np.array_equal(clients[0]._fhe.decrypt(name, reply), want)  # noqa: SLF001
-    assert not np.array_equal(clients[1]._fhe.decrypt(name, reply), want)  # noqa: SLF001
+    # (privacy as the project tests it) the miner's reply decrypts to the simulator's
+    # integers under the right key and to something else under another client's key
+    for name in sorted(fhe_artefact.programs):
+        x = (np.arange(np.prod(in_shape(fhe_artefact, name))).reshape(
+            in_shape(fhe_artefact, name)) % 7) - 3
+        ct = clients[0]._fhe.encrypt(name, x)  # noqa: SLF001 - the test reaches into the SDK
+        (reply,) = stub(miner.address).Infer(pb.InferRequest(
+            key_id=clients[0].keygen(), program=name, ciphertexts=[ct]), metadata=MD,
+            timeout=120).ciphertexts
+        want = simulated_miner(fhe_artefact.programs)(name, x[None])[0]
+        assert np.array_equal(want, evaluate(fhe_artefact.programs[name], x)["output"])
+        assert np.array_equal(clients[0]._fhe.decrypt(name, reply), want)  # noqa: SLF001
+        assert not np.array_equal(clients[1]._fhe.decrypt(name, reply), want)  # noqa: SLF001
     for c in clients:
         c.close()
     m = parse(MinerClient(miner.address).metrics())
@@ -123,30 +173,40 @@ def test_bad_requests_get_clear_statuses_and_the_miner_keeps_serving(
     s = stub(miner.address)
     with client(miner, tmp_path, seed=7) as c:
         kid = c.upload_keys()
-        names = sorted(fhe_artefact.parts)
+        names = sorted(fhe_artefact.programs)
         shape = in_shape(fhe_artefact, names[0])
         good = c._fhe.encrypt(names[0], np.ones(shape, dtype=np.int64))  # noqa: SLF001
 
         def status(req: pb.InferRequest) -> tuple[grpc.StatusCode, str]:
             with pytest.raises(grpc.RpcError) as e:
-                s.Infer(req, timeout=60)
+                s.Infer(req, metadata=MD, timeout=60)
             return e.value.code(), e.value.details()
 
-        code, msg = status(pb.InferRequest(key_id=kid, program=names[0], ciphertext=b"x" * 99))
+        code, msg = status(pb.InferRequest(key_id=kid, program=names[0],
+                                           ciphertexts=[b"x" * 99]))
         assert code == grpc.StatusCode.INVALID_ARGUMENT and "bad ciphertext" in msg
-        code, msg = status(pb.InferRequest(key_id="0" * 64, program=names[0], ciphertext=good))
+        code, msg = status(pb.InferRequest(key_id="0" * 64, program=names[0],
+                                           ciphertexts=[good]))
         assert code == grpc.StatusCode.NOT_FOUND and "unknown key id" in msg
-        code, msg = status(pb.InferRequest(key_id=kid, program="nope", ciphertext=good))
+        code, msg = status(pb.InferRequest(key_id=kid, program="nope", ciphertexts=[good]))
         assert code == grpc.StatusCode.INVALID_ARGUMENT and "unknown program" in msg
         other = next(n for n in names if in_shape(fhe_artefact, n) != shape)
-        code, msg = status(pb.InferRequest(key_id=kid, program=other, ciphertext=good))
+        code, msg = status(pb.InferRequest(key_id=kid, program=other, ciphertexts=[good]))
         assert code == grpc.StatusCode.INVALID_ARGUMENT and "do not match" in msg
         code, msg = status(pb.InferRequest(key_id=kid, program=names[0],
-                                           ciphertext=good + b"\0" * (2 << 20)))
+                                           ciphertexts=[good + b"\0" * (2 << 20)]))
         assert code == grpc.StatusCode.INVALID_ARGUMENT and "larger than" in msg
         info = c.info()
+        # rows: 1 to max_rows per request; one more (or none) is refused before any work
+        rows = {p.name: p.max_rows for p in info.programs}[names[0]]
+        assert rows == int(fhe_artefact.manifest["model_config"]["n_positions"])
+        for n in (rows + 1, 0):
+            code, msg = status(pb.InferRequest(key_id=kid, program=names[0],
+                                               ciphertexts=[good] * n))
+            assert code == grpc.StatusCode.INVALID_ARGUMENT
+            assert f"{n} ciphertexts" in msg and f"send 1 to {rows}" in msg
         code, msg = status(pb.InferRequest(key_id=kid, program=names[0],
-                                           ciphertext=b"\0" * (info.max_message_bytes + 1)))
+                                           ciphertexts=[b"\0" * (info.max_message_bytes + 1)]))
         assert code == grpc.StatusCode.RESOURCE_EXHAUSTED  # gRPC's own limit
         # keys generated for another artefact, or for programs this one does not have
         for chunk, word in ((pb.KeyChunk(artefact_sha256="f" * 64, program=names[0], data=b"k"),
@@ -154,30 +214,31 @@ def test_bad_requests_get_clear_statuses_and_the_miner_keeps_serving(
                             (pb.KeyChunk(artefact_sha256=info.artefact_sha256,
                                          program="blocks.9.q", data=b"k"), "another circuit")):
             with pytest.raises(grpc.RpcError) as e:
-                s.UploadKeys(iter([chunk]), timeout=60)
+                s.UploadKeys(iter([chunk]), metadata=MD, timeout=60)
             assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION
             assert word in e.value.details()
         with pytest.raises(grpc.RpcError) as e:  # undecodable keys
             s.UploadKeys(iter([pb.KeyChunk(artefact_sha256=info.artefact_sha256, program=n,
-                                           data=b"junk" * 4) for n in names]), timeout=60)
+                                           data=b"junk" * 4) for n in names]), metadata=MD,
+                         timeout=60)
         assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         # … and the next good request is answered correctly
         out = c.infer(names[0], np.ones(shape, dtype=np.int64))
-        from cerberus.ir import evaluate
-
-        graph = fhe_artefact.parts[names[0]].graph
+        graph = fhe_artefact.programs[names[0]]
         assert np.array_equal(out, evaluate(graph, np.ones(shape, dtype=np.int64))["output"])
 
 
 KILLED_UPLOADER = """
 import sys, time, grpc
 from runtime.protos import miner_pb2 as pb, miner_pb2_grpc as pb_grpc
+from runtime.server import PROTOCOL, PROTOCOL_HEADER
 address, sha, program = sys.argv[1:]
 def chunks():
     yield pb.KeyChunk(artefact_sha256=sha, program=program, data=b"\\0" * 10)
     print("sent", flush=True)
     time.sleep(600)
-pb_grpc.MinerStub(grpc.insecure_channel(address)).UploadKeys(chunks(), timeout=600)
+pb_grpc.MinerStub(grpc.insecure_channel(address)).UploadKeys(
+    chunks(), metadata=((PROTOCOL_HEADER, str(PROTOCOL)),), timeout=600)
 """
 
 
@@ -208,12 +269,10 @@ def test_unknown_keys_are_uploaded_by_the_sdk(fhe_artefact: Artefact, tmp_path: 
     m = Miner(fhe_artefact.path, tmp_path)  # a fresh miner: an empty key cache
     try:
         with client(m, tmp_path, seed=11) as c:
-            name = sorted(fhe_artefact.parts)[0]
+            name = sorted(fhe_artefact.programs)[0]
             x = np.ones(in_shape(fhe_artefact, name), dtype=np.int64)
-            from cerberus.ir import evaluate
-
             assert np.array_equal(c.infer(name, x),
-                                  evaluate(fhe_artefact.parts[name].graph, x)["output"])
+                                  evaluate(fhe_artefact.programs[name], x)["output"])
             after = parse(c.metrics())
     finally:
         assert m.stop() == 0
@@ -228,23 +287,24 @@ def test_sigterm_lets_in_flight_calls_finish(fhe_artefact: Artefact, tmp_path: P
     m = Miner(fhe_artefact.path, tmp_path)
     with client(m, tmp_path, seed=3) as c:
         kid = c.upload_keys()
-        name = sorted(fhe_artefact.parts)[0]
+        name = sorted(fhe_artefact.programs)[0]
         shape = in_shape(fhe_artefact, name)
         x = np.full(shape, 2, dtype=np.int64)
-        from runtime.client import _Stream
-
-        stream = _Stream(c.stub, (), 120)
-        req = pb.InferRequest(key_id=kid, program=name, ciphertext=c._fhe.encrypt(name, x))  # noqa: SLF001
-        first = c._fhe.decrypt(name, stream.step(req).ciphertext)  # noqa: SLF001
+        stream = _Stream(c.stub, MD, 120)
+        req = pb.InferRequest(key_id=kid, program=name,
+                              ciphertexts=[c._fhe.encrypt(name, x)])  # noqa: SLF001
+        first = c._fhe.decrypt(name, stream.step(req).ciphertexts[0])  # noqa: SLF001
         m.proc.send_signal(15)
         for _ in range(100):  # bounded wait until the miner reports it is draining
             if '"event": "draining"' in m.log.read_text():
                 break
             threading.Event().wait(0.1)
-        second = c._fhe.decrypt(name, stream.step(req).ciphertext)  # in flight: still served  # noqa: SLF001
+        # in flight: still served
+        second = c._fhe.decrypt(name, stream.step(req).ciphertexts[0])  # noqa: SLF001
         assert np.array_equal(first, second)
+        assert np.array_equal(first, evaluate(fhe_artefact.programs[name], x)["output"])
         with pytest.raises(grpc.RpcError):  # new calls are refused while draining
-            stub(m.address).Health(pb.HealthRequest(), timeout=10)
+            stub(m.address).Health(pb.HealthRequest(), metadata=MD, timeout=10)
         stream.close()
     assert m.proc.wait(timeout=60) == 0
 
@@ -255,9 +315,7 @@ def test_a_busy_miner_says_resource_exhausted_and_the_client_backs_off(
     try:
         holder = client(m, tmp_path, seed=4)
         holder.upload_keys()
-        from runtime.client import _Stream
-
-        stream = _Stream(holder.stub, (), 120)  # holds the only slot until closed
+        stream = _Stream(holder.stub, MD, 120)  # holds the only slot until closed
         threading.Event().wait(0.5)
         impatient = client(m, tmp_path, seed=5, retries=0)
         with pytest.raises(MinerError) as e:
@@ -303,13 +361,11 @@ def test_a_client_leaving_mid_stream_is_counted_and_frees_its_slot(
         kid = c.upload_keys()
         key = 'cerberus_requests_total{method="Generate",code="CANCELLED"}'
         before = parse(c.metrics()).get(key, 0)
-        name = sorted(fhe_artefact.parts)[0]
-        from runtime.client import _Stream
-
-        stream = _Stream(c.stub, (), 120)
+        name = sorted(fhe_artefact.programs)[0]
+        stream = _Stream(c.stub, MD, 120)
         x = np.ones(in_shape(fhe_artefact, name), dtype=np.int64)
         stream.step(pb.InferRequest(key_id=kid, program=name,
-                                    ciphertext=c._fhe.encrypt(name, x)))  # noqa: SLF001
+                                    ciphertexts=[c._fhe.encrypt(name, x)]))  # noqa: SLF001
         stream._replies.cancel()  # noqa: SLF001 - the client walks away mid-call
         for _ in range(100):  # bounded: the miner sees the cancellation within moments
             if parse(c.metrics()).get(key, 0) > before:

@@ -27,10 +27,9 @@ def test_replay_miner_answers_with_its_previous_reply(fhe_artefact: Artefact,
                                                       tmp_path: Path) -> None:
     m = Miner(fhe_artefact.path, tmp_path, "--misbehave", "replay")
     try:
-        name = sorted(fhe_artefact.parts)[0]
-        shape = (int(fhe_artefact.manifest["seq_len"]),
-                 int(fhe_artefact.parts[name].graph.meta["d_model"]))
-        graph = fhe_artefact.parts[name].graph
+        name = sorted(fhe_artefact.programs)[0]
+        shape = (1, int(fhe_artefact.programs[name].meta["d_model"]))  # one row
+        graph = fhe_artefact.programs[name]
         x1 = (np.arange(np.prod(shape)).reshape(shape) % 7) - 3
         x2 = (np.arange(np.prod(shape)).reshape(shape) % 5) - 2
         want1, want2 = evaluate(graph, x1)["output"], evaluate(graph, x2)["output"]
