@@ -278,9 +278,11 @@ def write_artefact(
 
 
 def _save_linears(client: Path, linears: dict[str, LinearSpec]) -> None:
-    doc = {n: {"act_scale": s.act_scale, "act_bits": s.act_bits} for n, s in linears.items()}
+    doc = {n: {"act_scale": s.act_scale, "act_bits": s.act_bits, "per_token": s.per_token}
+           for n, s in linears.items()}
     arrays = {f"{n}.weight_scale": s.weight_scale for n, s in linears.items()}
     arrays |= {f"{n}.bias": s.bias for n, s in linears.items() if s.bias is not None}
+    arrays |= {f"{n}.smooth": s.smooth for n, s in linears.items() if s.smooth is not None}
     (client / "linears.json").write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
     np.savez(client / "linears.npz", **arrays)
 
@@ -288,9 +290,12 @@ def _save_linears(client: Path, linears: dict[str, LinearSpec]) -> None:
 def _load_linears(client: Path) -> dict[str, LinearSpec]:
     doc = json.loads((client / "linears.json").read_text())
     with np.load(client / "linears.npz") as z:
+        def opt(key: str) -> np.ndarray | None:
+            return z[key] if key in z.files else None
+
         return {n: LinearSpec(n, float(d["act_scale"]), int(d["act_bits"]),
-                              z[f"{n}.weight_scale"],
-                              z[f"{n}.bias"] if f"{n}.bias" in z.files else None)
+                              z[f"{n}.weight_scale"], opt(f"{n}.bias"), opt(f"{n}.smooth"),
+                              bool(d["per_token"]))
                 for n, d in doc.items()}
 
 

@@ -86,6 +86,11 @@ class CompileOptions:
     # Full partition: per-channel rescaling multipliers add up to mult_bits to every clear
     # linear's accumulator; without them a d_model-16 block fits concrete (issue #5 notes).
     per_channel: bool = True
+    # Hybrid: the client quantizes each row with its own max |x| ("token") or with one
+    # calibrated scale per tensor ("tensor"); smooth: SmoothQuant's α (None: off; needs
+    # "token"). Both change only the client's encoding and the miner's integer weights.
+    act_scale: str = "token"
+    smooth: float | None = 0.5
 
     def validate(self) -> None:
         check_bits(self.bits)
@@ -98,6 +103,10 @@ class CompileOptions:
             raise CompileError(f"partition must be one of {PARTITIONS}, got {self.partition!r}")
         if self.budget is not None and self.budget <= 0:
             raise CompileError(f"budget must be > 0 seconds, got {self.budget}")
+        if self.act_scale not in ("token", "tensor"):
+            raise CompileError(f"act-scale must be token or tensor, got {self.act_scale!r}")
+        if self.smooth is not None and not (0 <= self.smooth <= 1 and self.act_scale == "token"):
+            raise CompileError("--smooth takes an α in 0..1 and needs --act-scale token")
 
 
 def load_source(source: str | Path | nn.Module) -> tuple[CanonicalTransformer, Any, dict]:
@@ -270,7 +279,9 @@ def compile_model(
     prep = adaptive_torch(adaptive_params) if opts.adaptive else None
     if opts.partition == "hybrid":
         linears, programs = lower_hybrid(folded, cal_batches, opts.bits,
-                                         opts.weight_bits or opts.bits)
+                                         opts.weight_bits or opts.bits,
+                                         per_token=opts.act_scale == "token",
+                                         smooth_alpha=opts.smooth)
     else:
         linears, programs = {}, {"blocks": graph}
     state = client_state(folded, opts.partition)

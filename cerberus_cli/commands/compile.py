@@ -31,6 +31,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     q.add_argument("--no-per-channel", dest="per_channel", action="store_false",
                    help="full partition: one rescale per tensor instead of per channel "
                         "(narrower accumulators, so larger blocks fit concrete)")
+    q.add_argument("--act-scale", choices=("token", "tensor"), default=DEFAULTS.act_scale,
+                   help="hybrid: the client quantizes each row with its own max |x| (token, "
+                        "default) or one calibrated scale per tensor")
+    q.add_argument("--smooth", type=float, default=DEFAULTS.smooth, metavar="ALPHA",
+                   help="hybrid: SmoothQuant α balancing activation outlier channels into "
+                        "the miner's weights (default 0.5; needs --act-scale token)")
+    q.add_argument("--no-smooth", dest="smooth", action="store_const", const=None,
+                   help="hybrid: no smoothing")
     q.add_argument("--adaptive", action="store_true",
                    help="paper §5 adaptive dynamic quantization of the client's input "
                         "(L=256, T=0.1, α=0.5)")
@@ -63,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
         budget=args.budget, significance=args.significance, strategy=args.strategy,
         qat_steps=args.qat_steps, qat_lr=args.qat_lr, adaptive=args.adaptive,
         calibration=args.calibration, seed=args.seed, partition=args.partition, fhe=args.fhe,
-        per_channel=args.per_channel,
+        per_channel=args.per_channel, act_scale=args.act_scale, smooth=args.smooth,
     )
     path, digest, m = compile_model(args.model, args.output, opts, force=args.force)
     fuse = m["fusion"]
