@@ -30,8 +30,10 @@ settings.load_profile("ci" if os.environ.get("CI") else "cerberus")
 
 @pytest.fixture(scope="session")
 def fhe_artefact(tmp_path_factory: pytest.TempPathFactory):
-    """models/tiny-gpt compiled with --fhe (hybrid partition, 8 bits, 8-token window),
-    loaded; shared by the runtime and network tests. Tests must not modify it."""
+    """models/tiny-gpt compiled with --fhe (hybrid partition, 8 bits, calibrated on 8-token
+    windows; it decodes KV-cached over the model's 64 positions), both halves loaded
+    (``.client``, ``.miner``, ``.programs``, ``.simulator``); shared by the runtime and
+    network tests. Tests must not modify it."""
     from cerberus.artefact import load_artefact
     from cerberus.compile import CompileOptions, compile_model
     from cerberus.paths import shipped_model
