@@ -5,7 +5,10 @@
    graph, concrete-python programs, content-addressed artefact;
 3. generate through the artefact's integer path in the clear (the bit-exact simulator);
 4. ``cerberus serve`` the artefact as a miner on 127.0.0.1 and query it under real TFHE
-   through the client SDK: the miner sees only ciphertexts, the answer equals step 3's;
+   through the client SDK (the light client: it fetches only the client half, keeps its
+   K/V cache, sends the prompt's rows once and then one row per program per token): the
+   miner sees only ciphertexts, the answer equals step 3's; per token MB, round trips and
+   s/token on the issue's link model (100 Mbit/s, 20 ms);
 5. ``cerberus network up``: 3 validators and 3 miners (one of them lazy, replaying old
    answers) as separate processes; validators check miners each epoch under their own
    keys and set weights; over three epochs the ledger pays out; an encrypted query is
@@ -21,6 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -28,11 +32,21 @@ from cerberus.artefact import load_artefact
 from cerberus.compile import CompileOptions, compile_model
 from cerberus.paths import shipped_model
 from cerberus_cli import CLI, JOIN_CMD
-from runtime.bench import DEFAULT_PROMPTS
+from runtime.bench import (
+    DEFAULT_LINK_MBPS,
+    DEFAULT_PROMPTS,
+    DEFAULT_RTT_MS,
+    human_bytes,
+    link_seconds,
+)
 
 PROMPTS = DEFAULT_PROMPTS
 NEW_TOKENS = 12
-ENCRYPTED_TOKENS = 6
+ENCRYPTED_TOKENS = 8
+
+
+def folder_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
 
 
 def main() -> int:
@@ -130,19 +144,38 @@ def encrypted_query(artefact: Path, art, tokenizer, tmp: Path, log: logging.Logg
             t0 = time.perf_counter()
             client.keygen()
             client.upload_keys()
-            log.info("keys generated and uploaded in %.2f s", time.perf_counter() - t0)
+            log.info("client half fetched (%s, no miner weight); keys generated and "
+                     "uploaded (%s) in %.2f s", human_bytes(folder_bytes(client.artefact.path)),
+                     human_bytes(client.key_bytes()), time.perf_counter() - t0)
             prompt = PROMPTS[0]
             ids = tokenizer(prompt).input_ids
             out = client.generate(ids, ENCRYPTED_TOKENS)
-            total = sum(out.token_seconds)
             log.info("prompt     %r", prompt)
             log.info("  answer   %r", tokenizer.decode(out.ids))
-            log.info("  latency  %.2f s/token end to end (miner %.2f s/token), %.0f MB of "
-                     "ciphertext per token", total / len(out.ids),
-                     out.server_ms / 1000 / len(out.ids),
-                     (out.bytes_sent + out.bytes_received) / 1e6 / len(out.ids))
+            # the first step carries the prompt's rows (the prefill); every later token one
+            # row per miner program (KV cache on the client)
+            first, later = out.steps[0], out.steps[1:]
+            log.info("  prefill  %d prompt tokens: %.1f MB, %d round trips, %.2f s",
+                     len(ids), (first.bytes_sent + first.bytes_received) / 1e6,
+                     first.round_trips, out.token_seconds[0])
+            per_mb = [(s.bytes_sent + s.bytes_received) / 1e6 for s in later]
+            linked = [link_seconds(t, s.bytes_sent + s.bytes_received, s.round_trips)
+                      for t, s in zip(out.token_seconds, out.steps, strict=True)]
+            log.info("  per token %.1f MB of ciphertext, %d round trips (%d programs), "
+                     "%.2f s loopback (miner %.2f s)", sum(per_mb) / len(per_mb),
+                     later[0].round_trips, len(art.programs),
+                     sum(out.token_seconds[1:]) / len(later),
+                     sum(s.server_ms for s in later) / 1000 / len(later))
+            log.info("  s/token on a %g Mbit/s link with %g ms round trips: median %.2f, "
+                     "p95 %.2f with the prefill in the first token; after it median %.2f, "
+                     "p95 %.2f", DEFAULT_LINK_MBPS, DEFAULT_RTT_MS,
+                     float(np.percentile(linked, 50)), float(np.percentile(linked, 95)),
+                     float(np.percentile(linked[1:], 50)),
+                     float(np.percentile(linked[1:], 95)))
             same = out.ids == art.generate(ids, ENCRYPTED_TOKENS)
             log.info("  equals the simulator's tokens: %s", same)
+            if not same:
+                raise RuntimeError("the encrypted tokens differ from the simulator's")
     finally:
         miner.terminate()
         miner.wait(timeout=60)
