@@ -326,7 +326,7 @@ def compile_model(
                          "adaptive": opts.adaptive,
                          "adaptive_params": adaptive_params},
         "cost_estimate": sq_report.cost_after,
-        "partition": _partition(opts.partition, folded),
+        "partition": _partition(opts.partition, folded, programs),
         "fidelity": fid,
         "fhe": fhe_stats,
         "model_config": folded.cfg.to_dict(),
@@ -360,16 +360,15 @@ def _inputsets(light: Callable[[Miner], LightClient], sim: Miner, calib: torch.T
     return seen
 
 
-def _partition(mode: str, model: CanonicalTransformer) -> dict:
+def _partition(mode: str, model: CanonicalTransformer, programs: dict[str, IntGraph]) -> dict:
     """Who computes what (SPEC C6): recorded so a miner and a client agree on the split."""
     client = ["tokenizer", "embedding", "final norm", "lm head"]
     if mode == "full":
         return {"mode": mode, "client": client,
                 "miner": [f"block {i}" for i in range(model.cfg.n_layer)]}
-    linears = [f"blocks.{i}.{n}" for i, b in enumerate(model.blocks)
-               for n in (("q", "k", "v", "o") if b.n_kept else ()) + ("fc1", "fc2")]
-    return {"mode": mode, "client": client + ["layer norms", "softmax", "GELU", "residuals"],
-            "miner": linears}
+    return {"mode": mode, "client": client + ["layer norms", "attention", "softmax", "GELU",
+                                              "residuals", "KV cache"],
+            "miner": sorted(programs)}
 
 
 __all__ = ["CompileOptions", "compile_model", "load_artefact", "load_source"]
