@@ -24,13 +24,13 @@ QUERIES = ["import os", "class A:", "The for statement is used to"]
 def test_embed_query_is_the_normalised_mean_of_the_model_s_token_embeddings(
         fhe_artefact: Artefact) -> None:
     e = embed_query(fhe_artefact, "def f(x):")
-    d = fhe_artefact.model.cfg.d_model
+    d = fhe_artefact.client.cfg.d_model
     # float64: the normalisation (d squares, a sum, sqrt, d divides) and this norm again
     tol = gamma(2 * d + 4, U64)
     assert e.shape == (d,) and abs(np.linalg.norm(e) - 1) <= tol
     assert np.array_equal(e, embed_query(fhe_artefact, "def f(x):"))
     ids = fhe_artefact.tokenizer("def f(x):").input_ids
-    row = fhe_artefact.model.tok_emb.weight[ids[0]].detach().double().numpy()
+    row = fhe_artefact.client.state["tok_emb.weight"][ids[0]].double().numpy()
     if len(set(ids)) > 1:  # the mean of several rows is not any single row's direction
         assert np.abs(e - row / np.linalg.norm(row)).max() > 2 * tol  # beyond rounding
     assert np.abs(e - embed_query(fhe_artefact, "import os")).max() > 2 * tol
