@@ -36,6 +36,8 @@ ALLOW_PATTERNS: tuple[str, ...] = (
     "vocab.json",
     "merges.txt",
     "vocab.txt",
+    "modules.json",  # sentence-transformers: pooling and normalisation (frontends/huggingface)
+    "1_Pooling/config.json",
 )
 
 

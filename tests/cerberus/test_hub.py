@@ -128,7 +128,8 @@ class _Repo:
     """A folder's files with the hashes the Hub reports: git blob ids, LFS sha256 for weights."""
 
     def __init__(self, folder: Path) -> None:
-        self.files = {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
+        self.files = {p.relative_to(folder).as_posix(): p.read_bytes()
+                      for p in sorted(folder.rglob("*")) if p.is_file()}
         digest = hashlib.sha1()
         for name, data in self.files.items():
             digest.update(name.encode() + b"\0" + data)
@@ -289,3 +290,24 @@ def test_cli_compiles_a_hub_id(hub: FakeHub, tmp_path: Path) -> None:
     with hf_env(tmp_path / "hf", hub.url, offline=True):  # what it downloaded, from the cache
         _, _, info = load_source(REPO_ID)
     assert json.loads((out / "manifest.json").read_text())["source"] == info
+
+
+def test_sentence_transformers_pooling_files_are_fetched(tmp_path: Path) -> None:
+    """An encoder's pooling and normalisation live in modules.json and 1_Pooling/ (the
+    frontend reads them): without them a Hub MiniLM would silently lose its pooling."""
+    repo = tmp_path / "repo"
+    (repo / "1_Pooling").mkdir(parents=True)
+    for name in ("config.json", "model.safetensors"):
+        (repo / name).write_bytes((shipped_model() / name).read_bytes())
+    (repo / "modules.json").write_text('[{"idx": 0, "path": "", "type": "x"}]')
+    (repo / "1_Pooling" / "config.json").write_text('{"pooling_mode_mean_tokens": true}')
+    (repo / "2_Dense").mkdir()
+    (repo / "2_Dense" / "config.json").write_text("{}")  # not a file the frontend reads
+    hub = FakeHub({"cerberus-test/st": repo})
+    try:
+        with hf_env(tmp_path / "hf", hub.url, offline=False):
+            folder = resolve_model("cerberus-test/st")
+    finally:
+        hub.stop()
+    assert (folder / "modules.json").is_file() and (folder / "1_Pooling/config.json").is_file()
+    assert not (folder / "2_Dense").exists()
