@@ -46,7 +46,7 @@ from cerberus.hashing import arrays_sha256, file_sha256, folder_sha256
 from cerberus.hybrid import Miner, extreme_rows, lower_hybrid
 from cerberus.ir import IntGraph, RangeOverflow
 from cerberus.light_client import LightClient, client_state, simulated_miner
-from cerberus.lower import LoweringOptions, lower_blocks
+from cerberus.lower import DEFAULT_WIDE_BITS, LoweringOptions, lower_blocks
 from cerberus.passes.fuse import FuseReport, compose_luts, fold_affine, graph_stats
 from cerberus.passes.quantize import check_bits
 from cerberus.passes.significance import significance
@@ -64,7 +64,7 @@ class CompileOptions:
 
     bits: int = 8
     weight_bits: int | None = None  # default: same as bits
-    wide_bits: int = 12
+    wide_bits: int = DEFAULT_WIDE_BITS
     max_lookup_bits: int = 8
     seq_len: int = 16
     theta: float | None = None  # None: no threshold, only the budget prunes

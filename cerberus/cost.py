@@ -53,6 +53,7 @@ from pathlib import Path
 from cerberus.errors import CompileError
 from cerberus.frontends.canonical import TransformerConfig
 from cerberus.ir import IntGraph
+from cerberus.lower import DEFAULT_WIDE_BITS
 from cerberus.ops import op_def
 
 
@@ -60,7 +61,10 @@ from cerberus.ops import op_def
 class CostConstants:
     """Every number of the cost model, in seconds of single-thread CPU time.
 
-    Seeded from /work/shared/FHE_NOTES.md (concrete-python 2.11, 2 cores, 2026-12-01):
+    These defaults are the fallback when ``cost_table.json`` (the fit of
+    ``benchmarks/calibrate_cost.py``, benchmarks/RESULTS.md#calibrate_cost) is missing; they
+    are hand measurements on concrete-python 2.11, 2 cores, 2026-12-01, made before the
+    project had a calibration script, and are not fitted:
     * ``pbs_ref_s``: enc×enc 4×8 @ 8×4 with 3-bit inputs ran 256 PBS of 7 bits in 1.81 s
       → 7.1 ms per 7-bit PBS. (The 16×16 linear + ReLU rows give 56 ms at 5 bits and
       0.74 s at 9 bits per lookup, i.e. those circuits' parameters are set by their wide
@@ -77,7 +81,7 @@ class CostConstants:
     mul_extra_bits: int = 1
     clear_mac_s: float = 0.018 / 256
     add_s: float = 0.018 / 256
-    calibrated_on: str = "uncalibrated defaults from FHE_NOTES.md"
+    calibrated_on: str = "uncalibrated fallback (hand measurements, concrete-python 2.11)"
     date: str = "2026-12-01"
 
     def pbs_s(self, width: int) -> float:
@@ -111,7 +115,6 @@ def load_constants(path: Path = COST_TABLE) -> CostConstants:
 
 DEFAULT_CONSTANTS = load_constants()
 DEFAULT_ROUND_BITS = 8  # SPEC C6: no lookup wider than 8 bits by default
-DEFAULT_WIDE_BITS = 12  # LoweringOptions.wide_bits, --wide-bits
 
 
 @dataclass

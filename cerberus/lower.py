@@ -56,6 +56,11 @@ ACTIVATION_FNS: dict[str, Fn] = {
 }
 
 
+# Width of lookup outputs that feed only leveled ops (``--wide-bits``); the cost model and
+# the compiler's options take their default from here.
+DEFAULT_WIDE_BITS = 12
+
+
 @dataclass
 class Val:
     """A value during lowering: its node, real unit, calibration integers and float reference."""
@@ -76,7 +81,7 @@ class LoweringOptions:
     bits: int = 8  # width of every value that feeds an encrypted product (q, k, v, probs…)
     # Width of lookup outputs that feed only leveled ops (clear linears, residual adds):
     # wider costs no bootstrap, since the next lookup rounds its input anyway.
-    wide_bits: int = 12
+    wide_bits: int = DEFAULT_WIDE_BITS
     weight_bits: int = 8
     max_lookup_bits: int = 8  # widest table index any lookup may have
     # Head-room on ranges observed in calibration: a value beyond its compiled width would

@@ -1,7 +1,8 @@
 """The miner's cache of clients' evaluation keys, bounded in bytes (SPEC R2).
 
 Evaluation keys are what a miner must hold to compute for a client: megabytes to gigabytes
-per client once programmable bootstraps are involved (FHE_NOTES). The cache keeps the most
+per client once programmable bootstraps are involved (cerberus bench reports each
+artefact's, benchmarks/RESULTS.md#cerberus_bench). The cache keeps the most
 recently used key sets under a byte budget and logs every eviction; an evicted client gets
 NOT_FOUND on its next request and uploads again (the client SDK does this by itself).
 """

@@ -56,7 +56,7 @@ def test_pbs_cost_follows_its_growth_law_and_constants_are_frozen_with_provenanc
     with pytest.raises(dataclasses.FrozenInstanceError):
         k.pbs_ref_s = 1.0  # type: ignore[misc]
     assert k.calibrated_on and k.date
-    # The uncalibrated fallback stays seeded from FHE_NOTES.md: 256 PBS at 7 bits in 1.81 s,
+    # The uncalibrated fallback keeps its hand measurements: 256 PBS at 7 bits in 1.81 s,
     # 16×16 clear linear in 0.018 s, and SPEC C3's 2× per bit.
     u = CostConstants()
     assert "uncalibrated" in u.calibrated_on
