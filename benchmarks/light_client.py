@@ -434,7 +434,11 @@ def run_minilm_fhe(cfg: BenchConfig, out: Path, art: Any, sentences: list[str],
     finally:
         relay.close()
         miner.stop()
+    outputs = sum(spec.out_features for spec in art.client.linears.values())  # per row
     return {
+        "output_values_per_row": outputs,
+        "ciphertext_bytes_down_per_output_value": (
+            rows[0]["ciphertext_bytes_down"] / (FHE_SENTENCE_TOKENS * outputs) if rows else None),
         "miner_start_s": miner.start_s, **setup, "budget_minutes": cfg.fhe_minutes,
         "sentences_run": len(rows), "sentences_eligible": len(fits), "rows": rows,
         "all_equal_simulator": all(r["equal_simulator"] for r in rows) if rows else None,
@@ -468,6 +472,16 @@ def _mb(n: float | None) -> str:
     return "–" if n is None else f"{n / 1e6:.2f}"
 
 
+def _size(n: float | None) -> str:
+    """Bytes in the unit that reads best (B, kB, MB, GB; decimal)."""
+    if n is None:
+        return "–"
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.2f} {unit}"
+    return f"{int(n)} B"
+
+
 def _s(n: float | None, nd: int = 2) -> str:
     return "–" if n is None else f"{n:.{nd}f}"
 
@@ -480,6 +494,10 @@ def to_markdown(res: dict[str, Any]) -> str:
              f"s = loopback wall + bytes ÷ {LINK_BYTES_PER_S / 1e6:.1f} MB/s + round trips × "
              f"{LINK_RTT_S * 1e3:.0f} ms (issue #13's link model). Machine: 2 cores shared "
              "with other jobs at the time, so seconds are upper bounds of an idle machine's."]
+    if res.get("uncommitted_source_changes"):
+        lines[0] += (" Measured on commit " + str(res.get("measured_at_commit")) + " with "
+                     "uncommitted changes (shared working tree) to: "
+                     + ", ".join(f"`{f}`" for f in res["uncommitted_source_changes"]) + ".")
     t = res.get("tiny_gpt")
     if t is not None:
         lines += ["", f"### tiny-gpt, {t['bits']} bits, hybrid ({t['linears']} linears in "
@@ -524,14 +542,14 @@ def to_markdown(res: dict[str, Any]) -> str:
                 f"{_mb(pre['bytes'])} MB ({_mb(pre['bytes_up'])} up), {pre['round_trips']} "
                 f"round trips, {_s(pre['wall_s'])} s wall, {_s(pre['miner_ms'], 0)} ms miner, "
                 f"{_s(pre['s_link'])} s with the link model. Keys, once per client: keygen "
-                f"{_s(m['keygen_s'])} s; upload {_mb(m['key_upload']['bytes_up'])} MB "
+                f"{_s(m['keygen_s'])} s; upload {_size(m['key_upload']['bytes_up'])} up "
                 f"({m['key_upload']['evaluation_key_bytes']} B of evaluation keys) in "
                 f"{_s(m['key_upload']['seconds'])} s. Client half fetched once: "
-                f"{_mb(m['fetch']['bytes_down'])} MB in {_s(m['fetch']['seconds'])} s "
-                f"({_mb(m['fetch']['client_half_bytes'])} MB on disk; the miner half, "
-                f"{_mb(m['fetch']['miner_half_bytes'])} MB, never sent: miner files received "
-                f"{len(m['fetch']['miner_files_received'])}). Whole run: "
-                f"{_mb(m['total_bytes'])} MB of generation traffic.",
+                f"{_size(m['fetch']['bytes_down'])} in {_s(m['fetch']['seconds'])} s "
+                f"({_size(m['fetch']['client_half_bytes'])} on disk; the miner half, "
+                f"{_size(m['fetch']['miner_half_bytes'])}, never sent: miner files received "
+                f"{len(m['fetch']['miner_files_received'])}). Whole generation: "
+                f"{_size(m['total_bytes'])}.",
             ]
     n = res.get("minilm")
     if n is not None:
@@ -574,17 +592,33 @@ def to_markdown(res: dict[str, Any]) -> str:
                 f"{m['budget_minutes']:.0f}-minute budget; equal to the simulator's embedding "
                 f"bit for bit: {m['all_equal_simulator']} (computed per sentence). Per "
                 f"{FHE_SENTENCE_TOKENS}-token sentence (median of {ps['bytes']['n']}): "
-                f"**{_mb(ps['bytes']['median'])} MB** ({_mb(ps['bytes_up']['median'])} up), "
+                f"**{_size(ps['bytes']['median'])}** ({_size(ps['bytes_up']['median'])} up), "
                 f"{_s(ps['round_trips']['median'], 0)} round trips, "
                 f"{_s(ps['wall_s']['median'], 1)} s loopback wall, "
                 f"{_s(ps['miner_ms']['median'] / 1e3, 1)} s miner, **"
-                f"{_s(ps['s_link']['median'], 1)} s** with the link model. Keys: "
-                f"{_mb(m['key_upload']['bytes_up'])} MB uploaded in "
-                f"{_s(m['key_upload']['seconds'])} s; client half "
-                f"{_mb(m['fetch']['client_half_bytes'])} MB (miner half "
-                f"{_mb(m['fetch']['miner_half_bytes'])} MB, not sent).",
+                f"{_s(ps['s_link']['median'], 1)} s** with the link model. Down is the "
+                f"miner's outputs, one LWE ciphertext (~"
+                f"{_size(m.get('ciphertext_bytes_down_per_output_value'))}) per value: "
+                f"{FHE_SENTENCE_TOKENS} rows × {m.get('output_values_per_row')} output values "
+                "per row over the 6 blocks; inputs go up compressed. The embedding's "
+                "cosine with the reference: "
+                + ", ".join(f"{r['cosine_vs_reference']:.4f}" for r in m["rows"])
+                + f". Keys: {_size(m['key_upload']['bytes_up'])} uploaded in "
+                f"{_s(m['key_upload']['seconds'])} s; client half fetched: "
+                f"{_size(m['fetch']['bytes_down'])} in {_s(m['fetch']['seconds'])} s (miner "
+                f"half {_size(m['fetch']['miner_half_bytes'])}, not sent).",
             ]
     return "\n".join(lines)
+
+
+def uncommitted() -> list[str]:
+    """Source files that differed from the commit when this ran (a shared working tree)."""
+    try:
+        out = subprocess.run(["git", "status", "--porcelain", "--", "cerberus", "runtime",
+                              "cerberus_cli"], capture_output=True, text=True, cwd=ROOT)
+    except OSError:
+        return []
+    return sorted(line[3:] for line in out.stdout.splitlines() if line.strip())
 
 
 def _command(args: argparse.Namespace) -> str:
@@ -621,9 +655,11 @@ def main(argv: list[str] | None = None) -> None:
                             "fhe_sentences": args.fhe_sentences}.items() if v is not None}
     kw.update(parts=tuple(args.parts), fhe=args.fhe, workdir=args.workdir)
     cfg = BenchConfig.quick(**kw) if args.quick else BenchConfig(**kw)
+    commit, changes = machine()["commit"], uncommitted()  # the code this run imports
     res = run(cfg)
     res["command"] = _command(args)
-    res["measured_at_commit"] = machine()["commit"]
+    res["measured_at_commit"] = commit
+    res["uncommitted_source_changes"] = changes
     markdown = to_markdown(res)
     print(markdown)
     if args.quick and not args.write:
