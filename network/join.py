@@ -249,28 +249,20 @@ class Participant:
 
         o, node = self.opts, self.node
         assert node is not None
-        artefact = o.artefact or self._fetch_artefact()
-        self.validator = Validator(self.wallet, o.brain, artefact, NodeChainView(node),
+        if o.artefact is None:
+            raise CerberusError(
+                "a validator needs --artefact: the Brain's whole compiled model (both halves; "
+                "its sha256 is the Brain's task), because it re-runs the miner's programs in "
+                "the simulator; a miner serves only the client half")
+        task = (node.brain_info(o.brain) or {}).get("task", "")
+        self.validator = Validator(self.wallet, o.brain, o.artefact, NodeChainView(node),
                                    list(o.challenges), tokens=o.tokens, timeout=o.check_timeout,
                                    cache_dir=o.data / "validator")
+        if task and self.validator.artefact.sha256 != task:
+            raise CerberusError(f"Brain {o.brain}'s task is artefact {task[:16]}, but "
+                                f"{o.artefact} is {self.validator.artefact.sha256[:16]}")
         self.say(f"validator checking Brain {o.brain}'s miners each epoch "
                  f"({len(o.challenges)} held prompts, {o.tokens} token(s) each)")
-
-    def _fetch_artefact(self) -> Path:
-        """No local copy: take the client half from a miner, checked against the task."""
-        from runtime.client import MinerClient
-
-        node, brain = self.node, self.opts.brain
-        assert node is not None
-        task = (node.brain_info(brain) or {}).get("task", "")
-        if not task:
-            raise CerberusError(f"Brain {brain} has no task set; pass --artefact")
-        _wait("a miner to announce itself", lambda: bool(node.directory(brain)),
-              self.opts.wait_timeout)
-        endpoint = next(iter(node.directory(brain).values()))
-        with MinerClient(endpoint, expected_sha256=task,
-                         cache_dir=self.opts.data / "client") as c:
-            return c.artefact.path
 
     # -- the main loop ------------------------------------------------------------------
     def epoch_of(self, height: int) -> int:

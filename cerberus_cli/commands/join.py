@@ -22,8 +22,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--wallet", type=Path,
                    help="ed25519 key file, created 0600 if absent (default DATA/wallet.key)")
     p.add_argument("--artefact", type=Path,
-                   help="the Brain's artefact (miners: required; validators: default fetch "
-                        "the client half from a miner)")
+                   help="the Brain's compiled artefact, both halves (required: miners serve "
+                        "it, validators re-run its programs in the simulator)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=0, help="node port (default: any free)")
     p.add_argument("--miner-port", type=int, default=0, help="miner gRPC port (default: any)")
