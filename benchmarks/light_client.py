@@ -209,6 +209,11 @@ def summary(values: list[float]) -> dict[str, float | None]:
             "min": float(a.min()), "max": float(a.max()), "n": len(values)}
 
 
+def count_linears(programs: Any) -> int:
+    """The model's linears behind the miner's programs (``blocks.i.qkv`` is three)."""
+    return sum(3 if name.endswith(".qkv") else 1 for name in programs)
+
+
 def _folder_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
@@ -252,11 +257,10 @@ def run_tiny(cfg: BenchConfig, work: Path) -> dict[str, Any]:
     _, sha, manifest = compile_model(shipped_model(), out, opts, force=True)
     res: dict[str, Any] = {"model": "models/tiny-gpt", "bits": cfg.bits, "partition": "hybrid",
                            "artefact_sha256": sha, "compile_s": time.perf_counter() - t0,
-                           "linears": len(manifest["partition"]["miner"]),
                            "top1_agreement_compile": manifest["fidelity"]["top1_agreement"],
                            "prompt": cfg.prompt, "new_tokens": cfg.tokens}
     art = load_artefact(out)
-    res["programs"] = len(art.programs)
+    res.update(programs=len(art.programs), linears=count_linears(art.programs))
     prompt_ids = art.tokenizer(cfg.prompt).input_ids
     res["prompt_tokens"] = len(prompt_ids)
     t0 = time.perf_counter()
@@ -352,12 +356,11 @@ def run_minilm(cfg: BenchConfig, work: Path) -> dict[str, Any]:
         "compile_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e3,
         "compile_options": {k: (str(v) if isinstance(v, Path) else v)
                             for k, v in asdict(opts).items()},
-        "linears": len(manifest["partition"]["miner"]),
         "fidelity_compile": manifest["fidelity"],
         "fhe_compile": manifest.get("fhe"),
     }
     art = load_artefact(out)
-    res["programs"] = len(art.programs)
+    res.update(programs=len(art.programs), linears=count_linears(art.programs))
     tok = art.tokenizer
     sentences = load_sentences(cfg.sentences)
     batch = tok(sentences, padding=True, return_tensors="pt")
@@ -494,10 +497,14 @@ def to_markdown(res: dict[str, Any]) -> str:
              f"s = loopback wall + bytes ÷ {LINK_BYTES_PER_S / 1e6:.1f} MB/s + round trips × "
              f"{LINK_RTT_S * 1e3:.0f} ms (issue #13's link model). Machine: 2 cores shared "
              "with other jobs at the time, so seconds are upper bounds of an idle machine's."]
-    if res.get("uncommitted_source_changes"):
-        lines[0] += (" Measured on commit " + str(res.get("measured_at_commit")) + " with "
-                     "uncommitted changes (shared working tree) to: "
-                     + ", ".join(f"`{f}`" for f in res["uncommitted_source_changes"]) + ".")
+    if res.get("measured_at_commit"):
+        lines[0] += f" Code measured: commit {res['measured_at_commit']} when the run started"
+        changes = res.get("uncommitted_source_changes")
+        lines[0] += (" with uncommitted changes (shared working tree) to "
+                     + ", ".join(f"`{f}`" for f in changes) + "." if changes
+                     else ", no uncommitted source change.")
+    if res.get("wall_s"):
+        lines[0] += f" Whole run: {res['wall_s']:.0f} s."
     t = res.get("tiny_gpt")
     if t is not None:
         lines += ["", f"### tiny-gpt, {t['bits']} bits, hybrid ({t['linears']} linears in "
