@@ -78,6 +78,22 @@ def key_id(artefact_sha256: str, keys: dict[str, bytes]) -> str:
     return h.hexdigest()
 
 
+def _client_left(context: grpc.ServicerContext, wait: float = 1.0) -> bool:
+    """Whether the client went away, given up to ``wait`` seconds to tell.
+
+    gRPC ends a cancelled client's request stream as it ends a half-closed one and marks
+    the call cancelled a moment later (the two events race), so right after the stream
+    ends ``is_active()`` may still be true. Used only where a half-closed stream is an
+    error anyway (an incomplete key upload), so an honest client never waits on it.
+    """
+    deadline = time.monotonic() + wait
+    while context.is_active():
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.005)
+    return True
+
+
 class Abort(Exception):
     """Ends an RPC with a gRPC status and a message for the client."""
 
@@ -295,9 +311,11 @@ class MinerService(pb_grpc.MinerServicer):
                             f"keys exceed this miner's key cache ({self.cache.limit_bytes} B)")
             parts.setdefault(chunk.program, bytearray()).extend(chunk.data)
             self._recv(chunk.data)
-        if not context.is_active():  # the client went away: keep nothing
-            raise Abort(grpc.StatusCode.CANCELLED, "upload cancelled by the client")
         missing = sorted(set(self.sizes) - set(parts))
+        # the client went away: keep nothing (an incomplete upload may be one whose
+        # cancellation gRPC has not marked yet: it gets a moment to settle)
+        if not context.is_active() or (missing and _client_left(context)):
+            raise Abort(grpc.StatusCode.CANCELLED, "upload cancelled by the client")
         if missing:
             raise Abort(grpc.StatusCode.FAILED_PRECONDITION,
                         f"no keys for program(s) {', '.join(missing)}")
