@@ -541,9 +541,11 @@ def to_markdown(res: dict[str, Any]) -> str:
                 "",
                 f"Targets (issue #13): ≤ {TARGET_TOKEN_BYTES / 1e6:.0f} MB per token (every "
                 f"token: {m['targets']['bytes_met']}), ≤ {TARGET_TOKEN_S:.0f} s per token "
-                f"(median: {m['targets']['s_met']}); before (window 16, no KV cache, "
-                "uncompressed inputs, [fhe_model_latency](#fhe_model_latency) and `make "
-                "demo` on 2026-12-01): 392 MB and 8.4 s per token.",
+                f"(median: {m['targets']['s_met']}). Before (a 16-token window re-encrypted "
+                "per token, uncompressed inputs, 12 programs): 392 MB per token "
+                "(`benchmarks/fhe_model_latency.py` at 8 bits, results of commit ebb8c0f, "
+                "2026-12-01; that section now shows the light client) and 8.4 s per token "
+                "end to end (`make demo` on 2 cores, quoted by issue #13).",
                 "",
                 f"Prefill ({t['prompt_tokens']} prompt rows + the first token): "
                 f"{_mb(pre['bytes'])} MB ({_mb(pre['bytes_up'])} up), {pre['round_trips']} "
