@@ -1,0 +1,519 @@
+"""Packed, exact encrypted × clear-weight linears: coefficient encoding in BFV (issue #14;
+SPEC C6, R1, R4).
+
+In the ``hybrid`` partition the miner computes ``y = x @ W`` on the client's encrypted 8-bit
+rows with its own clear 8-bit weights. With one concrete LWE ciphertext per value that costs
+~26 B per input value and 11.5 KB per output value. Here many values share one RLWE
+ciphertext, and the product needs no evaluation keys at all:
+
+**Coefficient encoding** (Huang et al., *Cheetah*, USENIX Security 2022, §3.1). In
+``Z_t[X]/(X^N + 1)`` put ``r_w`` rows × ``n_w`` inputs of ``x`` in one polynomial and
+``n_w`` inputs × ``m_w`` outputs of ``W`` in another, with ``r_w·n_w·m_w ≤ N``::
+
+    x̂ = Σ_i Σ_j x[i, j] · X^(i·n_w·m_w + j)        ŵ = Σ_k Σ_j W[j, k] · X^(k·n_w + n_w − 1 − j)
+
+Then coefficient ``i·n_w·m_w + k·n_w + n_w − 1`` of ``x̂·ŵ`` is exactly the dot product
+``Σ_j x[i, j]·W[j, k]`` (other products land on other residues mod ``n_w``; the negacyclic
+wrap only reaches coefficients below ``n_w − 1``). The miner multiplies each encrypted
+``x̂`` by its plaintext ``ŵ`` blocks and sums over input blocks: one NTT-domain product per
+``r_w·n_w·m_w`` multiply-adds, no rotation, no key switching, so no Galois keys to upload.
+``benchmarks/packed_linear.py`` measures this against the SIMD diagonal design (Halevi–Shoup
+BSGS with rotations, as Gazelle/BOLT/BumbleBee do) and concrete's LWE path.
+
+**Parameters.** ``N = 2048`` with SEAL's ``CoeffModulus.BFVDefault(2048)``: one 54-bit prime,
+the Homomorphic Encryption Security Standard (Albrecht et al., 2018), Table 1, classical
+128-bit security for a ternary secret (uniform ``{-1, 0, 1}``): ``N = 2048, log q ≤ 54``.
+The plaintext modulus is a power of two ``t = 2^b`` (coefficient encoding needs no batching,
+so no prime ``t ≡ 1 mod 2N``) with ``t > 2·max|acc| + 1``, ``max|acc| = 128·128·n_in``: the
+accumulator is read back exactly, centred mod ``t``. Only the secret key is secret; the
+miner gets no key.
+
+**Outputs are switched down before they are sent.** An output ciphertext ``(c0, c1)`` mod
+``q`` is rescaled to ``(round(c·2^k/q) mod 2^k)`` with ``k = b + OUTPUT_MARGIN_BITS``, and only
+the coefficients of ``c0`` that hold outputs are sent (all of ``c1`` is needed: Cheetah's
+trick). The client decrypts that itself, ``m = round((c0 + c1·s mod 2^k) / 2^(k−b))``: the
+rounding adds ``ε0 + ε1·s`` with ``|ε| ≤ 1/2``; by Hoeffding ``|ε1·s| > 2^8`` has probability
+``≤ 2·exp(−2^17/N) ≈ 2^−91`` per coefficient, and the scaled BFV noise is ``< 2^8`` while
+``t ≤ 2^(54−20)``, so a margin of ``2^(k−b−1) = 2^9`` keeps decryption exact. Inputs use SEAL's
+seeded symmetric encryption (``c1`` is a seed) and its compressed serialization.
+
+What integration needs (not done here): an artefact field naming the backend and these
+parameters per miner program; a protocol message carrying these bytes instead of concrete's
+``fhe.Value``; ``--linear-backend lwe|packed|auto`` with the cost model pricing both; the
+simulator is unchanged (the packed path is bit-exact with ``x @ W``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import struct
+import tempfile
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import tenseal.sealapi as seal
+
+from cerberus.errors import CerberusError, CompileError
+
+POLY_DEGREE = 2048
+# HE Security Standard 2018, Table 1 (classical, ternary secret, 128 bits): N=2048, log q ≤ 54;
+# SEAL's BFVDefault(2048) is exactly one 54-bit prime.
+SECURITY = seal.SEC_LEVEL_TYPE.TC128
+# k − b: 2^9 of room for the output rounding (2^8, Hoeffding) plus the BFV noise (< 2^8).
+OUTPUT_MARGIN_BITS = 10
+# The BFV noise after the products (~2^18 at the largest shapes) must stay far below q/(2t).
+MIN_NOISE_BITS = 20
+IN_MAGIC, OUT_MAGIC, VERSION = b"CPKX", b"CPKY", 1
+# Input: magic, version, fingerprint, rows, n_in, n_out, r_w, n_w, m_w, ciphertext count; then
+# per ciphertext its length (u32) and SEAL's seeded, compressed serialization.
+_IN_HEADER = struct.Struct("<4sB8s7I")
+# Output: magic, version, fingerprint, rows, n_out, r_w, n_w, m_w, ciphertext count; then per
+# ciphertext c1's N coefficients and c0's r_w·m_w output-bearing ones, k bits each, packed.
+_OUT_HEADER = struct.Struct("<4sB8s6I")
+
+
+@dataclass(frozen=True)
+class Partition:
+    """How a ``[rows, n_in] @ [n_in, n_out]`` product is cut: ``r_w`` rows × ``n_w`` inputs per
+    input ciphertext, ``n_w`` inputs × ``m_w`` outputs per weight plaintext."""
+
+    r_w: int
+    n_w: int
+    m_w: int
+
+    def useful(self) -> np.ndarray:
+        """Coefficients of an output polynomial that hold outputs, row-major ``[r_w·m_w]``."""
+        i, k = np.meshgrid(np.arange(self.r_w), np.arange(self.m_w), indexing="ij")
+        return (i * self.n_w * self.m_w + k * self.n_w + self.n_w - 1).ravel()
+
+
+@dataclass(frozen=True)
+class PackedParams:
+    """The parameters of one linear's packed path, derived from its shape and bit widths."""
+
+    n_in: int
+    n_out: int
+    bits: int = 8  # input x: signed, in [−2^(bits−1), 2^(bits−1) − 1]
+    weight_bits: int = 8
+    poly_degree: int = POLY_DEGREE
+    coeff_modulus: tuple[int, ...] = field(init=False)
+
+    def __post_init__(self) -> None:
+        if self.n_in < 1 or self.n_out < 1:
+            raise CompileError(f"packed linear: shape {self.n_in}×{self.n_out} is empty")
+        primes = seal.CoeffModulus.BFVDefault(self.poly_degree, SECURITY)
+        object.__setattr__(self, "coeff_modulus", tuple(p.value() for p in primes))
+        if len(self.coeff_modulus) != 1:
+            raise CompileError("packed linear: the client decrypts with one prime; "
+                               f"N={self.poly_degree} has {len(self.coeff_modulus)}")
+        if self.q_bits - self.t_bits < MIN_NOISE_BITS:
+            raise CompileError(
+                f"packed linear {self.n_in}×{self.n_out}: its accumulator needs a {self.t_bits}"
+                f"-bit plaintext modulus, too wide for a {self.q_bits}-bit q at N="
+                f"{self.poly_degree} (split the input dimension)")
+
+    @property
+    def q(self) -> int:
+        return self.coeff_modulus[0]
+
+    @property
+    def q_bits(self) -> int:
+        return self.q.bit_length()
+
+    @property
+    def max_acc(self) -> int:
+        """The largest |x @ W| any input in range can produce with any weight in range."""
+        return 2 ** (self.bits - 1) * 2 ** (self.weight_bits - 1) * self.n_in
+
+    @property
+    def t_bits(self) -> int:
+        """``t = 2^b > 2·max|acc| + 1``: every accumulator is its own residue, centred."""
+        return math.ceil(math.log2(2 * self.max_acc + 2))
+
+    @property
+    def t(self) -> int:
+        return 1 << self.t_bits
+
+    @property
+    def out_bits(self) -> int:
+        """Bits per output coefficient after the switch down from q."""
+        return self.t_bits + OUTPUT_MARGIN_BITS
+
+    def fingerprint(self) -> bytes:
+        """Names the cryptographic parameters; the shape is checked on its own."""
+        text = f"bfv-coeff/N={self.poly_degree}/q={self.q}/t={self.t}/k={self.out_bits}"
+        return hashlib.sha256(text.encode()).digest()[:8]
+
+    def partition(self, rows: int) -> Partition:
+        return _best_partition(rows, self.n_in, self.n_out, self.poly_degree, self.q_bits,
+                               self.out_bits)
+
+
+@lru_cache(maxsize=256)
+def _best_partition(rows: int, n_in: int, n_out: int, n: int, q_bits: int,
+                    k: int) -> Partition:
+    """The cut with the fewest bytes both ways (fewest products on a tie).
+
+    Input ciphertexts cost ``N·log q`` bits whatever they hold, outputs ``(N + r_w·m_w)·k``:
+    many rows per ciphertext favour few outputs per weight block and vice versa.
+    """
+    best: tuple[tuple[int, int], Partition] | None = None
+    for r_w in range(1, min(rows, n) + 1):
+        groups = -(-rows // r_w)
+        for n_w in range(1, min(n_in, n // r_w) + 1):
+            m_w = min(n_out, n // (r_w * n_w))
+            blocks_in, blocks_out = -(-n_in // n_w), -(-n_out // m_w)
+            cost = (groups * blocks_in * n * q_bits + groups * blocks_out * (n + r_w * m_w) * k,
+                    groups * blocks_in * blocks_out)
+            if best is None or cost < best[0]:
+                best = (cost, Partition(r_w, n_w, m_w))
+    assert best is not None
+    return best[1]
+
+
+@lru_cache(maxsize=8)
+def _context(poly_degree: int, t: int) -> seal.SEALContext:
+    parms = seal.EncryptionParameters(seal.SCHEME_TYPE.BFV)
+    parms.set_poly_modulus_degree(poly_degree)
+    parms.set_coeff_modulus(seal.CoeffModulus.BFVDefault(poly_degree, SECURITY))
+    parms.set_plain_modulus(seal.Modulus(t))
+    context = seal.SEALContext(parms, True, SECURITY)
+    if not context.parameters_set():
+        raise CompileError(f"SEAL refused the parameters: {context.parameters_error_message()}")
+    return context
+
+
+def _plaintext(coeffs: np.ndarray) -> seal.Plaintext:
+    """A SEAL plaintext from coefficients already reduced mod t (its hex-string form is the
+    one constructor the Python bindings expose)."""
+    nz = np.flatnonzero(coeffs)[::-1]
+    if nz.size == 0:
+        return seal.Plaintext("0")
+    return seal.Plaintext(" + ".join(f"{int(coeffs[i]):X}x^{i}" if i else f"{int(coeffs[i]):X}"
+                                     for i in nz))
+
+
+class _Scratch:
+    """SEAL's bindings serialize to file paths only: a private in-memory folder for that."""
+
+    def __init__(self) -> None:
+        shm = Path("/dev/shm")
+        self._dir = tempfile.TemporaryDirectory(dir=shm if shm.is_dir() else None)
+        self.path = str(Path(self._dir.name) / "obj")
+
+    def save(self, obj: object) -> bytes:
+        obj.save(self.path)  # type: ignore[attr-defined]
+        return Path(self.path).read_bytes()
+
+    def load_ciphertext(self, context: seal.SEALContext, data: bytes) -> seal.Ciphertext:
+        Path(self.path).write_bytes(data)
+        ct = seal.Ciphertext()
+        try:
+            ct.load(context, self.path)
+        except Exception as e:  # SEAL: bad header, wrong parameters, truncated, …
+            raise CerberusError(f"packed linear: not a ciphertext of these parameters ({e})") \
+                from None
+        return ct
+
+
+def _pack_bits(values: np.ndarray, k: int) -> bytes:
+    shifts = np.arange(k - 1, -1, -1, dtype=np.uint64)
+    bits = ((values.astype(np.uint64)[:, None] >> shifts) & np.uint64(1)).astype(np.uint8)
+    return np.packbits(bits.ravel()).tobytes()
+
+
+def _unpack_bits(data: bytes, count: int, k: int) -> np.ndarray:
+    bits = np.unpackbits(np.frombuffer(data, dtype=np.uint8), count=count * k)
+    shifts = np.arange(k - 1, -1, -1, dtype=np.uint64)
+    return (bits.reshape(count, k).astype(np.uint64) << shifts).sum(axis=1, dtype=np.uint64)
+
+
+def _check_range(a: np.ndarray, bits: int, what: str) -> np.ndarray:
+    if not np.issubdtype(np.asarray(a).dtype, np.integer):
+        raise CerberusError(f"packed linear: {what} must be integers, got {np.asarray(a).dtype}")
+    a = np.asarray(a, dtype=np.int64)
+    lo, hi = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+    if a.size and (a.min() < lo or a.max() > hi):
+        raise CerberusError(f"packed linear: {what} outside the declared {bits}-bit range "
+                            f"[{lo}, {hi}] (found {a.min()}..{a.max()})")
+    return a
+
+
+def _secret_coefficients(sk: seal.SecretKey, q: int, n: int) -> np.ndarray:
+    """The secret key's coefficients in {−1, 0, 1}. SEAL keeps it in NTT form: value ``i`` is
+    ``s(ψ^(2·bitrev(i)+1))`` for ψ the smallest primitive 2N-th root of unity mod q."""
+    plain = sk.data()
+    values = [plain.data(i) for i in range(n)]
+    gen = next(r for c in range(2, q) if pow(r := pow(c, (q - 1) // (2 * n), q), n, q) == q - 1)
+    psi, x, sq = gen, gen, gen * gen % q
+    for _ in range(n):
+        x = x * sq % q
+        psi = min(psi, x)
+    bits = n.bit_length() - 1
+    natural = [0] * n  # natural[k] = s(ψ^(2k+1)) = Σ_j (s_j ψ^j) ω^(jk), ω = ψ²
+    for i, v in enumerate(values):
+        natural[int(format(i, f"0{bits}b")[::-1], 2)] = v
+    u = _ntt(natural, pow(psi * psi % q, -1, q), q)
+    n_inv, psi_inv, scale, out = pow(n, -1, q), pow(psi, -1, q), 1, []
+    for j in range(n):
+        out.append(u[j] * n_inv % q * scale % q)
+        scale = scale * psi_inv % q
+    s = np.array([v if v <= 1 else v - q for v in out], dtype=np.int64)
+    if np.abs(s).max() > 1:  # a SEAL whose NTT convention changed: refuse, never guess
+        raise CerberusError("packed linear: could not read SEAL's secret key coefficients")
+    return s
+
+
+def _ntt(a: list[int], w: int, q: int) -> list[int]:
+    """Cyclic number-theoretic transform (recursive radix 2), used once per key."""
+    n = len(a)
+    if n == 1:
+        return a
+    w2 = w * w % q
+    even, odd, out, x, h = _ntt(a[0::2], w2, q), _ntt(a[1::2], w2, q), [0] * n, 1, n // 2
+    for k in range(h):
+        t = x * odd[k] % q
+        out[k], out[k + h] = (even[k] + t) % q, (even[k] - t) % q
+        x = x * w % q
+    return out
+
+
+class PackedClient:
+    """The client: a secret key, encryption of integer rows, decryption of the miner's reply."""
+
+    def __init__(self, params: PackedParams) -> None:
+        self.params = params
+        self.context = _context(params.poly_degree, params.t)
+        self._scratch = _Scratch()
+        self._secret: np.ndarray | None = None
+        self._encryptor: seal.Encryptor | None = None
+
+    def keygen(self) -> None:
+        """A fresh secret key (SEAL draws it from the OS's randomness)."""
+        sk = seal.KeyGenerator(self.context).secret_key()
+        self._encryptor = seal.Encryptor(self.context, sk)
+        self._secret = _secret_coefficients(sk, self.params.q, self.params.poly_degree)
+
+    def evaluation_keys(self) -> bytes:
+        """None: coefficient encoding never rotates or relinearizes. Empty bytes keep the
+        runtime's "upload keys once" step the same for every backend."""
+        return b""
+
+    def encrypt_rows(self, x: np.ndarray) -> bytes:
+        """``x [rows, n_in]`` (signed, ``bits`` wide) → the bytes the miner receives."""
+        if self._encryptor is None:
+            raise CerberusError("packed linear: keygen() before encrypting")
+        p = self.params
+        x = _check_range(x, p.bits, "input")
+        if x.ndim != 2 or x.shape[1] != p.n_in:
+            raise CerberusError(f"packed linear: input of shape {x.shape}, expected [rows, "
+                                f"{p.n_in}]")
+        rows = x.shape[0]
+        part = p.partition(rows)
+        groups, blocks = -(-rows // part.r_w), -(-p.n_in // part.n_w)
+        padded = np.zeros((groups * part.r_w, blocks * part.n_w), dtype=np.int64)
+        padded[:rows, :p.n_in] = x
+        stride = part.n_w * part.m_w
+        chunks = []
+        for g in range(groups):
+            for b in range(blocks):
+                block = padded[g * part.r_w:(g + 1) * part.r_w, b * part.n_w:(b + 1) * part.n_w]
+                coeffs = np.zeros(p.poly_degree, dtype=np.int64)
+                for i in range(part.r_w):
+                    coeffs[i * stride:i * stride + part.n_w] = block[i]
+                ct = self._encryptor.encrypt_symmetric(_plaintext(coeffs % p.t))
+                data = self._scratch.save(ct)
+                chunks.append(struct.pack("<I", len(data)) + data)
+        header = _IN_HEADER.pack(IN_MAGIC, VERSION, p.fingerprint(), rows, p.n_in, p.n_out,
+                                 part.r_w, part.n_w, part.m_w, len(chunks))
+        return header + b"".join(chunks)
+
+    def decrypt(self, data: bytes, rows: int, out: int) -> np.ndarray:
+        """The miner's reply → the exact accumulator ``x @ W`` as int64 ``[rows, out]``."""
+        phase, part = self._phase(data, rows, out)
+        p, shift = self.params, self.params.out_bits - self.params.t_bits
+        m = ((phase + (1 << (shift - 1))) >> shift) % p.t
+        m = np.where(m >= p.t // 2, m - p.t, m)
+        groups, blocks = -(-rows // part.r_w), -(-out // part.m_w)
+        y = m.reshape(groups, blocks, part.r_w, part.m_w).transpose(0, 2, 1, 3)
+        return y.reshape(groups * part.r_w, blocks * part.m_w)[:rows, :out].copy()
+
+    def noise_bits(self, data: bytes, rows: int, out: int) -> float:
+        """log2 of the largest distance of an output's phase from its nearest multiple of
+        ``2^(k−b)``: decryption is exact while this stays below ``k − b − 1``
+        (``OUTPUT_MARGIN_BITS − 1``); the tests and the benchmark report the margin left."""
+        phase, _ = self._phase(data, rows, out)
+        shift = self.params.out_bits - self.params.t_bits
+        err = phase - (((phase + (1 << (shift - 1))) >> shift) << shift)
+        return float(np.log2(max(int(np.abs(err).max()), 1)))
+
+    def _phase(self, data: bytes, rows: int, out: int) -> tuple[np.ndarray, Partition]:
+        """``c0 + c1·s mod 2^k`` at every output-bearing coefficient, ``[count, r_w·m_w]``."""
+        if self._secret is None:
+            raise CerberusError("packed linear: keygen() before decrypting")
+        p = self.params
+        part = _read_out_header(data, p, rows, out)
+        u, k, n = part.useful(), p.out_bits, p.poly_degree
+        groups, blocks = -(-rows // part.r_w), -(-out // part.m_w)
+        count = groups * blocks
+        values = _unpack_bits(data[_OUT_HEADER.size:], count * (n + u.size), k)
+        values = values.reshape(count, n + u.size)
+        c1, c0 = values[:, :n].astype(np.float64), values[:, n:].astype(np.int64)
+        # Column u of the negacyclic product matrix: (c1·s)_u = Σ_j c1_j · ±s_((u−j) mod N).
+        # Entries < 2^k·N ≤ 2^51: float64 matmul is exact.
+        j = np.arange(n)[:, None]
+        matrix = self._secret[(u[None, :] - j) % n] * np.where(j <= u[None, :], 1, -1)
+        return (c0 + np.rint(c1 @ matrix.astype(np.float64)).astype(np.int64)) % (1 << k), part
+
+
+def _read_header(data: bytes, fmt: struct.Struct, magic: bytes) -> tuple:
+    if len(data) < fmt.size:
+        raise CerberusError("packed linear: truncated message (no header)")
+    fields = fmt.unpack_from(data)
+    if fields[0] != magic or fields[1] != VERSION:
+        raise CerberusError(f"packed linear: not a packed {magic.decode()} v{VERSION} message")
+    return fields
+
+
+def _read_out_header(data: bytes, p: PackedParams, rows: int, out: int) -> Partition:
+    _, _, fp, h_rows, h_out, r_w, n_w, m_w, count = _read_header(data, _OUT_HEADER, OUT_MAGIC)
+    if rows < 1 or (h_rows, h_out) != (rows, out):
+        raise CerberusError(f"packed linear: reply for {h_rows}×{h_out} outputs, expected "
+                            f"{rows}×{out}")
+    if fp != p.fingerprint():
+        raise CerberusError("packed linear: reply made with other parameters than this key's")
+    part = Partition(r_w, n_w, m_w)
+    if part != p.partition(rows) or count != -(-rows // r_w) * -(-out // m_w):
+        raise CerberusError(f"packed linear: reply cut as {part}, expected "
+                            f"{p.partition(rows)}")
+    need = _OUT_HEADER.size + math.ceil(count * (p.poly_degree + r_w * m_w) * p.out_bits / 8)
+    if len(data) != need:
+        raise CerberusError(f"packed linear: reply of {len(data)} bytes, expected {need}")
+    return part
+
+
+class PackedLinear:
+    """The miner's side of ``x @ W``: weights encoded once per cut, no secret key, no
+    evaluation key."""
+
+    def __init__(self, w: np.ndarray, params: PackedParams | None = None,
+                 rows: tuple[int, ...] = (1,)) -> None:
+        w = np.asarray(w)
+        if w.ndim != 2:
+            raise CompileError(f"packed linear: weights must be [in, out], got {w.shape}")
+        self.params = params or PackedParams(int(w.shape[0]), int(w.shape[1]))
+        if w.shape != (self.params.n_in, self.params.n_out):
+            raise CompileError(f"packed linear: weights {w.shape} do not match parameters "
+                               f"{self.params.n_in}×{self.params.n_out}")
+        try:
+            self.w = _check_range(w, self.params.weight_bits, "weights")
+        except CerberusError as e:
+            raise CompileError(str(e)) from None
+        self.context = _context(self.params.poly_degree, self.params.t)
+        self.evaluator = seal.Evaluator(self.context)
+        self._scratch = _Scratch()
+        self._encoded: dict[Partition, list[list[seal.Plaintext | None]]] = {}
+        for r in rows:
+            self._weights(self.params.partition(r))
+
+    def _weights(self, part: Partition) -> list[list[seal.Plaintext | None]]:
+        """ŵ for every (input block, output block), NTT form; ``None`` for an all-zero block
+        (SEAL refuses a product that would be transparent).
+
+        Each holds N words for n_w·m_w weights: r_w·8 bytes per weight in memory."""
+        if part not in self._encoded:
+            p, parms_id = self.params, self.context.first_parms_id()
+            blocks_in, blocks_out = -(-p.n_in // part.n_w), -(-p.n_out // part.m_w)
+            padded = np.zeros((blocks_in * part.n_w, blocks_out * part.m_w), dtype=np.int64)
+            padded[:p.n_in, :p.n_out] = self.w
+            k, j = np.meshgrid(np.arange(part.m_w), np.arange(part.n_w), indexing="ij")
+            pos = (k * part.n_w + part.n_w - 1 - j).ravel()  # [m_w·n_w], k-major
+            table = []
+            for b in range(blocks_in):
+                row = []
+                for c in range(blocks_out):
+                    block = padded[b * part.n_w:(b + 1) * part.n_w,
+                                   c * part.m_w:(c + 1) * part.m_w]
+                    if not block.any():
+                        row.append(None)
+                        continue
+                    coeffs = np.zeros(p.poly_degree, dtype=np.int64)
+                    coeffs[pos] = block.T.ravel()
+                    plain = _plaintext(coeffs % p.t)
+                    self.evaluator.transform_to_ntt_inplace(plain, parms_id)
+                    row.append(plain)
+                table.append(row)
+            self._encoded[part] = table
+        return self._encoded[part]
+
+    def run(self, ciphertext: bytes, eval_keys: bytes = b"") -> bytes:
+        """The client's encrypted rows → the encrypted ``x @ W``, switched down to
+        ``out_bits`` per coefficient, only the output-bearing coefficients of ``c0``."""
+        if eval_keys:
+            raise CerberusError("packed linear: coefficient encoding takes no evaluation keys "
+                                "(these belong to another backend)")
+        p = self.params
+        fields = _read_header(ciphertext, _IN_HEADER, IN_MAGIC)
+        _, _, fp, rows, n_in, n_out, r_w, n_w, m_w, count = fields
+        if (n_in, n_out) != (p.n_in, p.n_out):
+            raise CerberusError(f"packed linear: ciphertext for a {n_in}×{n_out} linear, this "
+                                f"one is {p.n_in}×{p.n_out}")
+        if fp != p.fingerprint():
+            raise CerberusError("packed linear: ciphertext made with other parameters")
+        part = Partition(r_w, n_w, m_w)
+        if rows < 1 or part != p.partition(rows):
+            raise CerberusError(f"packed linear: {rows} rows cut as {part}; expected "
+                                f"{p.partition(max(rows, 1))}")
+        groups, blocks_in = -(-rows // r_w), -(-n_in // n_w)
+        if count != groups * blocks_in:
+            raise CerberusError(f"packed linear: {count} ciphertexts, expected "
+                                f"{groups * blocks_in}")
+        cts, offset = [], _IN_HEADER.size
+        for _ in range(count):
+            if offset + 4 > len(ciphertext):
+                raise CerberusError("packed linear: truncated ciphertext")
+            (size,) = struct.unpack_from("<I", ciphertext, offset)
+            chunk = ciphertext[offset + 4:offset + 4 + size]
+            if len(chunk) != size:
+                raise CerberusError("packed linear: truncated ciphertext")
+            ct = self._scratch.load_ciphertext(self.context, chunk)
+            if ct.size() != 2 or ct.parms_id() != self.context.first_parms_id():
+                raise CerberusError("packed linear: ciphertext at another level or size")
+            self.evaluator.transform_to_ntt_inplace(ct)
+            cts.append(ct)
+            offset += 4 + size
+        if offset != len(ciphertext):
+            raise CerberusError("packed linear: trailing bytes after the ciphertexts")
+        weights = self._weights(part)
+        n, u = p.poly_degree, part.useful().tolist()
+        words = []
+        for g in range(groups):
+            for c in range(len(weights[0])):
+                acc = None
+                for b in range(blocks_in):
+                    plain = weights[b][c]
+                    if plain is None:
+                        continue
+                    term = seal.Ciphertext()
+                    self.evaluator.multiply_plain(cts[g * blocks_in + b], plain, term)
+                    if acc is None:
+                        acc = term
+                    else:
+                        self.evaluator.add_inplace(acc, term)
+                if acc is None:  # every block of W is zero: the output is 0, known to all
+                    words.append(np.zeros(n + len(u), dtype=np.float64))
+                    continue
+                self.evaluator.transform_from_ntt_inplace(acc)
+                flat = acc.dyn_array()  # [c0 | c1], N words each (one prime)
+                words.append(np.array([flat.at(n + i) for i in range(n)]
+                                      + [flat.at(i) for i in u], dtype=np.float64))
+        # round(c·2^k/q): float64 adds < 2^(k−52) to the rounding, well inside the margin.
+        k = p.out_bits
+        switched = np.rint(np.concatenate(words) * (2.0 ** k / p.q)).astype(np.uint64)
+        switched %= np.uint64(1 << k)
+        header = _OUT_HEADER.pack(OUT_MAGIC, VERSION, p.fingerprint(), rows, n_out, r_w, n_w,
+                                  m_w, len(words))
+        return header + _pack_bits(switched, k)

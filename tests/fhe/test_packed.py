@@ -1,0 +1,152 @@
+"""The packed (coefficient-encoded BFV) linear is bit-exact with the plain integer product,
+and refuses what is not its own (issue #14; SPEC C6, R1)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cerberus.errors import CerberusError, CompileError
+from cerberus.fhe.packed import (
+    OUTPUT_MARGIN_BITS,
+    PackedClient,
+    PackedLinear,
+    PackedParams,
+)
+
+LO, HI = -128, 127
+SHAPES = [
+    (64, 256),
+    (384, 1152),
+    (768, 768),
+    (768, 3072),  # the slowest: ~8 s for 4 rows on 2 shared cores, mostly encoding W
+]
+
+
+def extremes(w: np.ndarray, rows: int) -> list[np.ndarray]:
+    """Every value at +max, every value at −max, and the sign pattern of W's widest column
+    (its largest and smallest accumulator)."""
+    col = w[:, int(np.abs(w).sum(axis=0).argmax())]
+    top = np.where(col > 0, HI, LO)
+    bottom = np.where(col > 0, LO, HI)
+    n = w.shape[0]
+    return [np.full((rows, n), HI), np.full((rows, n), LO),
+            np.tile(top, (rows, 1)), np.tile(bottom, (rows, 1))]
+
+
+def roundtrip(client: PackedClient, linear: PackedLinear, x: np.ndarray) -> np.ndarray:
+    reply = linear.run(client.encrypt_rows(x), client.evaluation_keys())
+    return client.decrypt(reply, x.shape[0], linear.params.n_out)
+
+
+@pytest.mark.parametrize(("n_in", "n_out"), SHAPES)
+@pytest.mark.parametrize("rows", [1, 4])
+def test_exact_on_random_and_extreme_inputs(n_in: int, n_out: int, rows: int) -> None:
+    rng = np.random.default_rng(n_in * 7 + n_out + rows)
+    w = rng.integers(LO, HI + 1, (n_in, n_out))
+    w[:, 0] = LO  # the widest possible column: |acc| reaches 128·128·n_in
+    params = PackedParams(n_in, n_out)
+    linear = PackedLinear(w, params, rows=(rows,))
+    client = PackedClient(params)
+    client.keygen()
+    inputs = [rng.integers(LO, HI + 1, (rows, n_in)), *extremes(w, rows)]
+    for x in inputs:
+        reply = linear.run(client.encrypt_rows(x))
+        y = client.decrypt(reply, rows, n_out)
+        assert y.dtype == np.int64
+        np.testing.assert_array_equal(y, x @ w)
+        # The noise stays well inside the margin that keeps decryption exact.
+        assert client.noise_bits(reply, rows, n_out) < OUTPUT_MARGIN_BITS - 3
+    assert (np.full((rows, n_in), LO) @ w)[:, 0].max() == 128 * 128 * n_in  # reached the bound
+
+
+def test_a_wrong_weight_gives_a_different_answer() -> None:
+    rng = np.random.default_rng(1)
+    w = rng.integers(LO, HI + 1, (64, 256))
+    x = rng.integers(LO, HI + 1, (2, 64))
+    params = PackedParams(64, 256)
+    client = PackedClient(params)
+    client.keygen()
+    wrong = w.copy()
+    wrong[3, 5] += 1 if wrong[3, 5] < HI else -1
+    y = roundtrip(client, PackedLinear(wrong, params, rows=(2,)), x)
+    assert not np.array_equal(y, x @ w)
+    assert np.count_nonzero(y != x @ w) == np.count_nonzero(x[:, 3])  # exactly column 5
+
+
+def test_many_rows_and_odd_shapes_are_exact() -> None:
+    """More rows than one ciphertext holds, shapes that do not divide the cut, zero blocks."""
+    rng = np.random.default_rng(2)
+    w = rng.integers(LO, HI + 1, (37, 53))
+    w[:, 10:30] = 0
+    x = rng.integers(LO, HI + 1, (21, 37))
+    params = PackedParams(37, 53)
+    client = PackedClient(params)
+    client.keygen()
+    np.testing.assert_array_equal(roundtrip(client, PackedLinear(w, params), x), x @ w)
+    zero = np.zeros((37, 53), dtype=np.int64)
+    np.testing.assert_array_equal(roundtrip(client, PackedLinear(zero, params), x), x @ zero)
+
+
+@pytest.fixture(scope="module")
+def setup() -> tuple[PackedClient, PackedLinear, np.ndarray]:
+    rng = np.random.default_rng(3)
+    params = PackedParams(64, 256)
+    client = PackedClient(params)
+    client.keygen()
+    return client, PackedLinear(rng.integers(LO, HI + 1, (64, 256)), params), \
+        rng.integers(LO, HI + 1, (1, 64))
+
+
+def test_other_shape_or_parameters_are_refused(setup) -> None:
+    client, linear, x = setup
+    other = PackedLinear(np.ones((64, 128), dtype=np.int64))
+    with pytest.raises(CerberusError, match="64×256 linear, this one is 64×128"):
+        other.run(client.encrypt_rows(x))
+    narrow = PackedClient(PackedParams(64, 256, bits=6))  # another t: other parameters
+    narrow.keygen()
+    with pytest.raises(CerberusError, match="other parameters"):
+        linear.run(narrow.encrypt_rows(np.clip(x, -32, 31)))
+    reply = linear.run(client.encrypt_rows(x))
+    with pytest.raises(CerberusError, match="reply for 1×256 outputs, expected 2×256"):
+        client.decrypt(reply, 2, 256)
+    with pytest.raises(CerberusError, match="other parameters"):
+        narrow.decrypt(reply, 1, 256)
+
+
+def test_garbage_and_truncation_are_refused(setup) -> None:
+    client, linear, x = setup
+    good = client.encrypt_rows(x)
+    with pytest.raises(CerberusError, match="not a packed"):
+        linear.run(b"\x00" * 100)
+    with pytest.raises(CerberusError, match="truncated"):
+        linear.run(good[:10])
+    with pytest.raises(CerberusError, match="truncated"):
+        linear.run(good[:-5])
+    with pytest.raises(CerberusError, match="trailing"):
+        linear.run(good + b"\x00")
+    corrupt = bytearray(good)
+    corrupt[60:90] = b"\xff" * 30  # inside the first SEAL ciphertext's header
+    with pytest.raises(CerberusError, match="not a ciphertext of these parameters"):
+        linear.run(bytes(corrupt))
+    with pytest.raises(CerberusError, match="no evaluation keys"):
+        linear.run(good, b"keys of another backend")
+    reply = linear.run(good)
+    with pytest.raises(CerberusError, match="bytes, expected"):
+        client.decrypt(reply[:-1], 1, 256)
+
+
+def test_values_out_of_range_are_refused(setup) -> None:
+    client, _, x = setup
+    with pytest.raises(CerberusError, match="outside the declared 8-bit range"):
+        client.encrypt_rows(np.full((1, 64), 128))
+    with pytest.raises(CerberusError, match="must be integers"):
+        client.encrypt_rows(x.astype(np.float64))
+    with pytest.raises(CerberusError, match=r"expected \[rows, 64\]"):
+        client.encrypt_rows(np.zeros((1, 63), dtype=np.int64))
+    with pytest.raises(CompileError, match="outside the declared 8-bit range"):
+        PackedLinear(np.full((64, 256), -129))
+    with pytest.raises(CompileError, match="too wide"):
+        PackedParams(1 << 20, 16)
+    with pytest.raises(CerberusError, match="keygen"):
+        PackedClient(PackedParams(64, 256)).encrypt_rows(x)
