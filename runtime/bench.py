@@ -481,7 +481,7 @@ def run_bench(artefact: Path, *, miner: str | None = None, tokens: int = 4,
 # -- reporting ---------------------------------------------------------------------------
 COLUMNS = ("bits", "keygen s", "eval keys", "upload s", "prefill MB", "prefill s", "MB/tok",
            "RT/tok", "miner ms/tok", "loopback s/tok", "s/tok p50", "s/tok p95",
-           "top-1 vs float", "vs unsqueezed", "= simulator")
+           "s/tok p50 after prefill", "top-1 vs float", "vs unsqueezed", "= simulator")
 PROGRAM_COLUMNS = ("bits", "program", "rows/tok", "RT/tok", "miner ms/tok", "wall ms/tok")
 
 
@@ -497,7 +497,7 @@ def human_bytes(n: float) -> str:
 def _cells(report: dict[str, Any]) -> list[tuple[str, ...]]:
     """The header and one row of formatted cells per width. Per token: the generated
     tokens after the first (the first step carries the prefill, reported apart); s/tok:
-    every token, the prefill in the first, on the report's link."""
+    every token, the prefill in the first, on the report's link; and after the prefill."""
     rows: list[tuple[str, ...]] = [COLUMNS]
     for r in report["runs"]:
         tok = r["per_token"] or r["prefill"]  # one token per prompt: only the prefill
@@ -507,7 +507,7 @@ def _cells(report: dict[str, Any]) -> list[tuple[str, ...]]:
                      f"{r['prefill']['wall_s']:.2f}", f"{tok['mb']:.2f}",
                      f"{tok['round_trips']:.0f}", f"{tok['server_ms']:.0f}",
                      f"{r['latency_s']['p50']:.2f}", f"{r['s_per_token']['p50']:.2f}",
-                     f"{r['s_per_token']['p95']:.2f}",
+                     f"{r['s_per_token']['p95']:.2f}", f"{tok['s_link']['p50']:.2f}",
                      f"{100 * fid['top1_vs_float']:.0f}% ({fid['steps']})",
                      f"{100 * fid['top1_vs_unsqueezed']:.0f}%",
                      "yes" if r["equals_simulator"] else "NO"))
