@@ -133,8 +133,14 @@ def collect_activation_scales(
     def see(name: str, x: torch.Tensor) -> None:
         observers.setdefault(name, ActivationObserver()).update(x)
 
-    _observe(model, batches, lambda name, mod: isinstance(mod, (nn.Linear, Block)), see)
+    _observe(model, batches, lambda name, mod: isinstance(mod, Block) or _reads(mod), see)
     return {k: o.scale(bits, method, percentile) for k, o in observers.items()}
+
+
+def _reads(mod: nn.Module) -> bool:
+    """A linear with an input to observe (a block whose heads were all pruned keeps a
+    zero-width output projection: nothing to calibrate, and nothing runs under FHE)."""
+    return isinstance(mod, nn.Linear) and mod.in_features > 0
 
 
 def _observe(model: CanonicalTransformer, batches: torch.Tensor | Iterable[torch.Tensor],
@@ -173,6 +179,5 @@ def collect_channel_absmax(
         m = as_numpy(x.detach().abs().reshape(-1, x.shape[-1]).amax(0))
         out[name] = np.maximum(out[name], m) if name in out else m
 
-    _observe(model, batches,
-             lambda name, mod: isinstance(mod, nn.Linear) and name.startswith("blocks."), see)
+    _observe(model, batches, lambda name, mod: _reads(mod) and name.startswith("blocks."), see)
     return out

@@ -146,3 +146,19 @@ def test_fewer_bits_lose_fidelity(tiny_gpt, calib, held_out) -> None:
         agree = {b: (client(model, *lower_hybrid(model, calib, b, b)).logits(ids).argmax(-1)
                      == ref).float().mean().item() for b in (4, 8)}
     assert agree[4] < agree[8]
+
+
+def test_a_block_with_every_head_pruned_runs_its_mlp_only(tiny_gpt, calib, held_out) -> None:
+    """Its zero-width projections have nothing to calibrate and send nothing to the miner;
+    the calibration used to fail on them ("activation observer saw no data")."""
+    from cerberus.passes.squeeze import prune_heads
+
+    pruned = prune_heads(tiny_gpt[0], [[], [0, 1, 2, 3]])
+    specs, programs = lower_hybrid(pruned, calib, 8, 8, per_token=True, smooth_alpha=0.5)
+    assert set(programs) == {"blocks.0.fc1", "blocks.0.fc2"} | {
+        f"blocks.1.{n}" for n in ("qkv", "o", "fc1", "fc2")}
+    ids = held_out[:20]
+    with torch.no_grad():
+        agree = (client(pruned, specs, programs).logits(ids).argmax(-1)
+                 == pruned(ids).argmax(-1)).float().mean().item()
+    assert agree >= 0.9
