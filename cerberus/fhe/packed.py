@@ -21,8 +21,10 @@ wrap only reaches coefficients below ``n_w − 1``). The miner multiplies each e
 BSGS with rotations, as Gazelle/BOLT/BumbleBee do) and concrete's LWE path.
 
 **Parameters.** ``N = 2048`` with SEAL's ``CoeffModulus.BFVDefault(2048)``: one 54-bit prime,
-the Homomorphic Encryption Security Standard (Albrecht et al., 2018), Table 1, classical
-128-bit security for a ternary secret (uniform ``{-1, 0, 1}``): ``N = 2048, log q ≤ 54``.
+the largest ``q`` the Homomorphic Encryption Security Standard (Albrecht et al., November
+2018, §5.4, its table for a ternary secret ``{-1, 0, 1}`` as SEAL samples, classical
+128-bit security) allows at ``N = 2048``: ``log q ≤ 54`` (SEAL's
+``SEAL_HE_STD_PARMS_128_TC``, ``CoeffModulus.MaxBitCount(2048)``; SEAL refuses more).
 The plaintext modulus is a power of two ``t = 2^b`` (coefficient encoding needs no batching,
 so no prime ``t ≡ 1 mod 2N``) with ``t > 2·max|acc| + 1``, ``max|acc| = 128·128·n_in``: the
 accumulator is read back exactly, centred mod ``t``. Only the secret key is secret; the
@@ -33,14 +35,24 @@ miner gets no key.
 the coefficients of ``c0`` that hold outputs are sent (all of ``c1`` is needed: Cheetah's
 trick). The client decrypts that itself, ``m = round((c0 + c1·s mod 2^k) / 2^(k−b))``: the
 rounding adds ``ε0 + ε1·s`` with ``|ε| ≤ 1/2``; by Hoeffding ``|ε1·s| > 2^8`` has probability
-``≤ 2·exp(−2^17/N) ≈ 2^−91`` per coefficient, and the scaled BFV noise is ``< 2^8`` while
-``t ≤ 2^(54−20)``, so a margin of ``2^(k−b−1) = 2^9`` keeps decryption exact. Inputs use SEAL's
-seeded symmetric encryption (``c1`` is a seed) and its compressed serialization.
+``≤ 2·exp(−2^17/N) ≈ 2^−91`` per coefficient, and the BFV noise scaled by ``2^k/q`` is
+``e·2^(b+10−54)``, under 2^8 for ``e < 2^(52−b)`` (``MIN_NOISE_BITS`` keeps ``b ≤ 34``). So a
+margin of ``2^(k−b−1) = 2^9`` keeps decryption exact; ``PackedClient.noise_bits`` measures what
+is used (≤ 2^5.5 at every tested shape, extreme inputs included). Inputs use SEAL's seeded
+symmetric encryption (``c1`` is a seed) and its compressed serialization.
+
+Where it falls short: at one row (a generated token) each output ciphertext carries all
+``N`` coefficients of ``c1`` for a few outputs (~140 B per output value) and each input
+ciphertext a few dozen inputs; packing the outputs into dense ciphertexts (LWE→RLWE,
+Chen–Dai–Kim–Song 2020) needs Galois keys and key switching, which N=2048 with one prime
+cannot do in SEAL.
 
 What integration needs (not done here): an artefact field naming the backend and these
 parameters per miner program; a protocol message carrying these bytes instead of concrete's
-``fhe.Value``; ``--linear-backend lwe|packed|auto`` with the cost model pricing both; the
-simulator is unchanged (the packed path is bit-exact with ``x @ W``).
+``fhe.Value`` (and no evaluation keys to cache); ``--linear-backend lwe|packed|auto`` with the
+cost model pricing both; the miner's memory for weights (``r_w·8`` bytes per weight in NTT
+form for the cut it serves). The simulator is unchanged: the packed path is bit-exact with
+``x @ W``.
 """
 
 from __future__ import annotations
@@ -49,6 +61,7 @@ import hashlib
 import math
 import struct
 import tempfile
+import uuid
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -59,8 +72,8 @@ import tenseal.sealapi as seal
 from cerberus.errors import CerberusError, CompileError
 
 POLY_DEGREE = 2048
-# HE Security Standard 2018, Table 1 (classical, ternary secret, 128 bits): N=2048, log q ≤ 54;
-# SEAL's BFVDefault(2048) is exactly one 54-bit prime.
+# HE Security Standard 2018 (ternary secret, classical 128 bits): N=2048 → log q ≤ 54;
+# SEAL's BFVDefault(2048) is exactly one 54-bit prime, and SEALContext enforces the bound.
 SECURITY = seal.SEC_LEVEL_TYPE.TC128
 # k − b: 2^9 of room for the output rounding (2^8, Hoeffding) plus the BFV noise (< 2^8).
 OUTPUT_MARGIN_BITS = 10
@@ -197,25 +210,35 @@ def _plaintext(coeffs: np.ndarray) -> seal.Plaintext:
 
 
 class _Scratch:
-    """SEAL's bindings serialize to file paths only: a private in-memory folder for that."""
+    """SEAL's bindings serialize to file paths only: a private in-memory folder for that, one
+    file name per call so concurrent calls (a miner's gRPC threads) never share one."""
 
     def __init__(self) -> None:
         shm = Path("/dev/shm")
         self._dir = tempfile.TemporaryDirectory(dir=shm if shm.is_dir() else None)
-        self.path = str(Path(self._dir.name) / "obj")
+
+    def _path(self) -> Path:
+        return Path(self._dir.name) / uuid.uuid4().hex
 
     def save(self, obj: object) -> bytes:
-        obj.save(self.path)  # type: ignore[attr-defined]
-        return Path(self.path).read_bytes()
+        path = self._path()
+        try:
+            obj.save(str(path))  # type: ignore[attr-defined]
+            return path.read_bytes()
+        finally:
+            path.unlink(missing_ok=True)
 
     def load_ciphertext(self, context: seal.SEALContext, data: bytes) -> seal.Ciphertext:
-        Path(self.path).write_bytes(data)
+        path = self._path()
+        path.write_bytes(data)
         ct = seal.Ciphertext()
         try:
-            ct.load(context, self.path)
+            ct.load(context, str(path))
         except Exception as e:  # SEAL: bad header, wrong parameters, truncated, …
             raise CerberusError(f"packed linear: not a ciphertext of these parameters ({e})") \
                 from None
+        finally:
+            path.unlink(missing_ok=True)
         return ct
 
 

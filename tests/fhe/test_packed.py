@@ -3,6 +3,8 @@ and refuses what is not its own (issue #14; SPEC C6, R1)."""
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import pytest
 
@@ -150,3 +152,16 @@ def test_values_out_of_range_are_refused(setup) -> None:
         PackedParams(1 << 20, 16)
     with pytest.raises(CerberusError, match="keygen"):
         PackedClient(PackedParams(64, 256)).encrypt_rows(x)
+
+
+def test_concurrent_runs_on_one_linear_are_exact(setup) -> None:
+    """A miner serves clients from several threads with one PackedLinear."""
+    client, linear, _ = setup
+    rng = np.random.default_rng(4)
+    xs = [rng.integers(LO, HI + 1, (1, 64)) for _ in range(8)]
+    cts = [client.encrypt_rows(x) for x in xs]
+    with ThreadPoolExecutor(4) as pool:
+        replies = list(pool.map(linear.run, cts))
+    w = linear.w
+    for x, reply in zip(xs, replies, strict=True):
+        np.testing.assert_array_equal(client.decrypt(reply, 1, 256), x @ w)
