@@ -165,3 +165,21 @@ def test_concurrent_runs_on_one_linear_are_exact(setup) -> None:
     w = linear.w
     for x, reply in zip(xs, replies, strict=True):
         np.testing.assert_array_equal(client.decrypt(reply, 1, 256), x @ w)
+
+
+def test_benchmark_designs_are_exact_and_its_sums_add_up() -> None:
+    """benchmarks/packed_linear.py: the SIMD-diagonal design it compares against is itself
+    exact, and a model's extrapolated bytes and seconds are the sums over its linears."""
+    from benchmarks.packed_linear import measure_simd, model_cost
+
+    simd = measure_simd(64, 256, 3)
+    assert simd["max_error"] == 0 and simd["eval_key_bytes"] > 0
+    model = {"layers": 2, "rows": 4, "linears": [(8, 16), (16, 8)]}
+    per = {(8, 16): {"in_b_per_value": 10.0, "out_b_per_value": 1.0, "seconds": 0.5},
+           (16, 8): {"in_b_per_value": 20.0, "out_b_per_value": 2.0, "seconds": 0.25}}
+    cost = model_cost(model, per)
+    assert cost["bytes_up"] == 2 * 4 * (10 * 8 + 20 * 16)
+    assert cost["bytes_down"] == 2 * 4 * (1 * 16 + 2 * 8)
+    assert cost["compute_s"] == 1.5 and cost["round_trips"] == 4
+    link = (cost["bytes_up"] + cost["bytes_down"]) * 8 / 100e6
+    assert cost["seconds"] == pytest.approx(1.5 + link + 4 * 0.020)
