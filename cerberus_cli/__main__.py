@@ -1,5 +1,5 @@
 """``python -m cerberus_cli`` is the same as the ``cerberus`` console script."""
 
-from cerberus_cli.main import main
+from cerberus_cli.main import entry
 
-raise SystemExit(main())
+entry()

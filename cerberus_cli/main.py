@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 from cerberus import __version__
 from cerberus.errors import CerberusError, CLIError
+from cerberus.fhe.exit import exit_now
 from cerberus_cli.commands import bench, join, network, query, serve
 from cerberus_cli.commands import compile as compile_  # not the builtin
 
@@ -66,5 +67,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+def entry() -> None:
+    """The console script and ``python -m cerberus_cli``: ``main``'s status, kept even
+    after a command ran FHE circuits in this process (``cerberus.fhe.exit``)."""
+    exit_now(main())
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

@@ -10,6 +10,9 @@ _HERE = str(Path(__file__).resolve().parent)
 if _HERE not in sys.path:
     sys.path.append(_HERE)  # last: nothing in tests/ may shadow a real package
 
+# The session's exit status survives concrete-python's exit handler (tests/exit_status.py).
+from exit_status import pytest_sessionfinish, pytest_unconfigure  # noqa: E402, F401
+
 # Forced, not defaulted: cerberus resolves Hub ids like from_pretrained (downloading when
 # online), so a shell's HF_HUB_OFFLINE=0 must not let a test reach the Hub. The fake-Hub
 # tests (tests/cerberus/test_hub.py) override it, pointed at a server on 127.0.0.1.
