@@ -91,6 +91,6 @@ def run(args: argparse.Namespace) -> int:
     if m.get("fhe"):
         pbs = sum(p["pbs"] for p in m["fhe"].values())
         widest = max(p["max_bits"] for p in m["fhe"].values())
-        print(f"  FHE programs   {len(m['fhe'])} in {path / 'fhe'} "
+        print(f"  FHE programs   {len(m['fhe'])} in {path / 'miner' / 'fhe'} "
               f"({pbs} PBS, widest {widest} bits)")
     return 0
