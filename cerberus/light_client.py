@@ -197,13 +197,13 @@ class LightClient:
                 on_token(out[-1])
         return out
 
-    def window(self, ids: list[int], pad: int = 0) -> tuple[torch.Tensor, int]:
+    def window(self, ids: list[int]) -> tuple[torch.Tensor, int]:
         """Full partition: the circuit's fixed-length input, the last ``seq_len`` tokens
-        right-padded (causal attention: padding after the last token cannot change its
-        logits), and the position whose logits predict the next token."""
+        right-padded with token 0 (causal attention: padding after the last token cannot
+        change its logits), and the position whose logits predict the next token."""
         t = int(self.seq_len or self.cfg.n_positions)
         ids = ids[-t:]
-        return torch.tensor([ids + [pad] * (t - len(ids))]), len(ids) - 1
+        return torch.tensor([ids + [0] * (t - len(ids))]), len(ids) - 1
 
 
 class Session:
