@@ -120,7 +120,7 @@ class FheClient:
                 how = "generated"
                 if path is not None:
                     _save_private(client.keys.serialize(), path)
-            log.info("keys for %s %s in %.1f s", name, how, time.perf_counter() - t0)
+            log.debug("keys for %s %s in %.1f s", name, how, time.perf_counter() - t0)
 
     def evaluation_keys(self, name: str) -> bytes:
         return self.clients[name].evaluation_keys.serialize()
