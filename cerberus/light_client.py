@@ -215,18 +215,20 @@ class Session:
         self.client = client
         self.cache = KVCache()
 
+    def check(self, new: int, reserve: int = 0) -> None:
+        """Refuse, before any work, ``new`` positions plus ``reserve`` more still to come
+        (the tokens yet to generate) that would not fit the model's context."""
+        n = self.client.cfg.n_positions
+        if self.cache.length + new + reserve > n:
+            raise ContextOverflow(
+                f"{self.cache.length + new + reserve} positions requested "
+                f"({new} new, {self.cache.length} cached, {reserve} still to generate) "
+                f"exceed the model's context of {n}")
+
     def feed(self, ids: list[int], reserve: int = 0) -> torch.Tensor:
         """Append ``ids`` (the prompt, then one token at a time); the logits after the last.
-
-        ``reserve`` more positions must still fit after these (the tokens still to come),
-        so a request that cannot finish is refused before any work is sent to the miner.
-        """
-        n = self.client.cfg.n_positions
-        if self.cache.length + len(ids) + reserve > n:
-            raise ContextOverflow(
-                f"{self.cache.length + len(ids) + reserve} positions requested "
-                f"({len(ids)} new, {self.cache.length} cached, {reserve} still to generate) "
-                f"exceed the model's context of {n}")
+        A request that cannot finish (``check``) is refused before the miner is asked."""
+        self.check(len(ids), reserve)
         with torch.no_grad():
             logits = self.client.model(torch.tensor([ids]), cache=self.cache)
         return logits[0, -1]

@@ -46,7 +46,7 @@ from cerberus.artefact import FORMAT_VERSION, HASH_FILE, ClientHalf, is_miner_fi
 from cerberus.errors import CerberusError
 from cerberus.frontends.canonical import KVCache
 from cerberus.hashing import digest_of_files, file_sha256
-from cerberus.light_client import ContextOverflow, LightClient, Session
+from cerberus.light_client import LightClient, Session
 from cerberus.paths import CACHE_DIR
 from runtime.protos import miner_pb2 as pb
 from runtime.protos import miner_pb2_grpc as pb_grpc
@@ -487,14 +487,9 @@ class MinerClient:
         if max_new_tokens < 1:
             raise MinerError("max_new_tokens must be at least 1")
         light = self.light
-        need = len(prompt_ids) + max_new_tokens - 1  # positions the KV cache must hold
-        if light.partition == "hybrid" and need > light.cfg.n_positions:
-            # refused here, before keys or a Generate call reach the miner (Session.feed
-            # would refuse it too, but only once the token's stream is open)
-            raise ContextOverflow(
-                f"{need} positions requested ({len(prompt_ids)} in the prompt, "
-                f"{max_new_tokens - 1} more to generate after it) exceed the model's "
-                f"context of {light.cfg.n_positions}")
+        session = Session(light) if light.partition == "hybrid" else None
+        if session is not None:  # before keys or a Generate call reach the miner
+            session.check(len(prompt_ids), max_new_tokens - 1)
         if not self._uploaded:
             self.upload_keys()
         rng = np.random.default_rng(seed)
@@ -503,7 +498,6 @@ class MinerClient:
         def pick(logits: torch.Tensor) -> int:
             return sample(logits.double().numpy(), temperature, top_k, rng)
 
-        session = Session(light) if light.partition == "hybrid" else None
         ids = list(prompt_ids)
         for step in range(max_new_tokens):
             t0 = time.perf_counter()
