@@ -55,6 +55,14 @@ Miner = Callable[[str, np.ndarray], np.ndarray]
 QKV = ("q", "k", "v")
 
 
+def program_groups(block: nn.Module) -> list[tuple[str, tuple[str, ...]]]:
+    """A block's miner programs and the linears each computes: ``qkv`` (q, k, v side by
+    side) and ``o`` while the block keeps a head, then ``fc1`` and ``fc2``. The one
+    definition the lowering, the client's state and the client's model all read."""
+    attn = [("qkv", QKV), ("o", ("o",))] if block.n_kept else []
+    return attn + [("fc1", ("fc1",)), ("fc2", ("fc2",))]
+
+
 @dataclass
 class LinearSpec:
     """The client's side of one FHE-side linear: scales and bias, no weights."""
@@ -141,8 +149,7 @@ def lower_hybrid(
     specs: dict[str, LinearSpec] = {}
     graphs: dict[str, IntGraph] = {}
     for i, block in enumerate(model.blocks):
-        groups = [("qkv", QKV), ("o", ("o",))] if block.n_kept else []
-        for prog, members in groups + [("fc1", ("fc1",)), ("fc2", ("fc2",))]:
+        for prog, members in program_groups(block):
             name, first = f"blocks.{i}.{prog}", f"blocks.{i}.{members[0]}"
             act = {scales[f"blocks.{i}.{m}"] for m in members}
             if len(act) != 1:  # they observe one tensor: a difference is a bug upstream

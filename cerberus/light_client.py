@@ -29,11 +29,9 @@ from torch import nn
 
 from cerberus.errors import CerberusError
 from cerberus.frontends.canonical import CanonicalTransformer, KVCache, TransformerConfig
-from cerberus.hybrid import QKV, EncryptedLinear, LinearSpec, Miner
+from cerberus.hybrid import EncryptedLinear, LinearSpec, Miner, program_groups
 from cerberus.ir import IntGraph, evaluate
 from cerberus.passes.quantize import qmax
-
-MLP = ("fc1", "fc2")
 
 
 class ContextOverflow(CerberusError):
@@ -62,11 +60,8 @@ def client_state(model: CanonicalTransformer, partition: str) -> dict[str, torch
 def _miner_prefixes(model: CanonicalTransformer, partition: str) -> tuple[str, ...]:
     if partition == "full":
         return ("blocks.",)
-    out = []
-    for i, block in enumerate(model.blocks):
-        subs = (*QKV, "o", *MLP) if block.n_kept else MLP
-        out += [f"blocks.{i}.{s}." for s in subs]
-    return tuple(out)
+    return tuple(f"blocks.{i}.{m}." for i, block in enumerate(model.blocks)
+                 for _, members in program_groups(block) for m in members)
 
 
 class LightClient:
@@ -105,17 +100,17 @@ class LightClient:
                     if name not in linears:
                         raise CerberusError(f"the client half has no scales for {name}")
                     return linears[name]
-                if block.n_kept:
-                    inner = block.n_kept * cfg.head_dim
-                    for sub in QKV:
+                for prog, members in program_groups(block):
+                    if prog != "qkv":
+                        setattr(block, members[0], EncryptedLinear(spec(prog), self.miner))
+                        continue
+                    for sub in members:
                         delattr(block, sub)
                     # Block.qkv is a method: the instance's own attribute must shadow it (a
                     # registered submodule would not), and it has no tensors to register
+                    inner = block.n_kept * cfg.head_dim
                     block.__dict__["qkv"] = EncryptedLinear(spec("qkv"), self.miner,
                                                             [inner] * 3)
-                    block.o = EncryptedLinear(spec("o"), self.miner)
-                for sub in MLP:
-                    setattr(block, sub, EncryptedLinear(spec(sub), self.miner))
         missing, unexpected = model.load_state_dict(dict(state), strict=False)
         if missing or unexpected:
             raise CerberusError(f"the client half does not fit the model: missing {missing}, "
