@@ -108,7 +108,7 @@ def read_manifest(path: Path) -> dict:
     return manifest
 
 
-def _check_files(path: Path, manifest: dict, half: str) -> None:
+def check_half(path: Path, manifest: dict, half: str) -> None:
     """Every file the manifest lists for ``half`` must be there."""
     listed = manifest.get("files", {}).get(half)
     if listed is None or not (path / half).is_dir():
@@ -313,9 +313,9 @@ def load_client(path: Path, *, sha256: str | None = None) -> ClientHalf:
     must hold both halves and hash to its recorded id."""
     path = Path(path)
     manifest = read_manifest(path)
-    _check_files(path, manifest, CLIENT)
+    check_half(path, manifest, CLIENT)
     if sha256 is None:
-        _check_files(path, manifest, MINER)
+        check_half(path, manifest, MINER)
         _verify(path, manifest)
     else:
         manifest["sha256"] = sha256
@@ -336,7 +336,7 @@ def load_miner(path: Path) -> MinerHalf:
     """Load the miner half's integer graphs (the miner and the simulator)."""
     path = Path(path)
     manifest = read_manifest(path)
-    _check_files(path, manifest, MINER)
+    check_half(path, manifest, MINER)
     miner = path / MINER
     graph = IntGraph.load(miner / "graph")
     root = miner / "programs"

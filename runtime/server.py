@@ -49,7 +49,14 @@ from typing import Any
 import grpc
 
 from cerberus import __version__
-from cerberus.artefact import FORMAT_VERSION, HASH_FILE, is_miner_file, load_miner, read_manifest
+from cerberus.artefact import (
+    FORMAT_VERSION,
+    HASH_FILE,
+    MINER,
+    check_half,
+    is_miner_file,
+    read_manifest,
+)
 from cerberus.errors import CerberusError
 from cerberus.hashing import digest_of_files, folder_digests
 from runtime.keycache import KeyCache, KeySet
@@ -189,7 +196,7 @@ class MinerService(pb_grpc.MinerServicer):
         self._replies: dict[str, bytes] = {}  # misbehave="replay": program → first reply
         self.path = Path(artefact)
         self.manifest = read_manifest(self.path)  # a clear error for a non- or old artefact
-        load_miner(self.path)  # … and for a folder without the miner half
+        check_half(self.path, self.manifest, MINER)  # … and one without the miner half
         recorded = (self.path / HASH_FILE).read_text().strip()
         # every file's digest, once: it checks the artefact here and FetchClient sends it
         self.digests = dict(sorted(folder_digests(self.path).items()))
