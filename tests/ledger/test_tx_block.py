@@ -148,3 +148,33 @@ def test_malformed_wire_blocks_raise_value_error() -> None:
         with pytest.raises(ValueError):
             Block.from_dict(d)
     assert Block.from_dict(good) == block
+
+
+def test_wire_blocks_with_mistyped_txs_are_invalid_blocks() -> None:
+    """Issue #15: ``from_dict`` took any tx shape, so a float fee reached ``canonical`` (and
+    raised ``TypeError``) only when a node computed the tx root to vote. Every tx field's
+    type, range and hex is checked at parse time; the error is ``InvalidBlock``."""
+    chain = Chain(genesis())
+    tx = make_tx(A, "transfer", 0, CHAIN_ID, fee=1, to=B.address, amount=1)
+    block, _ = chain.produce_block([tx], PROPOSER, 1)
+    good = block.to_dict()
+    tx_changes: list[dict[str, object]] = [
+        {"fee": 1.5}, {"fee": 2**63}, {"fee": True}, {"nonce": -1}, {"nonce": 2**64},
+        {"kind": "mint"}, {"kind": 3}, {"sender": 7}, {"sender": "AB" * 32}, {"sig": "zz"},
+        {"sig": 5}, {"payload": {"to": B.address, "amount": 0.5}},
+        {"payload": {"to": B.address, "amount": 2**63}},
+        {"payload": [["to", B.address], ["amount", 1]]}, {"payload": {"to": B.address}},
+    ]
+    for change in tx_changes:
+        d = {"header": dict(good["header"]), "txs": [{**good["txs"][0], **change}]}
+        with pytest.raises(InvalidBlock):
+            Block.from_dict(d)
+    for header_change in ({"height": 2**63}, {"time": 2**63}, {"time": 1.0}):
+        d = {"header": {**good["header"], **header_change}, "txs": good["txs"]}
+        with pytest.raises(InvalidBlock):
+            Block.from_dict(d)
+    for d in ({"header": good["header"], "txs": "abc"}, {"header": good["header"], "txs": {}},
+              {"header": [], "txs": []}, [], None):
+        with pytest.raises(InvalidBlock):
+            Block.from_dict(d)  # type: ignore[arg-type]
+    assert Block.from_dict(good) == block
