@@ -9,11 +9,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ledger.encoding import canonical, is_hex64, is_int, sha256
+from ledger.encoding import MAX_INT, canonical, is_hex64, is_int, sha256
 from ledger.keys import Wallet, is_address, verify
 from ledger.tx import Tx
 
 ZERO_HASH = "00" * 32
+
+
+class InvalidBlock(ValueError):
+    """A block that cannot apply (or, from a peer, cannot even be parsed); the state is
+    unchanged."""
 
 
 def tx_root(txs: list[Tx] | tuple[Tx, ...]) -> str:
@@ -55,8 +60,8 @@ class Header:
         """Why the header's fields have the wrong types/shapes (from a peer), or None."""
         for name in ("height", "time"):
             v = getattr(self, name)
-            if not is_int(v):
-                return f"header {name} must be a non-negative int"
+            if not is_int(v, 0, MAX_INT):
+                return f"header {name} must be an int in 0..{MAX_INT}"
         for name in ("parent", "state_root", "tx_root"):
             v = getattr(self, name)
             if not is_hex64(v):
@@ -104,17 +109,26 @@ class Block:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Block:
-        """Inverse of ``to_dict``; raises ``ValueError`` on malformed input (from a peer)."""
+        """Inverse of ``to_dict``; raises ``InvalidBlock`` on malformed input (from a peer).
+
+        Every field is checked here, txs included (types, integer ranges, hex), because a
+        block that parses is hashed, voted on and stored: a mistyped tx found only later
+        (say a float fee when the tx root is computed) raised ``TypeError`` where callers
+        expect ``InvalidBlock`` — issue #15, where it stopped a validator voting."""
         try:
             h = dict(d["header"])
             sig = bytes.fromhex(h.pop("sig"))
             header = Header(signature=sig, **h)
+            if not isinstance(d["txs"], list):
+                raise TypeError("txs must be a list")
             txs = tuple(Tx.from_dict(t) for t in d["txs"])
+            for tx in txs:
+                tx.check_format()
         except (KeyError, TypeError, ValueError, AttributeError) as e:
-            raise ValueError(f"malformed block: {e}") from e
+            raise InvalidBlock(f"malformed block: {e}") from e
         problem = header.format_problem()
         if problem:
-            raise ValueError(problem)
+            raise InvalidBlock(problem)
         return cls(header, txs)
 
 

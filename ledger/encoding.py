@@ -39,6 +39,11 @@ def sha256(data: bytes) -> bytes:
     return hashlib.sha256(data).digest()
 
 
+MAX_INT = 2**63 - 1
+"""The largest integer a peer or client may send (SQLite's INTEGER; far above any supply):
+larger ones are refused at parse time, before they can overflow a database column."""
+
+
 def is_int(value: object, lo: int = 0, hi: int | None = None) -> bool:
     """A real ``int`` in ``[lo, hi]``: the check for every integer a peer or client sends.
 

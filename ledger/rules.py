@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from ledger import economics as econ
-from ledger.block import Block, tx_root
+from ledger.block import Block, InvalidBlock, tx_root
 from ledger.encoding import is_hex64
 from ledger.epoch import run_epoch
 from ledger.genesis import Genesis, new_brain
@@ -40,10 +40,6 @@ U16_MAX = 65_535
 
 class TxRejected(ValueError):
     """A tx that cannot apply to this state; ``str(e)`` is the reason."""
-
-
-class InvalidBlock(ValueError):
-    """A block that cannot apply; the state is unchanged."""
 
 
 @dataclass(frozen=True)

@@ -12,10 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ledger.encoding import canonical, is_hex64, is_int, sha256
+from ledger.encoding import MAX_INT, canonical, is_hex64, is_int, sha256
 from ledger.keys import Wallet, is_address, verify
 
-# Field types: "int" (non-negative int), "addr" (address), "str", "bool", "hex32" (sha256 hex),
+# Field types: "int" (int in 0..MAX_INT), "addr" (address), "str", "bool", "hex32" (sha256 hex),
 # "ints" (list of non-negative ints).
 PAYLOAD_SCHEMAS: dict[str, dict[str, str]] = {
     "transfer": {"to": "addr", "amount": "int"},
@@ -46,7 +46,7 @@ class TxFormatError(ValueError):
 def _check_field(name: str, kind: str, value: Any) -> None:
     ok: bool
     if kind == "int":
-        ok = is_int(value)
+        ok = is_int(value, 0, MAX_INT)
     elif kind == "addr":
         ok = is_address(value)
     elif kind == "str":
@@ -56,7 +56,7 @@ def _check_field(name: str, kind: str, value: Any) -> None:
     elif kind == "hex32":
         ok = is_hex64(value)
     elif kind == "ints":
-        ok = isinstance(value, list) and all(is_int(v) for v in value)
+        ok = isinstance(value, list) and all(is_int(v, 0, MAX_INT) for v in value)
     else:  # pragma: no cover - schema typo
         raise AssertionError(kind)
     if not ok:
@@ -102,8 +102,11 @@ class Tx:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Tx:
-        """Inverse of ``to_dict``; raises ``TxFormatError`` on junk."""
+        """Inverse of ``to_dict``; raises ``TxFormatError`` on junk (``check_format`` then
+        checks the fields' types and ranges)."""
         try:
+            if not isinstance(d["payload"], dict):
+                raise TypeError("payload must be an object")
             return cls(
                 kind=d["kind"],
                 sender=d["sender"],
@@ -127,8 +130,8 @@ class Tx:
         if not is_address(self.sender):
             raise TxFormatError("sender is not an address")
         for name, value in (("nonce", self.nonce), ("fee", self.fee)):
-            if not is_int(value):
-                raise TxFormatError(f"{name} must be a non-negative int")
+            if not is_int(value, 0, MAX_INT):
+                raise TxFormatError(f"{name} must be an int in 0..{MAX_INT}")
         if not isinstance(self.payload, dict) or set(self.payload) != set(schema):
             raise TxFormatError(f"{self.kind} payload needs exactly {sorted(schema)}")
         for name, kind in schema.items():

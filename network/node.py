@@ -554,6 +554,9 @@ class Node:
                 dry_run_block(self.chain.state, block, self.genesis, self.chain.head_hash)
             except InvalidBlock as e:
                 reason = str(e)
+            except Exception as e:  # a peer's block must never stop this node voting
+                log.exception("proposal %s failed its check unexpectedly", bh[:12])
+                reason = f"check failed: {e!r}"
         self._validity[bh] = reason
         return reason
 
@@ -613,8 +616,8 @@ class Node:
                 self.store.put_cert(h, bh, cert)
                 try:
                     self.chain.apply_block(block)
-                except InvalidBlock as e:  # 2/3 signed a block this node finds invalid
-                    log.error("final block %d %s does not apply here: %s", h, bh[:12], e)
+                except Exception as e:  # 2/3 signed a block this node finds invalid
+                    log.error("final block %d %s does not apply here: %r", h, bh[:12], e)
                     self._proposals[h].pop(bh, None)
                     return False
                 self._after_apply()
@@ -1012,6 +1015,8 @@ class _Servicer(node_pb2_grpc.NodeServicer):
 
     def _reject(self, context: grpc.ServicerContext, e: Exception) -> None:
         self.node.counters["rejected"] += 1
+        if not isinstance(e, Rejected):  # a case the parsers missed: log it, still refuse
+            log.exception("peer %s: unexpected error on its message", context.peer())
         context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e)[:500])
 
     def Hello(self, request: node_pb2.HelloRequest, context: grpc.ServicerContext
@@ -1028,7 +1033,7 @@ class _Servicer(node_pb2_grpc.NodeServicer):
         self._guard(context)
         try:
             return node_pb2.GossipReply(fresh=self.node.handle_envelope(request))
-        except Rejected as e:
+        except Exception as e:  # any failure on a peer's message is a rejection (#15)
             self._reject(context, e)
             raise
 
@@ -1047,10 +1052,10 @@ class _Servicer(node_pb2_grpc.NodeServicer):
         self._guard(context)
         try:
             tx = _parse_tx(_json(bytes(request.tx), "tx"), self.node.chain_id)
-        except Rejected as e:
+            reason = self.node.submit(tx)
+        except Exception as e:  # any failure on a client's tx is a rejection (#15)
             self._reject(context, e)
             raise
-        reason = self.node.submit(tx)
         return node_pb2.SubmitReply(accepted=reason is None, reason=reason or "",
                                     tx_hash=tx.tx_hash().hex())
 
