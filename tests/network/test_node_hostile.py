@@ -15,11 +15,14 @@ import grpc
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from node_harness import CHAIN_ID, VALIDATORS, make_genesis  # noqa: E402
+from node_harness import CHAIN_ID, OPERATOR, START, USER, VALIDATORS, make_genesis  # noqa: E402
 
 from ledger.block import Block  # noqa: E402
 from ledger.chain import Chain  # noqa: E402
 from ledger.genesis import Genesis  # noqa: E402
+from ledger.keys import Wallet  # noqa: E402
+from ledger.tx import Tx, make_tx  # noqa: E402
+from network.client import NodeClient  # noqa: E402
 from network.consensus import proposer_ranking, voting_set  # noqa: E402
 from network.node import Node, NodeConfig  # noqa: E402
 from network.protos import node_pb2, node_pb2_grpc  # noqa: E402
@@ -85,3 +88,70 @@ def test_a_malformed_block_does_not_stop_a_validator_voting(voter: tuple[Node, G
     assert gossip(node, "block", good.to_dict()) == grpc.StatusCode.OK
     assert wait_for(lambda: (node.status()["my_vote"] or {}).get("hash") == good.block_hash())
     assert node.status()["rejected"] >= 1
+
+
+@pytest.fixture()
+def observer(tmp_path: Path) -> Iterator[tuple[Node, NodeClient]]:
+    """A started node without a wallet and no validator to talk to: nothing is ever
+    finalized, so its mempool only changes through what a test submits."""
+    node = Node(NodeConfig(tmp_path / "obs", make_genesis(), None, block_interval=1000.0))
+    node.start()
+    client = NodeClient(node.listen)
+    try:
+        yield node, client
+    finally:
+        client.close()
+        node.stop()
+
+
+def transfer(nonce: int, amount: int, fee: int = 0, sender: Wallet = USER) -> Tx:
+    return make_tx(sender, "transfer", nonce, CHAIN_ID, fee=fee, to=VALIDATORS[0].address,
+                   amount=amount)
+
+
+def test_one_pending_tx_per_sender_and_nonce(observer: tuple[Node, NodeClient]) -> None:
+    """Finding: every valid tx at the account's nonce was admitted, so one key filled the
+    mempool with variants of one nonce (and re-gossip spread them). Now a second tx at a
+    pending nonce is refused unless its fee is higher (then it replaces the first)."""
+    node, c = observer
+    refused = [c.submit(transfer(0, amount)) for amount in range(1, 41)]
+    assert refused[0] is None
+    assert all(r is not None for r in refused[1:]), refused
+    assert c.status()["mempool"] == 1
+    # by gossip too: not fresh, not kept, so not forwarded
+    assert gossip(node, "tx", transfer(0, 99).to_dict()) == grpc.StatusCode.OK
+    assert c.status()["mempool"] == 1
+    assert c.submit(transfer(0, 5, fee=0)) is not None  # same fee: no replacement
+    assert c.submit(transfer(0, 5, fee=3)) is None  # higher fee: replaces
+    assert (c.status()["mempool"], c.pending_nonce(USER.address)) == (1, 1)
+    assert c.submit(transfer(0, 6, fee=2)) is not None  # lower than the replacement
+
+
+def test_pending_txs_are_checked_against_the_pending_state(
+        observer: tuple[Node, NodeClient]) -> None:
+    """Finding: a tx ahead of the account's nonce was admitted unchecked. Now it is run on
+    the state after the sender's pending txs: its balance must cover all of them, and its
+    rule must pass, before it is admitted or gossiped."""
+    _node, c = observer
+    fee = 1
+    assert c.submit(transfer(0, START - 10 - fee, fee=fee)) is None  # leaves 10
+    assert c.submit(transfer(1, 100)) is not None  # only 10 left after the pending tx
+    stake = make_tx(USER, "stake", 1, CHAIN_ID, brain=999, delegate="", amount=1)
+    reason = c.submit(stake)
+    assert reason is not None and "999" in reason  # no such Brain
+    assert c.submit(transfer(3, 1)) is not None  # a gap
+    assert c.submit(transfer(1, 10)) is None  # exactly what is left
+    assert c.submit(transfer(2, 1)) is not None
+    assert (c.status()["mempool"], c.pending_nonce(USER.address)) == (2, 2)
+
+
+def test_pending_txs_per_sender_are_capped(observer: tuple[Node, NodeClient]) -> None:
+    """Finding: one funded key could queue txs up to the mempool's size. Now a sender has a
+    bounded number pending; the rest are refused until blocks take some."""
+    _node, c = observer
+    reasons = [c.submit(transfer(n, 1, sender=OPERATOR)) for n in range(200)]
+    admitted = sum(r is None for r in reasons)
+    assert 16 <= admitted < 200
+    assert all(r is None for r in reasons[:admitted])  # a prefix, then only refusals
+    assert all(r is not None and "pending" in r for r in reasons[admitted:])
+    assert c.status()["mempool"] == admitted
