@@ -7,6 +7,7 @@ mempool here: the network layer keeps txs and hands a list to ``produce_block``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 from ledger.block import Block, Header, sign_header, tx_root
@@ -88,11 +89,22 @@ class Chain:
     # ---- writing ---------------------------------------------------------------------------
     def validate_tx(self, tx: Tx) -> str | None:
         """None if ``tx`` would apply on top of the current head now, else the reason."""
+        bad = self.validate_txs([tx])
+        return None if bad is None else bad[1]
+
+    def validate_txs(self, txs: Sequence[Tx]) -> tuple[int, str] | None:
+        """The first of ``txs`` that would not apply, in order, on top of the head — its
+        index and reason — or None. Each tx is judged on the state the earlier ones leave:
+        a mempool's pending-state overlay (a sender's queued txs must all fit its balance,
+        and a tx ahead of the account's nonce is checked on the state it will meet)."""
         mark = self.state.checkpoint()
+        ctx = Ctx(self.genesis, self.height + 1, None)
         try:
-            apply_tx(self.state, tx, Ctx(self.genesis, self.height + 1, None))
-        except TxRejected as e:
-            return str(e)
+            for i, tx in enumerate(txs):
+                try:
+                    apply_tx(self.state, tx, ctx)
+                except TxRejected as e:
+                    return i, str(e)
         finally:
             self.state.rollback(mark)
         return None

@@ -124,6 +124,7 @@ MAX_VOTERS = 1024  # votes kept per (height, hash); a voting set is far smaller 
 MAX_SYNC_BATCH = 128  # blocks per GetBlocks call
 MAX_BUCKETS = 1024
 MAX_REGOSSIP = 64  # pending mempool txs re-sent per announce_interval
+MAX_PENDING_PER_SENDER = 64  # one key cannot fill the mempool (issue #15)
 PEER_RE = re.compile(r"^[A-Za-z0-9.\-]{1,253}:[0-9]{1,5}$")
 CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", MAX_MESSAGE),
@@ -254,6 +255,7 @@ class Node:
         self._lock = threading.RLock()
         self._stop = threading.Event()
         self._mempool: OrderedDict[bytes, tuple[Tx, float]] = OrderedDict()
+        self._by_sender: dict[str, dict[int, bytes]] = {}  # sender → nonce → mempool key
         self._seen: OrderedDict[bytes, None] = OrderedDict()
         # height → hash → block (heights head+1 .. head+VOTE_WINDOW)
         self._proposals: dict[int, dict[str, Block]] = {}
@@ -379,9 +381,9 @@ class Node:
         mempool, so a client can sign several txs in a row without waiting for blocks."""
         with self._lock:
             nonce = self.chain.nonce(address)
-            queued = {t.nonce for t, _ in self._mempool.values() if t.sender == address}
+            queued = self._by_sender.get(address, {})
             pending = nonce
-            while pending in queued:  # bounded by the mempool size
+            while pending in queued:  # bounded by MAX_PENDING_PER_SENDER
                 pending += 1
             return {"address": address, "balance": self.chain.balance(address),
                     "nonce": nonce, "pending_nonce": pending, "height": self.chain.height}
@@ -426,25 +428,59 @@ class Node:
 
     # ---- mempool -----------------------------------------------------------------------
     def _admit(self, tx: Tx) -> str | None:
-        """Mempool admission (lock held; format and signature already checked)."""
+        """Mempool admission (lock held; format and signature already checked).
+
+        Why so strict (issue #15): whatever is admitted is also gossiped and re-gossiped,
+        so a cheap way in is a flood of the whole network. Hence: one tx per (sender,
+        nonce) — another at a pending nonce only *replaces* it, and only with a higher
+        fee; a sender's pending txs are a run of nonces from its account nonce, at most
+        ``MAX_PENDING_PER_SENDER`` long; and the run with ``tx`` in it must apply in order
+        on the head's state (``Chain.validate_txs``, the pending-state overlay), so the
+        balance covers every pending amount and fee and a tx ahead of the account's nonce
+        passes its rule before it is admitted or gossiped."""
         h = tx.tx_hash()
         if h in self._mempool:
             return None
-        if len(self._mempool) >= self.config.max_mempool:
-            return "mempool full"
         current = self.chain.nonce(tx.sender)
-        if tx.nonce > current:
-            # A later tx of a sender whose earlier ones wait in the mempool: the ledger can
-            # only judge it after them, so admit it if the nonces are contiguous.
-            pending = sum(1 for t, _ in self._mempool.values() if t.sender == tx.sender)
-            if tx.nonce > current + pending:
-                return f"nonce {tx.nonce} is ahead of the next ({current}) + {pending} pending"
-        else:
-            reason = self.chain.validate_tx(tx)
-            if reason is not None:
-                return reason
+        if tx.nonce < current:
+            return f"bad nonce: {tx.nonce} is used, the next is {current}"
+        pending = self._by_sender.get(tx.sender, {})
+        run = [self._mempool[pending[n]][0]
+               for n in range(current, current + len(pending)) if n in pending]
+        i = tx.nonce - current
+        if i > len(run):
+            return f"nonce {tx.nonce} is ahead of the next ({current}) + {len(run)} pending"
+        old = run[i] if i < len(run) else None
+        if old is not None and tx.fee <= old.fee:
+            return (f"a tx at nonce {tx.nonce} is pending; a replacement needs a fee above "
+                    f"{old.fee}")
+        if old is None and len(run) >= MAX_PENDING_PER_SENDER:
+            return f"{len(run)} txs of this sender are pending (at most " \
+                   f"{MAX_PENDING_PER_SENDER})"
+        if old is None and len(self._mempool) >= self.config.max_mempool:
+            return "mempool full"
+        bad = self.chain.validate_txs([*run[:i], tx, *run[i + 1:]])
+        if bad is not None:
+            j, reason = bad
+            if j < i:  # an older pending tx no longer applies (the head moved): drop it on
+                for t in run[j:]:
+                    self._pool_remove(t)
+                return f"pending tx at nonce {current + j} no longer applies: {reason}"
+            return reason
+        if old is not None:
+            self._pool_remove(old)
         self._mempool[h] = (tx, time.monotonic())
+        self._by_sender.setdefault(tx.sender, {})[tx.nonce] = h
         return None
+
+    def _pool_remove(self, tx: Tx) -> None:
+        """Drop ``tx`` from the mempool and its sender index (lock held)."""
+        self._mempool.pop(tx.tx_hash(), None)
+        by_nonce = self._by_sender.get(tx.sender, {})
+        if by_nonce.get(tx.nonce) == tx.tx_hash():
+            del by_nonce[tx.nonce]
+            if not by_nonce:
+                del self._by_sender[tx.sender]
 
     def _block_txs(self) -> list[Tx]:
         """Mempool txs for a block: senders in arrival order, each sender's by nonce."""
@@ -456,10 +492,17 @@ class Node:
         return txs[: self.config.max_block_txs]
 
     def _prune_mempool(self) -> None:
+        """Drop used nonces and expired txs, and a sender's txs after a gap (they can no
+        longer apply), so each sender's pending txs stay a run from its account nonce."""
         now = time.monotonic()
-        for h, (t, added) in list(self._mempool.items()):
-            if t.nonce < self.chain.nonce(t.sender) or now - added > self.config.mempool_ttl:
-                del self._mempool[h]
+        for sender, by_nonce in list(self._by_sender.items()):
+            expect = self.chain.nonce(sender)
+            for nonce in sorted(by_nonce):
+                t, added = self._mempool[by_nonce[nonce]]
+                if nonce == expect and now - added <= self.config.mempool_ttl:
+                    expect += 1
+                else:
+                    self._pool_remove(t)
 
     # ---- consensus ---------------------------------------------------------------------
     def _weights(self) -> dict[str, int]:
@@ -693,7 +736,7 @@ class Node:
         block, rejected = self.chain.produce_block(self._block_txs(), self.wallet, t)
         for tx, _ in rejected:
             if tx.nonce <= self.chain.nonce(tx.sender):
-                self._mempool.pop(tx.tx_hash(), None)
+                self._pool_remove(tx)
         self._proposed.add(h)
         self._on_block(block)
         payload = canonical(block.to_dict())
