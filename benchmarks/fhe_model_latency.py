@@ -103,7 +103,8 @@ def measure(bits: int, seq_len: int, tokens: int, workdir: Path) -> dict[str, An
 
     out = workdir / f"tiny-{bits}.cerb"
     t0 = time.perf_counter()
-    compile_model(MODEL, out, CompileOptions(bits=bits, seq_len=seq_len, fhe=True), force=True)
+    compile_model(MODEL, out, CompileOptions(bits=bits, seq_len=seq_len, fhe=True,
+                                             linear_backend="lwe"), force=True)
     compile_s = time.perf_counter() - t0
     art = load_artefact(out)
     client = FheClient(art.client.fhe_dir, key_cache=None)

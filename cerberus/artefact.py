@@ -4,7 +4,9 @@ Layout (format 2)::
 
     manifest.json            public: format and protocol versions, source model + hash,
                              pass reports, head mask, quantization, cost, fidelity,
-                             partition, model config, the file list of each half
+                             partition, model config, the file list of each half, and
+                             per FHE program its backend (lwe or packed), its parameters
+                             and every backend's predicted cost (``fhe``)
     artefact.sha256          the id (below)
     client/                  the client half: only what a client runs
         model.safetensors    embeddings and positions, norms, the LM head (left out when
@@ -12,12 +14,14 @@ Layout (format 2)::
         linears.json, .npz   hybrid: per miner program the input's scale and width, the
                              per-channel weight scales and the bias
         tokenizer/           tokenizer files, when the source has a tokenizer
-        fhe/NAME/client.specs  key generation and encryption parameters (--fhe)
+        fhe/NAME/client.specs  key generation and encryption parameters (--fhe, lwe
+                             programs; a packed program's parameters are in the manifest)
     miner/                   the miner half: never sent to a client
         graph/               the full-partition integer graph (structure + integers)
         programs/NAME/       hybrid: the integer graph of each program the miner runs
                              (full: the one program is graph/)
-        fhe/NAME/server.zip  the concrete-python programs (--fhe)
+        fhe/NAME/server.zip  the concrete-python programs (--fhe, lwe; a packed program
+                             encodes its weights from programs/NAME at start-up)
         model.onnx           the quantized integer graph as ONNX (runs in onnxruntime)
 
 No miner weight matrix, in any orientation or scale, is in the client half, and no
@@ -57,8 +61,9 @@ from cerberus.light_client import LightClient, simulated_miner
 HASH_FILE = "artefact.sha256"
 MANIFEST = "manifest.json"
 CLIENT, MINER = "client", "miner"
-# Version 2 split the artefact into a client half and a miner half (issue #13).
-FORMAT_VERSION = 2
+# Version 2 split the artefact into a client half and a miner half (issue #13); version 3
+# names each FHE program's backend in the manifest (lwe or packed, issue #14).
+FORMAT_VERSION = 3
 
 
 def artefact_hash(folder: Path) -> str:
@@ -93,8 +98,8 @@ def _check_format(path: Path, manifest: dict) -> None:
     fmt = manifest.get("format")
     if fmt != FORMAT_VERSION:
         raise CompileError(
-            f"{path} is artefact format {fmt}, this Cerberus reads format {FORMAT_VERSION} "
-            "(the client/miner split); recompile the model with this version")
+            f"{path} is artefact format {fmt}, this Cerberus reads format {FORMAT_VERSION}: "
+            "recompile the model with this version")
 
 
 def read_manifest(path: Path) -> dict:

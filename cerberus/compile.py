@@ -39,7 +39,9 @@ from cerberus.artefact import (
 )
 from cerberus.calibration import calibration_batches, random_batches
 from cerberus.errors import CompileError
-from cerberus.frontends.canonical import CanonicalTransformer
+from cerberus.fhe.packed import PackedParams
+from cerberus.fhe.pricing import Link, choose
+from cerberus.frontends.canonical import CanonicalTransformer, TransformerConfig
 from cerberus.frontends.hub import resolve_model
 from cerberus.frontends.huggingface import from_hf_module, load_pretrained
 from cerberus.hashing import arrays_sha256, file_sha256, folder_sha256
@@ -91,6 +93,12 @@ class CompileOptions:
     # "token"). Both change only the client's encoding and the miner's integer weights.
     act_scale: str = "token"
     smooth: float | None = 0.5
+    # Hybrid + fhe: what runs each linear (cerberus.fhe.pricing): "lwe" (concrete),
+    # "packed" (coefficient-encoded BFV) or "auto" (the cheapest exact one per linear,
+    # priced on this link: bytes at link_mbps, one round trip of rtt_ms per call).
+    linear_backend: str = "auto"
+    link_mbps: float = 100.0
+    rtt_ms: float = 20.0
 
     def validate(self) -> None:
         check_bits(self.bits)
@@ -107,6 +115,13 @@ class CompileOptions:
             raise CompileError(f"act-scale must be token or tensor, got {self.act_scale!r}")
         if self.smooth is not None and not (0 <= self.smooth <= 1 and self.act_scale == "token"):
             raise CompileError("--smooth takes an α in 0..1 and needs --act-scale token")
+        if self.linear_backend not in ("lwe", "packed", "auto"):
+            raise CompileError(f"linear backend must be lwe, packed or auto, got "
+                               f"{self.linear_backend!r}")
+        if self.linear_backend == "packed" and self.partition != "hybrid":
+            raise CompileError("--linear-backend packed runs the hybrid partition's linears; "
+                               "the full partition's blocks need lwe")
+        Link(self.link_mbps, self.rtt_ms)  # a clear error for a bad link
 
 
 def load_source(source: str | Path | nn.Module) -> tuple[CanonicalTransformer, Any, dict]:
@@ -303,10 +318,14 @@ def compile_model(
             from cerberus.fhe.concrete_backend import check_widths
 
             check_widths(graph, opts.max_lookup_bits)
-        inputsets = _inputsets(light, sim, calib, programs)
-        circuits = compile_programs(programs, inputsets)
-        fhe_stats = {}  # filled when the artefact writer saves the programs, before the manifest
-        extra.append(lambda root: fhe_stats.update(save_programs(circuits, root)))
+        fhe_stats = _choose_backends(opts, folded.cfg, programs)
+        lwe = {n: g for n, g in programs.items() if fhe_stats[n]["backend"] == "lwe"}
+        if lwe:
+            inputsets = _inputsets(light, sim, calib, lwe)
+            circuits = compile_programs(lwe, inputsets)
+            # the programs' statistics join the manifest when the writer saves them
+            extra.append(lambda root: [fhe_stats[n].update(st) for n, st in
+                                       save_programs(circuits, root).items()])
     manifest = {
         "cerberus_version": __version__,
         "torch_version": torch.__version__,
@@ -340,6 +359,32 @@ def compile_model(
                             programs=programs if opts.partition == "hybrid" else None,
                             linears=linears, tokenizer=tokenizer, force=force, extra=extra)
     return output, digest, json.loads((output / MANIFEST).read_text())  # as written
+
+
+def _choose_backends(opts: CompileOptions, cfg: TransformerConfig,
+                     programs: dict[str, IntGraph]) -> dict[str, dict]:
+    """Per FHE program, its backend and every backend's predicted price (the manifest's
+    ``fhe``). Priced for the call a model makes most: a token (causal LM) or a sequence."""
+    if opts.partition == "full":
+        return {name: {"backend": "lwe"} for name in programs}
+    link = Link(opts.link_mbps, opts.rtt_ms)
+    rows = 1 if cfg.kind == "causal-lm" else opts.seq_len
+    out = {}
+    for name, g in programs.items():
+        n_in, n_out = g["linear"].attrs["weight"].shape
+        wbits = opts.weight_bits or opts.bits
+        backend, prices = choose(opts.linear_backend, int(n_in), int(n_out), rows, link,
+                                 bits=opts.bits, weight_bits=wbits)
+        out[name] = {"backend": backend, "requested": opts.linear_backend,
+                     "link": {"mbps": link.mbps, "rtt_ms": link.rtt_ms},
+                     "predicted": prices}
+        if backend == "packed":
+            out[name]["packed"] = PackedParams(int(n_in), int(n_out), opts.bits,
+                                               wbits).to_dict()
+    chosen = sorted({d["backend"] for d in out.values()})
+    log.info("linear backends (%s, %.0f Mbit/s, %.0f ms RTT): %s", opts.linear_backend,
+             link.mbps, link.rtt_ms, ", ".join(chosen))
+    return out
 
 
 def _inputsets(light: Callable[[Miner], LightClient], sim: Miner, calib: torch.Tensor,

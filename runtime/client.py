@@ -170,7 +170,7 @@ class MinerClient:
         self._info: pb.InfoReply | None = None
         self._artefact: ClientHalf | None = None
         self._light: LightClient | None = None
-        self._fhe: Any = None  # cerberus.fhe.program.FheClient once keys exist
+        self._fhe: Any = None  # cerberus.fhe.backends.ClientPrograms once keys exist
         self._key_id: str | None = None
         self._uploaded = False
         self._stream: _Stream | None = None  # the token's Generate call, while it runs
@@ -316,19 +316,18 @@ class MinerClient:
     def keygen(self) -> str:
         """Create (or reload) this client's keys; returns the key id."""
         if self._fhe is None:
-            from cerberus.fhe.program import FheClient
+            from cerberus.fhe.backends import ClientPrograms
 
             sha = self.info().artefact_sha256
             seed = self._seed if self._seed is not None else self._stored_seed(sha)
-            # FheClient names each key file by program and seed, so one folder serves all
-            self._fhe = FheClient(self.artefact.fhe_dir,
-                                  key_cache=self.cache_dir / "keys" / sha[:32])
+            # key files are named by program and seed, so one folder serves all
+            self._fhe = ClientPrograms(self.artefact.path, self.artefact.manifest,
+                                       key_cache=self.cache_dir / "keys" / sha[:32])
             t0 = time.perf_counter()
             self._fhe.keygen(seed)
             log.info("keys ready in %.2f s (%d bytes of evaluation keys)",
                      time.perf_counter() - t0, self._fhe.key_bytes())
-            keys = {n: self._fhe.evaluation_keys(n) for n in self._fhe.clients}
-            self._key_id = key_id(sha, keys)
+            self._key_id = key_id(sha, self._fhe.evaluation_keys())
         assert self._key_id is not None
         return self._key_id
 
@@ -353,8 +352,7 @@ class MinerClient:
         sha = self.info().artefact_sha256
 
         def chunks() -> Iterator[pb.KeyChunk]:
-            for name in sorted(self._fhe.clients):
-                data = self._fhe.evaluation_keys(name)
+            for name, data in sorted(self._fhe.evaluation_keys().items()):
                 for i in range(0, max(len(data), 1), CHUNK):
                     yield pb.KeyChunk(artefact_sha256=sha, program=name,
                                       data=data[i:i + CHUNK])
@@ -402,7 +400,8 @@ class MinerClient:
             raise MinerError(f"miner {self.address} has no program {program!r}")
         out: list[np.ndarray] = []
         for i in range(0, len(xs), limit):
-            cts = [self._fhe.encrypt(program, x) for x in xs[i:i + limit]]
+            rows = xs[i:i + limit]
+            cts = self._fhe.encrypt(program, rows)
             t0 = time.perf_counter()
             reply = stream.step(pb.InferRequest(key_id=kid, program=program, ciphertexts=cts))
             wall_ms = 1000 * (time.perf_counter() - t0)
@@ -413,23 +412,27 @@ class MinerClient:
             stats.bytes_sent += sum(map(len, cts))
             stats.bytes_received += sum(map(len, reply.ciphertexts))
             stats.round_trips += 1
-            stats.programs.setdefault(program, []).append((len(cts), reply.server_ms, wall_ms))
-            out += [self._fhe.decrypt(program, c) for c in reply.ciphertexts]
-        return np.stack(out)
+            stats.programs.setdefault(program, []).append((len(rows), reply.server_ms, wall_ms))
+            try:
+                out.append(self._fhe.decrypt(program, list(reply.ciphertexts), len(rows)))
+            except CerberusError as e:  # a reply of the wrong shape or parameters
+                raise MinerError(f"miner {self.address} sent a bad reply for {program}: {e}") \
+                    from e
+        return np.concatenate(out)
 
     def infer(self, program: str, x: np.ndarray) -> np.ndarray:
         """One program on one encrypted input (unary ``Infer``); the decrypted result."""
         kid = self.keygen()
-        ct = self._fhe.encrypt(program, x)
+        cts = self._fhe.encrypt(program, np.asarray(x)[None])
 
         def run() -> np.ndarray:
             reply = self._call("Infer", lambda md: self.stub.Infer(
-                pb.InferRequest(key_id=kid, program=program, ciphertexts=[ct]), metadata=md,
+                pb.InferRequest(key_id=kid, program=program, ciphertexts=cts), metadata=md,
                 timeout=self.timeout))
-            if len(reply.ciphertexts) != 1:
+            if len(reply.ciphertexts) != len(cts):
                 raise MinerError(f"miner {self.address} answered {len(reply.ciphertexts)} "
-                                 "ciphertexts for 1")
-            return self._fhe.decrypt(program, reply.ciphertexts[0])
+                                 f"ciphertexts for {len(cts)}")
+            return self._fhe.decrypt(program, list(reply.ciphertexts), 1)[0]
         return self._with_keys(run)
 
     def _max_rows(self) -> dict[str, int]:

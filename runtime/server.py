@@ -66,7 +66,7 @@ from runtime.protos import miner_pb2_grpc as pb_grpc
 
 log = logging.getLogger("runtime.server")
 
-PROTOCOL = 2  # runtime/protos/miner.proto: bump with any change a peer must know about
+PROTOCOL = 3  # runtime/protos/miner.proto: bump with any change a peer must know about
 PROTOCOL_HEADER = "x-cerberus-protocol"
 CHUNK = 1 << 20  # bytes per streamed chunk (keys, artefact files)
 SLACK = 1 << 20  # headroom over a ciphertext's size for framing
@@ -187,13 +187,14 @@ class MinerService(pb_grpc.MinerServicer):
 
     def __init__(self, artefact: Path, *, key_cache_bytes: int = 4 << 30,
                  record: Path | None = None, misbehave: str | None = None) -> None:
-        from cerberus.fhe.program import FheServer
+        from cerberus.fhe.backends import MinerPrograms
 
         if misbehave is not None and misbehave not in MISBEHAVIOURS:
             raise CerberusError(f"unknown misbehaviour {misbehave!r}; known: "
                                 f"{', '.join(MISBEHAVIOURS)}")
         self.misbehave = misbehave
-        self._replies: dict[str, bytes] = {}  # misbehave="replay": program → first reply
+        # misbehave="replay": (program, rows) → the first reply
+        self._replies: dict[tuple[str, int], list[bytes]] = {}
         self.path = Path(artefact)
         self.manifest = read_manifest(self.path)  # a clear error for a non- or old artefact
         check_half(self.path, self.manifest, MINER)  # … and one without the miner half
@@ -205,17 +206,17 @@ class MinerService(pb_grpc.MinerServicer):
                                 f"its sha256 {recorded}")
         self.sha256 = recorded
         self.manifest_json = (self.path / "manifest.json").read_text()
-        if not (self.path / "miner" / "fhe").is_dir():
+        if not self.manifest.get("fhe"):
             raise CerberusError(f"{self.path} has no FHE programs: compile it with --fhe")
-        self.fhe = FheServer(self.path / "miner" / "fhe")
-        self.sizes = {n: self.fhe.ciphertext_bytes(n) for n in self.fhe.servers}
+        self.fhe = MinerPrograms(self.path, self.manifest)
         # the hybrid partition sends a prefill's rows at once; the full one a window a call
         context = int(self.manifest["model_config"]["n_positions"])
         rows = context if self.manifest["partition"]["mode"] == "hybrid" else 1
-        self.max_rows = {n: max(1, min(rows, MAX_MESSAGE // (max(size) + SLACK)))
-                         for n, size in self.sizes.items()}
-        self.max_message_bytes = max(self.max_rows[n] * (max(size) + SLACK)
-                                     for n, size in self.sizes.items()) + SLACK
+        self.max_rows = {n: self._rows_that_fit(n, rows) for n in self.fhe.names}
+        # per program: (messages per request, bytes per input message, per reply message)
+        self.limits = {n: self.fhe.limits(n, self.max_rows[n]) for n in self.fhe.names}
+        self.max_message_bytes = max(msgs * (max(i, o) + SLACK)
+                                     for msgs, i, o in self.limits.values()) + SLACK
         self.cache = KeyCache(key_cache_bytes)
         self.metrics = Metrics()
         self.lock = threading.Lock()
@@ -223,6 +224,19 @@ class MinerService(pb_grpc.MinerServicer):
         self._record = open(record, "ab") if record is not None else None  # noqa: SIM115
 
     # -- helpers ---------------------------------------------------------------------
+    def _rows_that_fit(self, name: str, rows: int) -> int:
+        """The most rows (≤ ``rows``) one request of program ``name`` may carry without a
+        message larger than ``MAX_MESSAGE``."""
+        lo, hi = 1, rows
+        while lo < hi:  # the largest r with a request under the cap (sizes grow with r)
+            mid = (lo + hi + 1) // 2
+            msgs, size_in, size_out = self.fhe.limits(name, mid)
+            if msgs * (max(size_in, size_out) + SLACK) <= MAX_MESSAGE:
+                lo = mid
+            else:
+                hi = mid - 1
+        return lo
+
     def _recv(self, data: bytes) -> None:
         """Test/audit hook: append every byte a client sent to the record file."""
         if self._record is not None:
@@ -234,20 +248,28 @@ class MinerService(pb_grpc.MinerServicer):
         for ct in request.ciphertexts:
             self._recv(ct)
         program = request.program
-        if program not in self.sizes:
+        if program not in self.limits:
             raise Abort(grpc.StatusCode.INVALID_ARGUMENT,
                         f"unknown program {program!r}; this artefact has "
-                        f"{', '.join(sorted(self.sizes))}")
-        if not 1 <= len(request.ciphertexts) <= self.max_rows[program]:
+                        f"{', '.join(self.fhe.names)}")
+        msgs, size_in, _ = self.limits[program]
+        if not 1 <= len(request.ciphertexts) <= msgs:
             raise Abort(grpc.StatusCode.INVALID_ARGUMENT,
                         f"{len(request.ciphertexts)} ciphertexts for program {program}: "
-                        f"send 1 to {self.max_rows[program]} per request")
-        limit = self.sizes[program][0] + SLACK
+                        f"send 1 to {msgs} per request")
         big = max(len(ct) for ct in request.ciphertexts)
-        if big > limit:
+        if big > size_in + SLACK:
             raise Abort(grpc.StatusCode.INVALID_ARGUMENT,
                         f"ciphertext of {big} bytes is larger than program {program}'s input "
-                        f"({limit} bytes at most)")
+                        f"({size_in + SLACK} bytes at most)")
+        try:
+            rows = self.fhe.rows(program, list(request.ciphertexts))
+        except CerberusError as e:
+            raise Abort(grpc.StatusCode.INVALID_ARGUMENT, f"bad ciphertext: {e}") from e
+        if not 1 <= rows <= self.max_rows[program]:
+            raise Abort(grpc.StatusCode.INVALID_ARGUMENT,
+                        f"{rows} rows for program {program}: send 1 to "
+                        f"{self.max_rows[program]} per request")
         keys = self.cache.get(request.key_id)
         if keys is None:
             raise Abort(grpc.StatusCode.NOT_FOUND,
@@ -255,12 +277,14 @@ class MinerService(pb_grpc.MinerServicer):
                         "(they may have been evicted)")
         if self.misbehave == "replay":
             with self.lock:
-                old = self._replies.get(program)
+                old = self._replies.get((program, rows))
             if old is not None:  # lazy: the old answer, no computation
-                return pb.InferReply(ciphertexts=[old] * len(request.ciphertexts), server_ms=0.0)
+                return pb.InferReply(ciphertexts=old, server_ms=0.0)
         t0 = time.perf_counter()
         try:
-            out = [self.fhe.run(program, ct, keys.keys[program]) for ct in request.ciphertexts]
+            out = self.fhe.run(program, list(request.ciphertexts), keys.keys)
+        except CerberusError as e:  # packed: checked header, parameters, sizes
+            raise Abort(grpc.StatusCode.INVALID_ARGUMENT, f"bad ciphertext: {e}") from e
         except RuntimeError as e:
             first = str(e).splitlines()[0] if str(e) else type(e).__name__
             if "incompatible raw info" in str(e):
@@ -268,15 +292,18 @@ class MinerService(pb_grpc.MinerServicer):
             raise Abort(grpc.StatusCode.INVALID_ARGUMENT, f"bad ciphertext: {first}") from e
         if self.misbehave == "replay":
             with self.lock:
-                self._replies.setdefault(program, out[0])
+                self._replies.setdefault((program, rows), out)
         return pb.InferReply(ciphertexts=out, server_ms=1000 * (time.perf_counter() - t0))
 
     # -- RPCs ------------------------------------------------------------------------
     @_rpc
     def Info(self, request: pb.InfoRequest, context: grpc.ServicerContext,  # noqa: N802
              extra: dict) -> pb.InfoReply:
-        programs = [pb.Program(name=n, input_bytes=i, output_bytes=o, max_rows=self.max_rows[n])
-                    for n, (i, o) in sorted(self.sizes.items())]
+        programs = []
+        for n in self.fhe.names:
+            _, size_in, size_out = self.fhe.limits(n, 1)
+            programs.append(pb.Program(name=n, input_bytes=size_in, output_bytes=size_out,
+                                       max_rows=self.max_rows[n], backend=self.fhe.backend[n]))
         return pb.InfoReply(artefact_sha256=self.sha256, manifest_json=self.manifest_json,
                             programs=programs, max_message_bytes=self.max_message_bytes,
                             partition=self.manifest["partition"]["mode"],
@@ -308,7 +335,7 @@ class MinerService(pb_grpc.MinerServicer):
                 raise Abort(grpc.StatusCode.FAILED_PRECONDITION,
                             f"keys were generated for artefact {chunk.artefact_sha256[:16]!r}; "
                             f"this miner serves {self.sha256[:16]}")
-            if chunk.program not in self.sizes:
+            if chunk.program not in self.fhe.needs_keys():
                 raise Abort(grpc.StatusCode.FAILED_PRECONDITION,
                             f"keys for program {chunk.program!r}, which this artefact does not "
                             "have: they belong to another circuit")
@@ -318,7 +345,7 @@ class MinerService(pb_grpc.MinerServicer):
                             f"keys exceed this miner's key cache ({self.cache.limit_bytes} B)")
             parts.setdefault(chunk.program, bytearray()).extend(chunk.data)
             self._recv(chunk.data)
-        missing = sorted(set(self.sizes) - set(parts))
+        missing = sorted(set(self.fhe.needs_keys()) - set(parts))
         # the client went away: keep nothing (an incomplete upload may be one whose
         # cancellation gRPC has not marked yet: it gets a moment to settle)
         if not context.is_active() or (missing and _client_left(context)):
@@ -422,7 +449,7 @@ def serve_forever(service: MinerService, host: str, port: int, *, workers: int, 
         signal.signal(sig, lambda *_: stop.set())
     log.info("serving", extra={"json": {"event": "serving", "address": f"{host}:{bound}",
                                          "artefact": service.sha256,
-                                         "programs": len(service.sizes),
+                                         "programs": len(service.fhe.names),
                                          "max_message_bytes": service.max_message_bytes}})
     if on_ready is not None:
         on_ready(bound)

@@ -33,8 +33,9 @@ settings.load_profile("ci" if os.environ.get("CI") else "cerberus")
 
 @pytest.fixture(scope="session")
 def fhe_artefact(tmp_path_factory: pytest.TempPathFactory):
-    """models/tiny-gpt compiled with --fhe (hybrid partition, 8 bits, calibrated on 8-token
-    windows; it decodes KV-cached over the model's 64 positions), both halves loaded
+    """models/tiny-gpt compiled with --fhe --linear-backend lwe (hybrid partition, 8 bits,
+    concrete's LWE programs, calibrated on 8-token windows; it decodes KV-cached over the
+    model's 64 positions), both halves loaded
     (``.client``, ``.miner``, ``.programs``, ``.simulator``); shared by the runtime and
     network tests. Tests must not modify it."""
     from cerberus.artefact import load_artefact
@@ -42,5 +43,19 @@ def fhe_artefact(tmp_path_factory: pytest.TempPathFactory):
     from cerberus.paths import shipped_model
 
     out = tmp_path_factory.mktemp("fhe-art") / "tiny.cerb"
+    compile_model(shipped_model(), out,
+                  CompileOptions(seq_len=8, fhe=True, linear_backend="lwe"))
+    return load_artefact(out)
+
+
+@pytest.fixture(scope="session")
+def packed_artefact(tmp_path_factory: pytest.TempPathFactory):
+    """models/tiny-gpt compiled with --fhe and the default ``--linear-backend auto``: every
+    linear packed (BFV, no evaluation keys), as a user gets it. Tests must not modify it."""
+    from cerberus.artefact import load_artefact
+    from cerberus.compile import CompileOptions, compile_model
+    from cerberus.paths import shipped_model
+
+    out = tmp_path_factory.mktemp("packed-art") / "tiny.cerb"
     compile_model(shipped_model(), out, CompileOptions(seq_len=8, fhe=True))
     return load_artefact(out)

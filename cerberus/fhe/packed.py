@@ -61,6 +61,7 @@ import hashlib
 import math
 import struct
 import tempfile
+import threading
 import uuid
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -79,6 +80,15 @@ SECURITY = seal.SEC_LEVEL_TYPE.TC128
 OUTPUT_MARGIN_BITS = 10
 # The BFV noise after the products (~2^18 at the largest shapes) must stay far below q/(2t).
 MIN_NOISE_BITS = 20
+# Rows per input ciphertext the miner serves (r_w): 1 for a generated token, 4 for a prefill
+# or a sentence. Each r_w needs its own encoding of the weights, r_w·8 bytes per weight in
+# NTT form, so the set is small and fixed: all-MiniLM-L6-v2's 16-token sentence moves 62 MB
+# with (1, 4) for 425 MB of the miner's memory, 45 MB with (1, 8) for 780 MB, 32 MB with
+# (1, 16) for 1.4 GB (the partition's byte formula below).
+ROW_PACKS = (1, 4)
+# A SEAL ciphertext saved compressed: c0's N words (54 bits, not compressible) plus a seed
+# and a header; the bound a miner checks before it parses one.
+CT_SLACK = 512
 IN_MAGIC, OUT_MAGIC, VERSION = b"CPKX", b"CPKY", 1
 # Input: magic, version, fingerprint, rows, n_in, n_out, r_w, n_w, m_w, ciphertext count; then
 # per ciphertext its length (u32) and SEAL's seeded, compressed serialization.
@@ -112,11 +122,16 @@ class PackedParams:
     bits: int = 8  # input x: signed, in [−2^(bits−1), 2^(bits−1) − 1]
     weight_bits: int = 8
     poly_degree: int = POLY_DEGREE
+    row_packs: tuple[int, ...] = ROW_PACKS  # the r_w the miner has weights encoded for
     coeff_modulus: tuple[int, ...] = field(init=False)
 
     def __post_init__(self) -> None:
         if self.n_in < 1 or self.n_out < 1:
             raise CompileError(f"packed linear: shape {self.n_in}×{self.n_out} is empty")
+        object.__setattr__(self, "row_packs", tuple(sorted({1, *map(int, self.row_packs)})))
+        if not all(1 <= r <= self.poly_degree for r in self.row_packs):
+            raise CompileError(f"packed linear: row packs {self.row_packs} outside "
+                               f"1..{self.poly_degree}")
         primes = seal.CoeffModulus.BFVDefault(self.poly_degree, SECURITY)
         object.__setattr__(self, "coeff_modulus", tuple(p.value() for p in primes))
         if len(self.coeff_modulus) != 1:
@@ -162,19 +177,50 @@ class PackedParams:
 
     def partition(self, rows: int) -> Partition:
         return _best_partition(rows, self.n_in, self.n_out, self.poly_degree, self.q_bits,
-                               self.out_bits)
+                               self.out_bits, self.row_packs)
+
+    def counts(self, rows: int) -> tuple[int, int]:
+        """(input ciphertexts, output ciphertexts) of a call on ``rows`` rows."""
+        part = self.partition(rows)
+        groups = -(-rows // part.r_w)
+        return groups * -(-self.n_in // part.n_w), groups * -(-self.n_out // part.m_w)
+
+    def input_bytes(self, rows: int) -> int:
+        """An upper bound of the client's message for ``rows`` rows (what a miner accepts)."""
+        return _IN_HEADER.size + self.counts(rows)[0] * (4 + 8 * self.poly_degree + CT_SLACK)
+
+    def output_bytes(self, rows: int) -> int:
+        """The exact size of the miner's reply for ``rows`` rows."""
+        part, count = self.partition(rows), self.counts(rows)[1]
+        bits = count * (self.poly_degree + part.r_w * part.m_w) * self.out_bits
+        return _OUT_HEADER.size + math.ceil(bits / 8)
+
+    def to_dict(self) -> dict[str, object]:
+        """What the manifest records (the client rebuilds the parameters from it)."""
+        return {"n_in": self.n_in, "n_out": self.n_out, "bits": self.bits,
+                "weight_bits": self.weight_bits, "poly_degree": self.poly_degree,
+                "row_packs": list(self.row_packs), "q_bits": self.q_bits,
+                "t_bits": self.t_bits, "out_bits": self.out_bits}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> PackedParams:
+        return cls(int(d["n_in"]), int(d["n_out"]), int(d["bits"]), int(d["weight_bits"]),
+                   int(d["poly_degree"]), tuple(int(r) for r in d["row_packs"]))
 
 
 @lru_cache(maxsize=256)
 def _best_partition(rows: int, n_in: int, n_out: int, n: int, q_bits: int,
-                    k: int) -> Partition:
-    """The cut with the fewest bytes both ways (fewest products on a tie).
+                    k: int, row_packs: tuple[int, ...] = (1,)) -> Partition:
+    """The cut with the fewest bytes both ways (fewest products on a tie), with ``r_w`` one
+    of ``row_packs``.
 
     Input ciphertexts cost ``N·log q`` bits whatever they hold, outputs ``(N + r_w·m_w)·k``:
-    many rows per ciphertext favour few outputs per weight block and vice versa.
+    many rows per ciphertext favour few outputs per weight block and vice versa. For a
+    given ``r_w`` the best ``(n_w, m_w)`` does not depend on ``rows`` (every term scales
+    with the number of row groups), so a miner needs one weight encoding per ``r_w``.
     """
     best: tuple[tuple[int, int], Partition] | None = None
-    for r_w in range(1, min(rows, n) + 1):
+    for r_w in (r for r in row_packs if r <= min(rows, n)):
         groups = -(-rows // r_w)
         for n_w in range(1, min(n_in, n // r_w) + 1):
             m_w = min(n_out, n // (r_w * n_w))
@@ -313,11 +359,13 @@ class PackedClient:
         self._scratch = _Scratch()
         self._secret: np.ndarray | None = None
         self._encryptor: seal.Encryptor | None = None
+        self._decryptor: seal.Decryptor | None = None
 
     def keygen(self) -> None:
         """A fresh secret key (SEAL draws it from the OS's randomness)."""
         sk = seal.KeyGenerator(self.context).secret_key()
         self._encryptor = seal.Encryptor(self.context, sk)
+        self._decryptor = seal.Decryptor(self.context, sk)
         self._secret = _secret_coefficients(sk, self.params.q, self.params.poly_degree)
 
     def evaluation_keys(self) -> bytes:
@@ -353,6 +401,34 @@ class PackedClient:
         header = _IN_HEADER.pack(IN_MAGIC, VERSION, p.fingerprint(), rows, p.n_in, p.n_out,
                                  part.r_w, part.n_w, part.m_w, len(chunks))
         return header + b"".join(chunks)
+
+    def decrypt_rows(self, data: bytes) -> np.ndarray:
+        """An input message back to its rows ``[rows, n_in]``: a client's audit of what it
+        sent. Only the key that encrypted it opens it; under another key the coefficients
+        are noise (the privacy tests check both)."""
+        if self._decryptor is None:
+            raise CerberusError("packed linear: keygen() before decrypting")
+        p = self.params
+        _, _, fp, rows, n_in, n_out, r_w, n_w, m_w, count = _read_header(data, _IN_HEADER,
+                                                                         IN_MAGIC)
+        if (n_in, n_out) != (p.n_in, p.n_out) or fp != p.fingerprint():
+            raise CerberusError("packed linear: a message for other parameters")
+        part, offset, blocks = Partition(r_w, n_w, m_w), _IN_HEADER.size, []
+        for _ in range(count):
+            (size,) = struct.unpack_from("<I", data, offset)
+            ct = self._scratch.load_ciphertext(self.context, data[offset + 4:offset + 4 + size])
+            offset += 4 + size
+            plain = seal.Plaintext()
+            self._decryptor.decrypt(ct, plain)
+            coeffs = np.array([plain.data(i) for i in range(plain.coeff_count())]
+                              + [0] * (p.poly_degree - plain.coeff_count()), dtype=np.int64)
+            coeffs = np.where(coeffs >= p.t // 2, coeffs - p.t, coeffs)
+            stride = part.n_w * part.m_w
+            blocks.append(np.stack([coeffs[i * stride:i * stride + part.n_w]
+                                    for i in range(part.r_w)]))
+        groups, per = -(-rows // part.r_w), -(-n_in // part.n_w)
+        x = np.block([[blocks[g * per + b] for b in range(per)] for g in range(groups)])
+        return x[:rows, :n_in]
 
     def decrypt(self, data: bytes, rows: int, out: int) -> np.ndarray:
         """The miner's reply → the exact accumulator ``x @ W`` as int64 ``[rows, out]``."""
@@ -423,7 +499,9 @@ class PackedLinear:
     evaluation key."""
 
     def __init__(self, w: np.ndarray, params: PackedParams | None = None,
-                 rows: tuple[int, ...] = (1,)) -> None:
+                 rows: tuple[int, ...] | None = None) -> None:
+        """``rows``: the call sizes whose weight encodings are built now (default: one per
+        row pack, so a serving miner's memory is fixed at start-up); others on first use."""
         w = np.asarray(w)
         if w.ndim != 2:
             raise CompileError(f"packed linear: weights must be [in, out], got {w.shape}")
@@ -439,7 +517,8 @@ class PackedLinear:
         self.evaluator = seal.Evaluator(self.context)
         self._scratch = _Scratch()
         self._encoded: dict[Partition, list[list[seal.Plaintext | None]]] = {}
-        for r in rows:
+        self._lock = threading.Lock()  # a miner's gRPC threads share one encoding per cut
+        for r in rows if rows is not None else self.params.row_packs:
             self._weights(self.params.partition(r))
 
     def _weights(self, part: Partition) -> list[list[seal.Plaintext | None]]:
@@ -447,6 +526,10 @@ class PackedLinear:
         (SEAL refuses a product that would be transparent).
 
         Each holds N words for n_w·m_w weights: r_w·8 bytes per weight in memory."""
+        with self._lock:
+            return self._encode(part)
+
+    def _encode(self, part: Partition) -> list[list[seal.Plaintext | None]]:
         if part not in self._encoded:
             p, parms_id = self.params, self.context.first_parms_id()
             blocks_in, blocks_out = -(-p.n_in // part.n_w), -(-p.n_out // part.m_w)
@@ -471,6 +554,18 @@ class PackedLinear:
                 table.append(row)
             self._encoded[part] = table
         return self._encoded[part]
+
+    def memory_bytes(self) -> int:
+        """The weight encodings held: N words of 8 bytes per non-zero block per cut."""
+        with self._lock:
+            blocks = sum(p is not None for table in self._encoded.values()
+                         for row in table for p in row)
+        return blocks * self.params.poly_degree * 8
+
+    def rows_of(self, ciphertext: bytes) -> int:
+        """The rows a client's message claims (its header), before any parsing of
+        ciphertexts: what a miner checks against its cap."""
+        return int(_read_header(ciphertext, _IN_HEADER, IN_MAGIC)[3])
 
     def run(self, ciphertext: bytes, eval_keys: bytes = b"") -> bytes:
         """The client's encrypted rows → the encrypted ``x @ W``, switched down to

@@ -17,6 +17,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--force", action="store_true", help="replace an existing output folder")
     p.add_argument("--fhe", action="store_true",
                    help="also compile the concrete-python server programs and client specs")
+    p.add_argument("--linear-backend", choices=("lwe", "packed", "auto"),
+                   default=DEFAULTS.linear_backend,
+                   help="hybrid --fhe: lwe (concrete, one ciphertext per value), packed "
+                        "(BFV, many values per ciphertext, no evaluation keys) or auto: the "
+                        "cheapest exact one per linear on the link below (default auto)")
+    p.add_argument("--link-mbps", type=float, default=DEFAULTS.link_mbps,
+                   help="the client's bandwidth auto prices bytes at (default 100)")
+    p.add_argument("--rtt-ms", type=float, default=DEFAULTS.rtt_ms,
+                   help="the round-trip time auto adds per call (default 20)")
     q = p.add_argument_group("quantization (C4)")
     q.add_argument("--partition", choices=("hybrid", "full"), default=DEFAULTS.partition,
                    help="hybrid: only linears under FHE, the client computes norms/softmax/GELU "
@@ -72,6 +81,7 @@ def run(args: argparse.Namespace) -> int:
         qat_steps=args.qat_steps, qat_lr=args.qat_lr, adaptive=args.adaptive,
         calibration=args.calibration, seed=args.seed, partition=args.partition, fhe=args.fhe,
         per_channel=args.per_channel, act_scale=args.act_scale, smooth=args.smooth,
+        linear_backend=args.linear_backend, link_mbps=args.link_mbps, rtt_ms=args.rtt_ms,
     )
     path, digest, m = compile_model(args.model, args.output, opts, force=args.force)
     fuse = m["fusion"]
@@ -89,8 +99,22 @@ def run(args: argparse.Namespace) -> int:
     print(f"  lookup widths  {fuse['after']['lookup_width_histogram']} (bits: count)")
     print(f"  fidelity       {m['fidelity']}")
     if m.get("fhe"):
-        pbs = sum(p["pbs"] for p in m["fhe"].values())
-        widest = max(p["max_bits"] for p in m["fhe"].values())
-        print(f"  FHE programs   {len(m['fhe'])} in {path / 'miner' / 'fhe'} "
-              f"({pbs} PBS, widest {widest} bits)")
+        for backend in sorted({p["backend"] for p in m["fhe"].values()}):
+            progs = [p for p in m["fhe"].values() if p["backend"] == backend]
+            if backend == "packed":
+                t_bits = max(p["packed"]["t_bits"] for p in progs)
+                print(f"  FHE programs   {len(progs)} packed (BFV N="
+                      f"{progs[0]['packed']['poly_degree']}, widest accumulator {t_bits} "
+                      "bits, no evaluation keys)")
+            else:
+                pbs = sum(p.get("pbs", 0) for p in progs)
+                widest = max(p.get("max_bits", 0) for p in progs)
+                print(f"  FHE programs   {len(progs)} lwe in {path / 'miner' / 'fhe'} "
+                      f"({pbs} PBS, widest {widest} bits)")
+        priced = [p["predicted"] for p in m["fhe"].values() if "predicted" in p]
+        if priced:
+            rows = priced[0][next(iter(priced[0]))]["rows"]
+            cost = {b: sum(p[b]["seconds"] for p in priced if b in p) for b in priced[0]}
+            print(f"  predicted      per {rows}-row pass, all linears: "
+                  + ", ".join(f"{b} {s:.3g} s" for b, s in sorted(cost.items())))
     return 0

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1aruntime/protos/miner.proto\x12\x13\x63\x65rberus.runtime.v2\"\r\n\x0bInfoRequest\"T\n\x07Program\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0binput_bytes\x18\x02 \x01(\x04\x12\x14\n\x0coutput_bytes\x18\x03 \x01(\x04\x12\x10\n\x08max_rows\x18\x04 \x01(\r\"\xcc\x01\n\tInfoReply\x12\x17\n\x0f\x61rtefact_sha256\x18\x01 \x01(\t\x12\x15\n\rmanifest_json\x18\x02 \x01(\t\x12.\n\x08programs\x18\x03 \x03(\x0b\x32\x1c.cerberus.runtime.v2.Program\x12\x19\n\x11max_message_bytes\x18\x04 \x01(\x04\x12\x11\n\tpartition\x18\x05 \x01(\t\x12\x0f\n\x07version\x18\x06 \x01(\t\x12\x10\n\x08protocol\x18\x07 \x01(\r\x12\x0e\n\x06\x66ormat\x18\x08 \x01(\r\"\x14\n\x12\x46\x65tchClientRequest\"H\n\tFileChunk\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0e\n\x06sha256\x18\x02 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\x12\x0f\n\x07skipped\x18\x04 \x01(\x08\"B\n\x08KeyChunk\x12\x17\n\x0f\x61rtefact_sha256\x18\x01 \x01(\t\x12\x0f\n\x07program\x18\x02 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"&\n\x05KeyId\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\r\n\x05\x62ytes\x18\x02 \x01(\x04\"D\n\x0cInferRequest\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x0f\n\x07program\x18\x02 \x01(\t\x12\x13\n\x0b\x63iphertexts\x18\x03 \x03(\x0c\"4\n\nInferReply\x12\x13\n\x0b\x63iphertexts\x18\x01 \x03(\x0c\x12\x11\n\tserver_ms\x18\x02 \x01(\x01\"\x0f\n\rHealthRequest\"s\n\x0bHealthReply\x12\x0e\n\x06status\x18\x01 \x01(\t\x12\x17\n\x0f\x61rtefact_sha256\x18\x02 \x01(\t\x12\x13\n\x0b\x63\x61\x63hed_keys\x18\x03 \x01(\x04\x12\x13\n\x0b\x63\x61\x63he_bytes\x18\x04 \x01(\x04\x12\x11\n\tin_flight\x18\x05 \x01(\x04\"\x10\n\x0eMetricsRequest\"\x1c\n\x0cMetricsReply\x12\x0c\n\x04text\x18\x01 \x01(\t2\xba\x04\n\x05Miner\x12H\n\x04Info\x12 .cerberus.runtime.v2.InfoRequest\x1a\x1e.cerberus.runtime.v2.InfoReply\x12X\n\x0b\x46\x65tchClient\x12\'.cerberus.runtime.v2.FetchClientRequest\x1a\x1e.cerberus.runtime.v2.FileChunk0\x01\x12I\n\nUploadKeys\x12\x1d.cerberus.runtime.v2.KeyChunk\x1a\x1a.cerberus.runtime.v2.KeyId(\x01\x12K\n\x05Infer\x12!.cerberus.runtime.v2.InferRequest\x1a\x1f.cerberus.runtime.v2.InferReply\x12R\n\x08Generate\x12!.cerberus.runtime.v2.InferRequest\x1a\x1f.cerberus.runtime.v2.InferReply(\x01\x30\x01\x12N\n\x06Health\x12\".cerberus.runtime.v2.HealthRequest\x1a .cerberus.runtime.v2.HealthReply\x12Q\n\x07Metrics\x12#.cerberus.runtime.v2.MetricsRequest\x1a!.cerberus.runtime.v2.MetricsReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1aruntime/protos/miner.proto\x12\x13\x63\x65rberus.runtime.v3\"\r\n\x0bInfoRequest\"e\n\x07Program\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0binput_bytes\x18\x02 \x01(\x04\x12\x14\n\x0coutput_bytes\x18\x03 \x01(\x04\x12\x10\n\x08max_rows\x18\x04 \x01(\r\x12\x0f\n\x07\x62\x61\x63kend\x18\x05 \x01(\t\"\xcc\x01\n\tInfoReply\x12\x17\n\x0f\x61rtefact_sha256\x18\x01 \x01(\t\x12\x15\n\rmanifest_json\x18\x02 \x01(\t\x12.\n\x08programs\x18\x03 \x03(\x0b\x32\x1c.cerberus.runtime.v3.Program\x12\x19\n\x11max_message_bytes\x18\x04 \x01(\x04\x12\x11\n\tpartition\x18\x05 \x01(\t\x12\x0f\n\x07version\x18\x06 \x01(\t\x12\x10\n\x08protocol\x18\x07 \x01(\r\x12\x0e\n\x06\x66ormat\x18\x08 \x01(\r\"\x14\n\x12\x46\x65tchClientRequest\"H\n\tFileChunk\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0e\n\x06sha256\x18\x02 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\x12\x0f\n\x07skipped\x18\x04 \x01(\x08\"B\n\x08KeyChunk\x12\x17\n\x0f\x61rtefact_sha256\x18\x01 \x01(\t\x12\x0f\n\x07program\x18\x02 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"&\n\x05KeyId\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\r\n\x05\x62ytes\x18\x02 \x01(\x04\"D\n\x0cInferRequest\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x0f\n\x07program\x18\x02 \x01(\t\x12\x13\n\x0b\x63iphertexts\x18\x03 \x03(\x0c\"4\n\nInferReply\x12\x13\n\x0b\x63iphertexts\x18\x01 \x03(\x0c\x12\x11\n\tserver_ms\x18\x02 \x01(\x01\"\x0f\n\rHealthRequest\"s\n\x0bHealthReply\x12\x0e\n\x06status\x18\x01 \x01(\t\x12\x17\n\x0f\x61rtefact_sha256\x18\x02 \x01(\t\x12\x13\n\x0b\x63\x61\x63hed_keys\x18\x03 \x01(\x04\x12\x13\n\x0b\x63\x61\x63he_bytes\x18\x04 \x01(\x04\x12\x11\n\tin_flight\x18\x05 \x01(\x04\"\x10\n\x0eMetricsRequest\"\x1c\n\x0cMetricsReply\x12\x0c\n\x04text\x18\x01 \x01(\t2\xba\x04\n\x05Miner\x12H\n\x04Info\x12 .cerberus.runtime.v3.InfoRequest\x1a\x1e.cerberus.runtime.v3.InfoReply\x12X\n\x0b\x46\x65tchClient\x12\'.cerberus.runtime.v3.FetchClientRequest\x1a\x1e.cerberus.runtime.v3.FileChunk0\x01\x12I\n\nUploadKeys\x12\x1d.cerberus.runtime.v3.KeyChunk\x1a\x1a.cerberus.runtime.v3.KeyId(\x01\x12K\n\x05Infer\x12!.cerberus.runtime.v3.InferRequest\x1a\x1f.cerberus.runtime.v3.InferReply\x12R\n\x08Generate\x12!.cerberus.runtime.v3.InferRequest\x1a\x1f.cerberus.runtime.v3.InferReply(\x01\x30\x01\x12N\n\x06Health\x12\".cerberus.runtime.v3.HealthRequest\x1a .cerberus.runtime.v3.HealthReply\x12Q\n\x07Metrics\x12#.cerberus.runtime.v3.MetricsRequest\x1a!.cerberus.runtime.v3.MetricsReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,29 +34,29 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_INFOREQUEST']._serialized_start=51
   _globals['_INFOREQUEST']._serialized_end=64
   _globals['_PROGRAM']._serialized_start=66
-  _globals['_PROGRAM']._serialized_end=150
-  _globals['_INFOREPLY']._serialized_start=153
-  _globals['_INFOREPLY']._serialized_end=357
-  _globals['_FETCHCLIENTREQUEST']._serialized_start=359
-  _globals['_FETCHCLIENTREQUEST']._serialized_end=379
-  _globals['_FILECHUNK']._serialized_start=381
-  _globals['_FILECHUNK']._serialized_end=453
-  _globals['_KEYCHUNK']._serialized_start=455
-  _globals['_KEYCHUNK']._serialized_end=521
-  _globals['_KEYID']._serialized_start=523
-  _globals['_KEYID']._serialized_end=561
-  _globals['_INFERREQUEST']._serialized_start=563
-  _globals['_INFERREQUEST']._serialized_end=631
-  _globals['_INFERREPLY']._serialized_start=633
-  _globals['_INFERREPLY']._serialized_end=685
-  _globals['_HEALTHREQUEST']._serialized_start=687
-  _globals['_HEALTHREQUEST']._serialized_end=702
-  _globals['_HEALTHREPLY']._serialized_start=704
-  _globals['_HEALTHREPLY']._serialized_end=819
-  _globals['_METRICSREQUEST']._serialized_start=821
-  _globals['_METRICSREQUEST']._serialized_end=837
-  _globals['_METRICSREPLY']._serialized_start=839
-  _globals['_METRICSREPLY']._serialized_end=867
-  _globals['_MINER']._serialized_start=870
-  _globals['_MINER']._serialized_end=1440
+  _globals['_PROGRAM']._serialized_end=167
+  _globals['_INFOREPLY']._serialized_start=170
+  _globals['_INFOREPLY']._serialized_end=374
+  _globals['_FETCHCLIENTREQUEST']._serialized_start=376
+  _globals['_FETCHCLIENTREQUEST']._serialized_end=396
+  _globals['_FILECHUNK']._serialized_start=398
+  _globals['_FILECHUNK']._serialized_end=470
+  _globals['_KEYCHUNK']._serialized_start=472
+  _globals['_KEYCHUNK']._serialized_end=538
+  _globals['_KEYID']._serialized_start=540
+  _globals['_KEYID']._serialized_end=578
+  _globals['_INFERREQUEST']._serialized_start=580
+  _globals['_INFERREQUEST']._serialized_end=648
+  _globals['_INFERREPLY']._serialized_start=650
+  _globals['_INFERREPLY']._serialized_end=702
+  _globals['_HEALTHREQUEST']._serialized_start=704
+  _globals['_HEALTHREQUEST']._serialized_end=719
+  _globals['_HEALTHREPLY']._serialized_start=721
+  _globals['_HEALTHREPLY']._serialized_end=836
+  _globals['_METRICSREQUEST']._serialized_start=838
+  _globals['_METRICSREQUEST']._serialized_end=854
+  _globals['_METRICSREPLY']._serialized_start=856
+  _globals['_METRICSREPLY']._serialized_end=884
+  _globals['_MINER']._serialized_start=887
+  _globals['_MINER']._serialized_end=1457
 # @@protoc_insertion_point(module_scope)

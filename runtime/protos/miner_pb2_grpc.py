@@ -35,37 +35,37 @@ class MinerStub:
             channel: A grpc.Channel.
         """
         self.Info = channel.unary_unary(
-                '/cerberus.runtime.v2.Miner/Info',
+                '/cerberus.runtime.v3.Miner/Info',
                 request_serializer=runtime_dot_protos_dot_miner__pb2.InfoRequest.SerializeToString,
                 response_deserializer=runtime_dot_protos_dot_miner__pb2.InfoReply.FromString,
                 _registered_method=True)
         self.FetchClient = channel.unary_stream(
-                '/cerberus.runtime.v2.Miner/FetchClient',
+                '/cerberus.runtime.v3.Miner/FetchClient',
                 request_serializer=runtime_dot_protos_dot_miner__pb2.FetchClientRequest.SerializeToString,
                 response_deserializer=runtime_dot_protos_dot_miner__pb2.FileChunk.FromString,
                 _registered_method=True)
         self.UploadKeys = channel.stream_unary(
-                '/cerberus.runtime.v2.Miner/UploadKeys',
+                '/cerberus.runtime.v3.Miner/UploadKeys',
                 request_serializer=runtime_dot_protos_dot_miner__pb2.KeyChunk.SerializeToString,
                 response_deserializer=runtime_dot_protos_dot_miner__pb2.KeyId.FromString,
                 _registered_method=True)
         self.Infer = channel.unary_unary(
-                '/cerberus.runtime.v2.Miner/Infer',
+                '/cerberus.runtime.v3.Miner/Infer',
                 request_serializer=runtime_dot_protos_dot_miner__pb2.InferRequest.SerializeToString,
                 response_deserializer=runtime_dot_protos_dot_miner__pb2.InferReply.FromString,
                 _registered_method=True)
         self.Generate = channel.stream_stream(
-                '/cerberus.runtime.v2.Miner/Generate',
+                '/cerberus.runtime.v3.Miner/Generate',
                 request_serializer=runtime_dot_protos_dot_miner__pb2.InferRequest.SerializeToString,
                 response_deserializer=runtime_dot_protos_dot_miner__pb2.InferReply.FromString,
                 _registered_method=True)
         self.Health = channel.unary_unary(
-                '/cerberus.runtime.v2.Miner/Health',
+                '/cerberus.runtime.v3.Miner/Health',
                 request_serializer=runtime_dot_protos_dot_miner__pb2.HealthRequest.SerializeToString,
                 response_deserializer=runtime_dot_protos_dot_miner__pb2.HealthReply.FromString,
                 _registered_method=True)
         self.Metrics = channel.unary_unary(
-                '/cerberus.runtime.v2.Miner/Metrics',
+                '/cerberus.runtime.v3.Miner/Metrics',
                 request_serializer=runtime_dot_protos_dot_miner__pb2.MetricsRequest.SerializeToString,
                 response_deserializer=runtime_dot_protos_dot_miner__pb2.MetricsReply.FromString,
                 _registered_method=True)
@@ -169,9 +169,9 @@ def add_MinerServicer_to_server(servicer, server):
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
-            'cerberus.runtime.v2.Miner', rpc_method_handlers)
+            'cerberus.runtime.v3.Miner', rpc_method_handlers)
     server.add_generic_rpc_handlers((generic_handler,))
-    server.add_registered_method_handlers('cerberus.runtime.v2.Miner', rpc_method_handlers)
+    server.add_registered_method_handlers('cerberus.runtime.v3.Miner', rpc_method_handlers)
 
 
  # This class is part of an EXPERIMENTAL API.
@@ -192,7 +192,7 @@ class Miner:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/cerberus.runtime.v2.Miner/Info',
+            '/cerberus.runtime.v3.Miner/Info',
             runtime_dot_protos_dot_miner__pb2.InfoRequest.SerializeToString,
             runtime_dot_protos_dot_miner__pb2.InfoReply.FromString,
             options,
@@ -219,7 +219,7 @@ class Miner:
         return grpc.experimental.unary_stream(
             request,
             target,
-            '/cerberus.runtime.v2.Miner/FetchClient',
+            '/cerberus.runtime.v3.Miner/FetchClient',
             runtime_dot_protos_dot_miner__pb2.FetchClientRequest.SerializeToString,
             runtime_dot_protos_dot_miner__pb2.FileChunk.FromString,
             options,
@@ -246,7 +246,7 @@ class Miner:
         return grpc.experimental.stream_unary(
             request_iterator,
             target,
-            '/cerberus.runtime.v2.Miner/UploadKeys',
+            '/cerberus.runtime.v3.Miner/UploadKeys',
             runtime_dot_protos_dot_miner__pb2.KeyChunk.SerializeToString,
             runtime_dot_protos_dot_miner__pb2.KeyId.FromString,
             options,
@@ -273,7 +273,7 @@ class Miner:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/cerberus.runtime.v2.Miner/Infer',
+            '/cerberus.runtime.v3.Miner/Infer',
             runtime_dot_protos_dot_miner__pb2.InferRequest.SerializeToString,
             runtime_dot_protos_dot_miner__pb2.InferReply.FromString,
             options,
@@ -300,7 +300,7 @@ class Miner:
         return grpc.experimental.stream_stream(
             request_iterator,
             target,
-            '/cerberus.runtime.v2.Miner/Generate',
+            '/cerberus.runtime.v3.Miner/Generate',
             runtime_dot_protos_dot_miner__pb2.InferRequest.SerializeToString,
             runtime_dot_protos_dot_miner__pb2.InferReply.FromString,
             options,
@@ -327,7 +327,7 @@ class Miner:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/cerberus.runtime.v2.Miner/Health',
+            '/cerberus.runtime.v3.Miner/Health',
             runtime_dot_protos_dot_miner__pb2.HealthRequest.SerializeToString,
             runtime_dot_protos_dot_miner__pb2.HealthReply.FromString,
             options,
@@ -354,7 +354,7 @@ class Miner:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/cerberus.runtime.v2.Miner/Metrics',
+            '/cerberus.runtime.v3.Miner/Metrics',
             runtime_dot_protos_dot_miner__pb2.MetricsRequest.SerializeToString,
             runtime_dot_protos_dot_miner__pb2.MetricsReply.FromString,
             options,

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from cerberus.artefact import (
+    FORMAT_VERSION,
     artefact_hash,
     load_artefact,
     load_client,
@@ -117,14 +118,16 @@ def test_a_half_passed_for_the_artefact_is_named(tmp_path, parts) -> None:
         load_client(tmp_path / "a.cerb" / "client")
 
 
-def test_another_format_is_refused(tmp_path, parts) -> None:
+@pytest.mark.parametrize("fmt", [1, FORMAT_VERSION - 1, FORMAT_VERSION + 1])
+def test_another_format_is_refused(tmp_path, parts, fmt: int) -> None:
     write(tmp_path, parts)
     path = tmp_path / "a.cerb" / "manifest.json"
     doc = json.loads(path.read_text())
-    doc["format"] = 1
+    doc["format"] = fmt
     path.write_text(json.dumps(doc))
     for load in (load_client, load_miner, load_artefact):
-        with pytest.raises(CompileError, match="format 1, this Cerberus reads format 2"):
+        with pytest.raises(CompileError,
+                           match=f"format {fmt}, this Cerberus reads format {FORMAT_VERSION}"):
             load(tmp_path / "a.cerb")
 
 

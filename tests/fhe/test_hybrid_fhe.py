@@ -17,7 +17,7 @@ MODEL = Path(__file__).resolve().parents[2] / "models" / "tiny-gpt"
 @pytest.fixture(scope="module")
 def artefact(tmp_path_factory):
     out = tmp_path_factory.mktemp("fhe") / "tiny.cerb"
-    compile_model(MODEL, out, CompileOptions(seq_len=8, fhe=True))
+    compile_model(MODEL, out, CompileOptions(seq_len=8, fhe=True, linear_backend="lwe"))
     return load_artefact(out)
 
 

@@ -117,7 +117,7 @@ def test_a_client_refuses_a_miner_half(fhe_artefact: Artefact, tmp_path: Path) -
 
 
 # -- protocol and format versions -----------------------------------------------------------
-@pytest.mark.parametrize("sent", [None, "1", "3", "two"])
+@pytest.mark.parametrize("sent", [None, "1", "2", "4", "two"])
 def test_a_protocol_mismatch_is_failed_precondition_naming_both(miner: Miner,
                                                                 sent: str | None) -> None:
     s = stub(miner.address)
@@ -210,7 +210,7 @@ def test_too_many_rows_in_one_request_are_invalid_argument(
         name = sorted(fhe_artefact.programs)[0]
         rows = {p.name: p.max_rows for p in info.programs}[name]
         x = np.ones((1, int(fhe_artefact.programs[name].meta["d_model"])), dtype=np.int64)
-        ct = c._fhe.encrypt(name, x)  # noqa: SLF001
+        ct = c._fhe.lwe.encrypt(name, x)  # noqa: SLF001
         stream = _Stream(c.stub, md, 120)
         with pytest.raises(grpc.RpcError) as e:
             stream.step(pb.InferRequest(key_id=kid, program=name, ciphertexts=[ct] * (rows + 1)))

@@ -153,14 +153,14 @@ def test_eight_concurrent_clients_with_distinct_keys(
     for name in sorted(fhe_artefact.programs):
         x = (np.arange(np.prod(in_shape(fhe_artefact, name))).reshape(
             in_shape(fhe_artefact, name)) % 7) - 3
-        ct = clients[0]._fhe.encrypt(name, x)  # noqa: SLF001 - the test reaches into the SDK
+        ct = clients[0]._fhe.lwe.encrypt(name, x)  # noqa: SLF001 - the test reaches into the SDK
         (reply,) = stub(miner.address).Infer(pb.InferRequest(
             key_id=clients[0].keygen(), program=name, ciphertexts=[ct]), metadata=MD,
             timeout=120).ciphertexts
         want = simulated_miner(fhe_artefact.programs)(name, x[None])[0]
         assert np.array_equal(want, evaluate(fhe_artefact.programs[name], x)["output"])
-        assert np.array_equal(clients[0]._fhe.decrypt(name, reply), want)  # noqa: SLF001
-        assert not np.array_equal(clients[1]._fhe.decrypt(name, reply), want)  # noqa: SLF001
+        assert np.array_equal(clients[0]._fhe.lwe.decrypt(name, reply), want)  # noqa: SLF001
+        assert not np.array_equal(clients[1]._fhe.lwe.decrypt(name, reply), want)  # noqa: SLF001
     for c in clients:
         c.close()
     m = parse(MinerClient(miner.address).metrics())
@@ -175,7 +175,7 @@ def test_bad_requests_get_clear_statuses_and_the_miner_keeps_serving(
         kid = c.upload_keys()
         names = sorted(fhe_artefact.programs)
         shape = in_shape(fhe_artefact, names[0])
-        good = c._fhe.encrypt(names[0], np.ones(shape, dtype=np.int64))  # noqa: SLF001
+        good = c._fhe.lwe.encrypt(names[0], np.ones(shape, dtype=np.int64))  # noqa: SLF001
 
         def status(req: pb.InferRequest) -> tuple[grpc.StatusCode, str]:
             with pytest.raises(grpc.RpcError) as e:
@@ -295,15 +295,15 @@ def test_sigterm_lets_in_flight_calls_finish(fhe_artefact: Artefact, tmp_path: P
         x = np.full(shape, 2, dtype=np.int64)
         stream = _Stream(c.stub, MD, 120)
         req = pb.InferRequest(key_id=kid, program=name,
-                              ciphertexts=[c._fhe.encrypt(name, x)])  # noqa: SLF001
-        first = c._fhe.decrypt(name, stream.step(req).ciphertexts[0])  # noqa: SLF001
+                              ciphertexts=[c._fhe.lwe.encrypt(name, x)])  # noqa: SLF001
+        first = c._fhe.lwe.decrypt(name, stream.step(req).ciphertexts[0])  # noqa: SLF001
         m.proc.send_signal(15)
         for _ in range(600):  # bounded wait (60 s) until the miner reports it is draining
             if '"event": "draining"' in m.log.read_text():
                 break
             threading.Event().wait(0.1)
         # in flight: still served
-        second = c._fhe.decrypt(name, stream.step(req).ciphertexts[0])  # noqa: SLF001
+        second = c._fhe.lwe.decrypt(name, stream.step(req).ciphertexts[0])  # noqa: SLF001
         assert np.array_equal(first, second)
         assert np.array_equal(first, evaluate(fhe_artefact.programs[name], x)["output"])
         with pytest.raises(grpc.RpcError):  # new calls are refused while draining
@@ -368,7 +368,7 @@ def test_a_client_leaving_mid_stream_is_counted_and_frees_its_slot(
         stream = _Stream(c.stub, MD, 120)
         x = np.ones(in_shape(fhe_artefact, name), dtype=np.int64)
         stream.step(pb.InferRequest(key_id=kid, program=name,
-                                    ciphertexts=[c._fhe.encrypt(name, x)]))  # noqa: SLF001
+                                    ciphertexts=[c._fhe.lwe.encrypt(name, x)]))  # noqa: SLF001
         # The client walks away mid-call, while the miner computes its next step (as many
         # rows as a request may carry, of the widest program): gRPC then tells the miner
         # for certain when it answers. (Leaving while the miner waits for the next step is
@@ -377,7 +377,7 @@ def test_a_client_leaving_mid_stream_is_counted_and_frees_its_slot(
         wide = max(fhe_artefact.programs, key=lambda n: in_shape(fhe_artefact, n)[1])
         rows = {p.name: p.max_rows for p in c.info().programs}[wide]
         y = np.ones(in_shape(fhe_artefact, wide), dtype=np.int64)
-        cts = [c._fhe.encrypt(wide, y) for _ in range(rows)]  # noqa: SLF001
+        cts = [c._fhe.lwe.encrypt(wide, y) for _ in range(rows)]  # noqa: SLF001
         size = miner.record.stat().st_size
         stream._requests.put(pb.InferRequest(key_id=kid, program=wide,  # noqa: SLF001
                                              ciphertexts=cts))

@@ -1,0 +1,134 @@
+"""Which backend runs each hybrid linear: priced per call, as the user's link sees it
+(issue #14; SPEC C6, R4).
+
+A hybrid linear ``y = x @ W`` (``rows × n_in`` encrypted, ``n_in × n_out`` clear) can run as
+
+* ``lwe``: one concrete-python LWE ciphertext per value: fast on the miner, but every
+  output is a full 11.5–13 KB ciphertext;
+* ``packed``: coefficient-encoded BFV (``cerberus.fhe.packed``): many values per RLWE
+  ciphertext, exact, no evaluation keys;
+* ``glwe``: concrete-ml-extensions' GLWE path (concrete-ml's HybridFHEModel): the fewest
+  bytes, but ~19 ms per output of packing keyswitch and inexact for wide accumulators.
+  Priced here so the manifest shows why it loses; Cerberus does not serve it (its wheel
+  pins its own concrete and is measured from a separate venv by benchmarks/).
+
+A call's price is its time as a user sees it: client and miner compute, bytes both ways
+at the link's bandwidth, and one round trip (``--link-mbps``, ``--rtt-ms``). ``auto`` takes
+the cheapest *exact* backend per linear, priced for the call a model makes most: one row
+(a generated token) for a causal LM, a whole sequence for an encoder.
+
+Every constant is a measurement from ``benchmarks/packed_linear.py`` (benchmarks/RESULTS.md
+#packed_linear, 2-core Xeon, 8-bit inputs and weights); the packed path's bytes are
+computed exactly from its parameters instead.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from cerberus.errors import CompileError
+from cerberus.fhe.packed import PackedParams
+
+BACKENDS = ("lwe", "packed")  # what a miner serves
+PRICED = ("lwe", "packed", "glwe")  # what the cost model compares
+EXACT = {"lwe": True, "packed": True, "glwe": False}
+DEFAULT_LINK_MBPS = 100.0
+DEFAULT_RTT_MS = 20.0
+
+# lwe (concrete-python 2.11, compressed inputs): RESULTS#packed_linear, 64..768 inputs
+LWE_IN_BYTES = 26.0  # per input value (24.3–28.1 measured)
+LWE_OUT_BYTES = 12_900.0  # per output value (11.7–13.1 KB measured)
+LWE_MS_PER_OUTPUT = (0.33, 0.00192)  # a + b·n_in (0.45 ms at 64 inputs, 1.8 ms at 768)
+LWE_CLIENT_MS_PER_OUTPUT = 0.2  # decrypting one output (63 ms for 384×1152, 64 outputs + enc)
+# glwe (concrete-ml-extensions 0.2.0): same table
+GLWE_IN_BYTES, GLWE_OUT_BYTES, GLWE_MS_PER_OUTPUT = 13.2, 29.6, 19.1
+# packed: per input ciphertext 15.6 KB for N=2048 (SEAL's seeded, compressed form of a
+# 54-bit c0); 0.095 ms per plaintext product on the miner; 0.45 ms of client work per
+# ciphertext (encrypt, or decrypt an output's c1·s)
+PACKED_IN_BYTES_PER_COEFF = 7.62
+PACKED_MS_PER_PRODUCT = 0.095
+PACKED_CLIENT_MS_PER_CT = 0.45
+
+
+@dataclass(frozen=True)
+class Link:
+    """The client's connection to a miner."""
+
+    mbps: float = DEFAULT_LINK_MBPS
+    rtt_ms: float = DEFAULT_RTT_MS
+
+    def __post_init__(self) -> None:
+        if not self.mbps > 0 or not self.rtt_ms >= 0:
+            raise CompileError(f"link: bandwidth must be > 0 Mbit/s and round-trip time "
+                               f"≥ 0 ms, got {self.mbps} and {self.rtt_ms}")
+
+
+@dataclass(frozen=True)
+class Price:
+    """One call of one linear on one backend."""
+
+    backend: str
+    rows: int
+    bytes_up: int
+    bytes_down: int
+    miner_s: float
+    client_s: float
+    seconds: float  # miner + client + bytes at the link's bandwidth + one round trip
+    exact: bool
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        for k in ("miner_s", "client_s", "seconds"):
+            d[k] = round(d[k], 6)
+        return d
+
+
+def price(backend: str, n_in: int, n_out: int, rows: int, link: Link, *, bits: int = 8,
+          weight_bits: int = 8) -> Price:
+    """The predicted cost of ``[rows, n_in] @ [n_in, n_out]`` on ``backend``."""
+    if backend == "lwe":
+        up, down = rows * n_in * LWE_IN_BYTES, rows * n_out * LWE_OUT_BYTES
+        a, b = LWE_MS_PER_OUTPUT
+        miner = rows * n_out * (a + b * n_in) / 1e3
+        client = rows * n_out * LWE_CLIENT_MS_PER_OUTPUT / 1e3
+    elif backend == "glwe":
+        up, down = rows * n_in * GLWE_IN_BYTES, rows * n_out * GLWE_OUT_BYTES
+        miner, client = rows * n_out * GLWE_MS_PER_OUTPUT / 1e3, 0.0
+    elif backend == "packed":
+        p = PackedParams(n_in, n_out, bits, weight_bits)
+        cts_in, cts_out = p.counts(rows)
+        part = p.partition(rows)
+        up = cts_in * p.poly_degree * PACKED_IN_BYTES_PER_COEFF
+        down = p.output_bytes(rows)
+        products = cts_in * -(-n_out // part.m_w)
+        miner = products * PACKED_MS_PER_PRODUCT / 1e3
+        client = (cts_in + cts_out) * PACKED_CLIENT_MS_PER_CT / 1e3
+    else:
+        raise CompileError(f"unknown linear backend {backend!r}; known: {', '.join(PRICED)}")
+    wire = (up + down) * 8 / (link.mbps * 1e6)
+    return Price(backend, rows, int(up), int(down), miner, client,
+                 miner + client + wire + link.rtt_ms / 1e3, EXACT[backend])
+
+
+def choose(requested: str, n_in: int, n_out: int, rows: int, link: Link, *, bits: int = 8,
+           weight_bits: int = 8) -> tuple[str, dict[str, dict]]:
+    """The backend for one linear and every backend's price (what the manifest records).
+
+    ``requested`` is ``lwe``, ``packed`` or ``auto`` (the cheapest exact backend)."""
+    if requested not in (*BACKENDS, "auto"):
+        raise CompileError(f"linear backend must be one of {', '.join((*BACKENDS, 'auto'))}, "
+                           f"got {requested!r}")
+    prices, unfit = {}, {}
+    for b in PRICED:
+        try:
+            prices[b] = price(b, n_in, n_out, rows, link, bits=bits, weight_bits=weight_bits)
+        except CompileError as e:  # packed: an accumulator too wide for its modulus
+            unfit[b] = str(e)
+    if requested == "auto":
+        chosen = min((p for p in prices.values() if p.exact and p.backend in BACKENDS),
+                     key=lambda p: p.seconds).backend
+    elif requested in unfit:
+        raise CompileError(unfit[requested])
+    else:
+        chosen = requested
+    return chosen, {b: p.to_dict() for b, p in prices.items()}
