@@ -442,6 +442,8 @@ def run_minilm_fhe(cfg: BenchConfig, out: Path, art: Any, sentences: list[str],
         "output_values_per_row": outputs,
         "ciphertext_bytes_down_per_output_value": (
             rows[0]["ciphertext_bytes_down"] / (FHE_SENTENCE_TOKENS * outputs) if rows else None),
+        "backends": sorted({d["backend"] for d in (art.manifest.get("fhe") or {}).values()}),
+        "cosine_min": min(r["cosine_vs_reference"] for r in rows) if rows else None,
         "miner_start_s": miner.start_s, **setup, "budget_minutes": cfg.fhe_minutes,
         "sentences_run": len(rows), "sentences_eligible": len(fits), "rows": rows,
         "all_equal_simulator": all(r["equal_simulator"] for r in rows) if rows else None,
@@ -605,12 +607,13 @@ def to_markdown(res: dict[str, Any]) -> str:
                 f"{_s(ps['round_trips']['median'], 0)} round trips, "
                 f"{_s(ps['wall_s']['median'], 1)} s loopback wall, "
                 f"{_s(ps['miner_ms']['median'] / 1e3, 1)} s miner, **"
-                f"{_s(ps['s_link']['median'], 1)} s** with the link model. Down is the "
-                f"miner's outputs, one LWE ciphertext (~"
-                f"{_size(m.get('ciphertext_bytes_down_per_output_value'))}) per value: "
-                f"{FHE_SENTENCE_TOKENS} rows × {m.get('output_values_per_row')} output values "
-                "per row over the 6 blocks; inputs go up compressed. The embedding's "
-                "cosine with the reference: "
+                f"{_s(ps['s_link']['median'], 1)} s** with the link model. Linear backend: "
+                f"{', '.join(m.get('backends', ['lwe']))}; down is the miner's outputs, ~"
+                f"{_size(m.get('ciphertext_bytes_down_per_output_value'))} per value "
+                f"({FHE_SENTENCE_TOKENS} rows × {m.get('output_values_per_row')} output values "
+                "per row over the 6 blocks). The embedding's cosine with the reference: "
+                f"**min {m['cosine_min']:.4f}** over {m['sentences_run']} sentences "
+                f"(target ≥ {TARGET_COSINE}): "
                 + ", ".join(f"{r['cosine_vs_reference']:.4f}" for r in m["rows"])
                 + f". Keys: {_size(m['key_upload']['bytes_up'])} uploaded in "
                 f"{_s(m['key_upload']['seconds'])} s; client half fetched: "
