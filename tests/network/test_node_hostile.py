@@ -9,6 +9,7 @@ import json
 import sys
 import time
 from collections.abc import Callable, Iterator
+from concurrent import futures
 from pathlib import Path
 
 import grpc
@@ -155,3 +156,59 @@ def test_pending_txs_per_sender_are_capped(observer: tuple[Node, NodeClient]) ->
     assert all(r is None for r in reasons[:admitted])  # a prefix, then only refusals
     assert all(r is not None and "pending" in r for r in reasons[admitted:])
     assert c.status()["mempool"] == admitted
+
+
+class LyingPeer(node_pb2_grpc.NodeServicer):
+    """A peer that claims a huge height in Hello (heights are unsigned claims) and then
+    answers GetBlocks with nothing, or with junk."""
+
+    def __init__(self, genesis_hash: str, junk: bool) -> None:
+        self.genesis_hash, self.junk = genesis_hash, junk
+        self.asked = 0
+
+    def Hello(self, request: node_pb2.HelloRequest, context: grpc.ServicerContext
+              ) -> node_pb2.HelloReply:
+        return node_pb2.HelloReply(genesis_hash=self.genesis_hash, height=2**63)
+
+    def Gossip(self, request: node_pb2.Envelope, context: grpc.ServicerContext
+               ) -> node_pb2.GossipReply:
+        return node_pb2.GossipReply(fresh=False)
+
+    def GetBlocks(self, request: node_pb2.BlocksRequest, context: grpc.ServicerContext
+                  ) -> Iterator[node_pb2.BlockWithVotes]:
+        self.asked += 1
+        if self.junk:
+            yield node_pb2.BlockWithVotes(block=b"{junk", votes=b"[]")
+
+
+def test_lying_peers_do_not_stall_sync(tmp_path: Path) -> None:
+    """Finding: sync always asked the peer with the highest claimed height and never
+    penalised an empty or invalid answer, so one liar kept a late joiner at height 0
+    forever. Now a peer whose answer brings no block is backed off and others are tried."""
+    g = make_genesis([VALIDATORS[0]])  # a sole authority finalizes alone
+    honest = Node(NodeConfig(tmp_path / "honest", g, VALIDATORS[0], block_interval=0.1,
+                             round_timeout=1.0))
+    liars = [LyingPeer(g.genesis_hash(), junk) for junk in (False, True)]
+    servers = []
+    late: Node | None = None
+    try:
+        honest.start()
+        for liar in liars:
+            server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+            node_pb2_grpc.add_NodeServicer_to_server(liar, server)
+            servers.append((server, server.add_insecure_port("127.0.0.1:0")))
+            server.start()
+        assert wait_for(lambda: honest.status()["height"] >= 3)
+        # past the vote window's reach by gossip alone: only sync can bring it level
+        late = Node(NodeConfig(tmp_path / "late", g, None, hello_interval=0.1, bootstrap=[
+            *(f"127.0.0.1:{port}" for _, port in servers), honest.listen]))
+        late.start()
+        assert wait_for(lambda: late is not None and late.status()["height"] >= 3), \
+            late.status()
+        assert all(liar.asked >= 1 for liar in liars)  # both were tried, then passed over
+    finally:
+        if late is not None:
+            late.stop()
+        for server, _ in servers:
+            server.stop(0).wait()
+        honest.stop()
