@@ -122,6 +122,8 @@ MAX_ROUNDS_KEPT = 8  # rounds of votes kept per height (the highest seen; unlock
 # quorums come from the latest rounds, where every validator re-votes)
 MAX_VOTERS = 1024  # votes kept per (height, hash); a voting set is far smaller in practice
 MAX_SYNC_BATCH = 128  # blocks per GetBlocks call
+MAX_SYNC_TRIES = 3  # peers asked per sync round
+MAX_SYNC_BACKOFF = 30.0  # seconds a peer whose answer brought no block may be passed over
 MAX_BUCKETS = 1024
 MAX_REGOSSIP = 64  # pending mempool txs re-sent per announce_interval
 MAX_PENDING_PER_SENDER = 64  # one key cannot fill the mempool (issue #15)
@@ -193,6 +195,8 @@ class Peer:
     height: int = 0
     failures: int = 0
     last_try: float = 0.0
+    sync_failures: int = 0  # GetBlocks answers in a row that brought no block
+    sync_after: float = 0.0  # monotonic time before which sync passes this peer over
     channel: grpc.Channel | None = None
     stub: node_pb2_grpc.NodeStub | None = None
 
@@ -799,20 +803,44 @@ class Node:
         return True
 
     def _sync_once(self) -> None:
+        """Catch up from peers that claim to be ahead (lock not held).
+
+        Heights are unsigned claims (Hello), so the highest is not trusted (issue #15): a
+        peer whose answer brings this node no block (empty, junk, no certificate, an RPC
+        error) is backed off for 2^k hello intervals (at most ``MAX_SYNC_BACKOFF``) with its
+        claim lowered to our height, and the next peer is asked — at most
+        ``MAX_SYNC_TRIES`` per round, fewest recent failures first. A liar costs a bounded
+        number of calls, never the sync."""
         with self._lock:
             mine = self.chain.height
-            ahead = [p for p in self._peers.values()
-                     if p.height > mine and p.failures == 0 and p.stub is not None]
-        if not ahead:
-            return
-        peer = max(ahead, key=lambda p: p.height)
+            now = time.monotonic()
+            ahead = [p for p in self._peers.values() if p.height > mine and p.failures == 0
+                     and p.stub is not None and now >= p.sync_after]
+        ahead.sort(key=lambda p: (p.sync_failures, -p.height))
+        for peer in ahead[:MAX_SYNC_TRIES]:
+            if self._stop.is_set():
+                return
+            self._sync_from(peer, mine)
+            with self._lock:
+                if self.chain.height > mine:  # progress, from this peer or by gossip
+                    peer.sync_failures = 0
+                    return
+                peer.sync_failures = min(peer.sync_failures + 1, 16)
+                peer.sync_after = time.monotonic() + min(
+                    MAX_SYNC_BACKOFF, self.config.hello_interval * 2 ** peer.sync_failures)
+                peer.height = min(peer.height, mine)
+                log.info("sync from %s brought no block: passed over for a while",
+                         peer.listen)
+
+    def _sync_from(self, peer: Peer, mine: int) -> None:
+        """Apply the blocks after ``mine`` that ``peer`` sends, while they hold."""
         to = min(peer.height, mine + MAX_SYNC_BATCH)
         assert peer.stub is not None
         try:
             items = list(peer.stub.GetBlocks(
                 node_pb2.BlocksRequest(from_height=mine + 1, to_height=to), timeout=10.0))
-        except grpc.RpcError as e:
-            log.debug("sync from %s failed: %s", peer.listen, e.code())
+        except (grpc.RpcError, ValueError) as e:  # ValueError: channel closed (evicted)
+            log.debug("sync from %s failed: %s", peer.listen, e)
             return
         for item in items[: MAX_SYNC_BATCH]:
             try:
