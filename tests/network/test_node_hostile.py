@@ -23,8 +23,9 @@ from ledger.chain import Chain  # noqa: E402
 from ledger.genesis import Genesis  # noqa: E402
 from ledger.keys import Wallet  # noqa: E402
 from ledger.tx import Tx, make_tx  # noqa: E402
+from ledger.units import DEFAULT_REGISTRATION_FEE  # noqa: E402
 from network.client import NodeClient  # noqa: E402
-from network.consensus import proposer_ranking, voting_set  # noqa: E402
+from network.consensus import Announcement, proposer_ranking, voting_set  # noqa: E402
 from network.node import Node, NodeConfig  # noqa: E402
 from network.protos import node_pb2, node_pb2_grpc  # noqa: E402
 
@@ -44,13 +45,18 @@ def wait_for(cond: Callable[[], bool], timeout: float = WAIT) -> bool:
 def gossip(node: Node, kind: str, obj: object) -> grpc.StatusCode:
     """Send one envelope (plain JSON: a hostile peer need not send canonical bytes) over a
     fresh gRPC connection; the status it got back."""
+    return gossip_details(node, kind, obj)[0]
+
+
+def gossip_details(node: Node, kind: str, obj: object) -> tuple[grpc.StatusCode, str]:
+    """``gossip`` with the reason the node gave (empty on OK)."""
     with grpc.insecure_channel(node.listen) as ch:
         try:
             node_pb2_grpc.NodeStub(ch).Gossip(
                 node_pb2.Envelope(kind=kind, payload=json.dumps(obj).encode()), timeout=10)
         except grpc.RpcError as e:
-            return e.code()
-    return grpc.StatusCode.OK
+            return e.code(), e.details() or ""
+    return grpc.StatusCode.OK, ""
 
 
 @pytest.fixture()
@@ -212,3 +218,33 @@ def test_lying_peers_do_not_stall_sync(tmp_path: Path) -> None:
         for server, _ in servers:
             server.stop(0).wait()
         honest.stop()
+
+
+def test_directory_takes_only_registered_keys_and_bounded_integers(tmp_path: Path) -> None:
+    """Finding: announcements from any key (unregistered, zero balance) were stored and
+    re-broadcast, and a brain or seq >= 2^63 overflowed SQLite. Now only a key registered
+    in that Brain is stored and gossiped, and out-of-range integers are refused by name."""
+    g = make_genesis([VALIDATORS[0]])
+    node = Node(NodeConfig(tmp_path / "v", g, VALIDATORS[0], block_interval=0.1,
+                           round_timeout=1.0))
+    node.start()
+    try:
+        reg = make_tx(USER, "register", 0, CHAIN_ID, brain=1, role="miner",
+                      max_fee=DEFAULT_REGISTRATION_FEE)
+        assert node.submit(reg) is None
+        assert wait_for(lambda: node.brain_info(1) is not None
+                        and USER.address in node.brain_info(1)["miners"].values())
+        stranger = Wallet.from_seed("issue-15-stranger")  # no balance, no registration
+        spam = Announcement.make(stranger, CHAIN_ID, 1, "127.0.0.1:9", 1).to_dict()
+        code, why = gossip_details(node, "announce", spam)
+        assert code == grpc.StatusCode.INVALID_ARGUMENT and "registered" in why, why
+        for brain, seq, name in ((1, 2**63, "seq"), (2**63, 1, "brain")):
+            big = Announcement.make(USER, CHAIN_ID, brain, "127.0.0.1:9", seq).to_dict()
+            code, why = gossip_details(node, "announce", big)
+            assert code == grpc.StatusCode.INVALID_ARGUMENT and name in why, why
+        assert node.store.announcements() == []
+        ok = Announcement.make(USER, CHAIN_ID, 1, "127.0.0.1:9", 2**63 - 1).to_dict()
+        assert gossip(node, "announce", ok) == grpc.StatusCode.OK
+        assert node.directory(1) == {USER.address: "127.0.0.1:9"}
+    finally:
+        node.stop()
