@@ -32,9 +32,10 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ledger.encoding import canonical, is_hex64, is_int
+from ledger.encoding import MAX_INT, canonical, is_hex64, is_int
 from ledger.genesis import Genesis
 from ledger.keys import Wallet, is_address, verify
+from ledger.units import MAX_BRAINS
 
 MAX_RANKED = 1024  # ranking is O(n²) in integers; no proposer beyond this rank is needed
 MAX_ROUND = 2**31 - 1  # rounds are small in practice; a bound keeps them ordinary ints
@@ -182,9 +183,10 @@ class Announcement:
             sig = bytes.fromhex(d["sig"])
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise ValueError(f"malformed announcement: {e}") from e
-        for name, v in (("brain", brain), ("seq", seq)):
-            if not is_int(v):
-                raise ValueError(f"announcement {name} must be a non-negative int")
+        # bounded here, by name, so no store ever sees an int it cannot hold (issue #15)
+        for name, v, hi in (("brain", brain, MAX_BRAINS - 1), ("seq", seq, MAX_INT)):
+            if not is_int(v, 0, hi):
+                raise ValueError(f"announcement {name} must be an int in 0..{hi}")
         if not isinstance(endpoint, str) or not endpoint or len(endpoint) > cls.MAX_ENDPOINT:
             raise ValueError("announcement endpoint must be a short non-empty string")
         if not is_address(address):

@@ -1035,6 +1035,10 @@ class Node:
             ann = _signed("announcement", Announcement.from_dict,
                           lambda a: a.verify(self.chain_id), obj)
             with self._lock:
+                # only keys registered in that Brain may use this node's disk and its
+                # peers' bandwidth (issue #15): anyone else's is refused, not stored
+                if self.chain.state.get("reg", (ann.brain, ann.address)) is None:
+                    raise Rejected(f"announcer is not registered in Brain #{ann.brain}")
                 fresh = self.store.put_announcement(ann.brain, ann.address, ann.endpoint,
                                                     ann.seq, ann.to_dict())
         # A tx the ledger refuses now (e.g. its predecessor has not arrived yet) may be
