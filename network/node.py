@@ -33,6 +33,8 @@ ledger needs no fork choice and every applied block is final):
 6. *Sync*: a node behind a peer (peer heights come with Hello, every ``hello_interval``)
    fetches blocks with their certificates by GetBlocks and applies each one whose
    certificate holds, within one round, a quorum of the voting set it computes itself.
+   Heights are unsigned claims: a peer whose answer brings no block is backed off and
+   others are asked (``_sync_once``).
 7. *Equivocation*: a second, different, validly signed block by the same proposer for the
    same height is recorded as evidence (``node.db``, shown in ``status()``) and never
    voted for or applied through this node's proposal table.
@@ -63,8 +65,10 @@ stalled forever — observed with three CPU-starved validators, three different 
 Robustness: gRPC messages over ``MAX_MESSAGE`` bytes are refused by gRPC itself
 (RESOURCE_EXHAUSTED); per-kind payload limits, malformed JSON and bad signatures give
 INVALID_ARGUMENT; every peer connection has a token bucket (over it: RESOURCE_EXHAUSTED,
-the message is dropped and counted); fresh gossip goes to at most ``fanout`` peers; the
-seen-set, mempool, peer table, proposal and vote buffers are all bounded.
+the message is dropped and counted); any other error while handling a peer's message is
+logged and refused the same way, never left to stop the loop; fresh gossip goes to at most
+``fanout`` peers; the seen-set, mempool (and each sender's share of it, ``_admit``), peer
+table, proposal and vote buffers are all bounded.
 """
 
 from __future__ import annotations
