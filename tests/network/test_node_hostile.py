@@ -248,3 +248,24 @@ def test_directory_takes_only_registered_keys_and_bounded_integers(tmp_path: Pat
         assert node.directory(1) == {USER.address: "127.0.0.1:9"}
     finally:
         node.stop()
+
+
+def test_a_block_that_breaks_the_check_is_refused_not_fatal(voter: tuple[Node, Genesis]
+                                                            ) -> None:
+    """Second line of defence behind ``Block.from_dict``: a proposal whose check raises
+    anything (here a float fee planted past the parser) is recorded as invalid and the
+    node goes on to vote for a valid one in the same step."""
+    node, g = voter
+    wallets = {w.address: w for w in VALIDATORS}
+    first = proposer_ranking(g.genesis_hash(), voting_set({}, g))[0]
+    liar = next(w for w in VALIDATORS if w.address != first)
+    t = int(time.time())
+    bad, _ = Chain(g).produce_block([], liar, t)
+    planted = Tx("transfer", liar.address, 0, 1.5, {"to": first, "amount": 1})  # type: ignore[arg-type]
+    good, _ = Chain(g).produce_block([], wallets[first], t)
+    with node._lock:  # white-box: no parser lets this block in any more
+        node._on_block(Block(bad.header, (planted,)))
+        node._on_block(good)
+        node._step()
+        assert node._validity[bad.block_hash()] is not None
+    assert (node.status()["my_vote"] or {}).get("hash") == good.block_hash()
