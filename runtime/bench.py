@@ -66,7 +66,7 @@ def open_artefact(path: Path) -> Artefact:
     if not path.is_dir():
         raise CerberusError(f"no artefact at {path}")
     art = load_artefact(path)
-    if not (path / "miner" / "fhe").is_dir():
+    if not art.manifest.get("fhe"):
         raise CerberusError(f"{path} has no FHE programs: compile it with --fhe to bench it")
     return art
 

@@ -27,7 +27,8 @@ FAILED_PRECONDITION; the server keeps serving everyone else.
 answers every program with the first reply it ever computed for that program — a valid
 ciphertext of the right size, so nothing at the protocol level gives it away, but the
 wrong answer: a lazy miner replaying old work. Only the validators' bit-exact spot checks
-can catch it, which is what their tests need to show.
+can catch it, which is what their tests need to show. (A packed reply names its rows, so
+one replayed to a request of another length is also refused by the client's check.)
 """
 
 from __future__ import annotations
@@ -193,8 +194,7 @@ class MinerService(pb_grpc.MinerServicer):
             raise CerberusError(f"unknown misbehaviour {misbehave!r}; known: "
                                 f"{', '.join(MISBEHAVIOURS)}")
         self.misbehave = misbehave
-        # misbehave="replay": (program, rows) → the first reply
-        self._replies: dict[tuple[str, int], list[bytes]] = {}
+        self._replies: dict[str, list[bytes]] = {}  # misbehave="replay": program → 1st reply
         self.path = Path(artefact)
         self.manifest = read_manifest(self.path)  # a clear error for a non- or old artefact
         check_half(self.path, self.manifest, MINER)  # … and one without the miner half
@@ -277,8 +277,10 @@ class MinerService(pb_grpc.MinerServicer):
                         "(they may have been evicted)")
         if self.misbehave == "replay":
             with self.lock:
-                old = self._replies.get((program, rows))
+                old = self._replies.get(program)
             if old is not None:  # lazy: the old answer, no computation
+                if self.fhe.backend[program] == "lwe":  # one old row per row asked
+                    old = [old[0]] * len(request.ciphertexts)
                 return pb.InferReply(ciphertexts=old, server_ms=0.0)
         t0 = time.perf_counter()
         try:
@@ -292,7 +294,7 @@ class MinerService(pb_grpc.MinerServicer):
             raise Abort(grpc.StatusCode.INVALID_ARGUMENT, f"bad ciphertext: {first}") from e
         if self.misbehave == "replay":
             with self.lock:
-                self._replies.setdefault((program, rows), out)
+                self._replies.setdefault(program, out)
         return pb.InferReply(ciphertexts=out, server_ms=1000 * (time.perf_counter() - t0))
 
     # -- RPCs ------------------------------------------------------------------------

@@ -27,6 +27,7 @@ if str(ROOT) not in sys.path:
 
 from benchmarks import light_client as lc  # noqa: E402
 from cerberus.artefact import load_artefact  # noqa: E402
+from cerberus.fhe.packed import PackedParams  # noqa: E402
 from cerberus.paths import minilm_path  # noqa: E402
 
 
@@ -106,7 +107,7 @@ def test_tiny_tokens_equal_the_simulator_by_comparison(tiny: tuple[dict, Path]) 
 
 
 def test_tiny_per_token_figures_follow_from_the_measurements(tiny: tuple[dict, Path]) -> None:
-    res, _ = tiny
+    res, work = tiny
     t, m = res["tiny_gpt"], res["tiny_gpt"]["miner"]
     rows = m["tokens_detail"]
     decode = rows[1:]
@@ -121,13 +122,14 @@ def test_tiny_per_token_figures_follow_from_the_measurements(tiny: tuple[dict, P
         assert r["miner_ms"] > 0 and r["wall_s"] > 0
         # the same function on the same values: the same bits
         assert r["s_link"] == lc.link_seconds(r["wall_s"], r["bytes"], r["round_trips"])
-    # KV cache: every token sends one row per program, the prefill one per prompt token;
-    # a ciphertext's size depends only on its program, so these are exact
-    per_token = {(r["ciphertext_bytes_up"], r["ciphertext_bytes_down"]) for r in decode}
-    assert len(per_token) == 1
-    up, down = per_token.pop()
-    assert rows[0]["ciphertext_bytes_up"] == t["prompt_tokens"] * up
-    assert rows[0]["ciphertext_bytes_down"] == t["prompt_tokens"] * down
+    # KV cache: every token sends one row per program, the prefill the prompt's rows. The
+    # programs are packed (auto): a reply's size is exact, a message's at most its bound
+    fhe = load_artefact(work / "tiny-gpt-8.cerb").manifest["fhe"]
+    params = [PackedParams.from_dict(d["packed"]) for d in fhe.values()]
+    assert {d["backend"] for d in fhe.values()} == {"packed"}
+    for r, n in [(rows[0], t["prompt_tokens"])] + [(r, 1) for r in decode]:
+        assert r["ciphertext_bytes_down"] == sum(p.output_bytes(n) for p in params)
+        assert r["ciphertext_bytes_up"] <= sum(p.input_bytes(n) for p in params)
     for key, stats in m["per_token"].items():
         assert stats == lc.summary([r[key] for r in decode]), key  # same call, same bits
     assert m["total_bytes"] == sum(r["bytes"] for r in rows)
@@ -139,7 +141,8 @@ def test_tiny_per_token_figures_follow_from_the_measurements(tiny: tuple[dict, P
     assert f["miner_files_received"] == []
     assert 0 < f["client_half_bytes"] <= f["bytes_down"]
     assert f["client_half_bytes"] < f["miner_half_bytes"]
-    assert m["key_upload"]["bytes_up"] >= m["key_upload"]["evaluation_key_bytes"] > 0
+    assert m["key_upload"]["evaluation_key_bytes"] == 0  # packed: no evaluation keys
+    assert m["key_upload"]["bytes_up"] > 0  # the UploadKeys call itself, for the key id
 
 
 @pytest.mark.slow  # compiles all-MiniLM-L6-v2 (~1 min on 2 busy cores)
