@@ -17,6 +17,8 @@ seed 0), checked against the plain integer product ``x @ W``:
   BOLT and BumbleBee do), N=8192 (the product of a batched plaintext grows noise by ~N·t,
   so 2048's 54-bit q cannot hold it), outputs switched to the last prime. It needs Galois
   keys, uploaded once per client. A prototype written here for the comparison only.
+* concrete-ml 1.9's ``HybridFHEModel`` itself (``benchmarks/_cml_hybrid_side.py``, run by
+  ``--cml-python``, ``.venv-cml``): one row in local execute mode, as its users run it.
 * ``glwe``: concrete-ml-extensions (Zama; the GLWE backend of concrete-ml's HybridFHEModel),
   run by ``--cmlx-python`` (a scratch venv: ``python3.11 -m venv /tmp/cmlx-venv &&
   /tmp/cmlx-venv/bin/pip install concrete-ml-extensions "numpy<2"``, never this project's
@@ -315,6 +317,18 @@ def measure_cmlx(python: str, n_in: int, n_out: int, outputs: int) -> dict:
             "max_error": r["max_error"], "version": r["version"]}
 
 
+def measure_hybrid_model(python: str, n_in: int, n_out: int) -> dict:
+    """concrete-ml 1.9's HybridFHEModel on the linear, local execute mode, in ``.venv-cml``
+    (``benchmarks/_cml_hybrid_side.py``): its GLWE executor for layers ≥ 512 wide (every
+    output), else a concrete-python circuit on the first 64 outputs (as the lwe rows)."""
+    outputs = n_out if min(n_in, n_out) >= 512 else min(64, n_out)
+    side = Path(__file__).resolve().parent / "_cml_hybrid_side.py"
+    run = subprocess.run([python, str(side), str(n_in), str(n_out), str(outputs)],
+                         capture_output=True, text=True, check=True)
+    r = json.loads(run.stdout.strip().splitlines()[-1])
+    return dict(r, backend="concrete-ml HybridFHEModel", rows=1)
+
+
 def scale(backend: str, measured: dict[tuple[int, int], dict], n_in: int, n_out: int,
           rows: int) -> dict:
     """A linear's per-value bytes and miner seconds for ``lwe``/``glwe``, from the measured
@@ -368,6 +382,18 @@ def render(result: dict) -> str:
             f"{r['in_b_per_value']:.1f} | {r['out_b_per_value']:.1f} | "
             f"{r['miner_ms_per_output']:.4f} | {1e3 * r['client_s']:.0f} | "
             f"{'exact' if r['max_error'] == 0 else r['max_error']} | {mb(r['eval_key_bytes'])} |")
+    if result.get("hybrid_model"):
+        lines += ["", "**concrete-ml 1.9's HybridFHEModel** on the same linears (same weights, "
+                  "one row, local `execute` mode: no wire, so no bytes; its own 8-bit "
+                  "quantization of x and W, so its error is relative to the float product; "
+                  "time is the whole call, client and server, per output):", "",
+                  "| shape | path | outputs measured | ms/output | call s | compile s | "
+                  "rel. error vs float | eval keys |", "|---|---|---|---|---|---|---|---|"]
+        for r in result["hybrid_model"]:
+            keys = mb(r["eval_key_bytes"]) if "eval_key_bytes" in r else "—"
+            lines.append(f"| {r['shape'][0]}×{r['shape'][1]} | {r['path']} | "
+                         f"{r['measured_outputs']} | {r['ms_per_output']:.4f} | {r['s']:.3f} | "
+                         f"{r['compile_s']:.1f} | {r['rel_error_vs_float']:.4f} | {keys} |")
     lines += ["", "**Design comparison** on 384×1152 (coefficient encoding vs SIMD diagonals):", "",
               "| design | rows | in B/value | out B/value | miner ms/output | client ms | "
               "eval keys | max error | notes |", "|---|---|---|---|---|---|---|---|---|"]
@@ -405,6 +431,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--no-lwe", action="store_true", help="skip concrete's LWE path")
     ap.add_argument("--cmlx-python", default="/tmp/cmlx-venv/bin/python",
                     help="interpreter with concrete-ml-extensions (skipped if absent)")
+    ap.add_argument("--cml-python", default=str(Path(__file__).resolve().parent.parent
+                                                 / ".venv-cml" / "bin" / "python"),
+                    help="interpreter with concrete-ml 1.9 (benchmarks/fhe_latency.py --setup "
+                         "and concrete-ml-extensions 0.1.9; skipped if absent)")
     ap.add_argument("--cmlx-outputs", type=int, default=256,
                     help="columns of W multiplied by concrete-ml-extensions (per-output figures)")
     args = ap.parse_args(argv)
@@ -419,6 +449,7 @@ def main(argv: list[str] | None = None) -> None:
         return cache[(n_in, n_out, rows)]
 
     scaled: dict[str, dict[tuple[int, int], dict]] = {"lwe": {}, "glwe": {}}
+    hybrid_models: list[dict] = []
     for n_in, n_out in SHAPES:
         if not args.no_lwe:
             print(f"lwe {n_in}×{n_out}", flush=True)
@@ -430,6 +461,9 @@ def main(argv: list[str] | None = None) -> None:
             r = measure_cmlx(args.cmlx_python, n_in, n_out, min(args.cmlx_outputs, n_out))
             scaled["glwe"][(n_in, n_out)] = r
             table.append(r)
+        if Path(args.cml_python).is_file():
+            print(f"concrete-ml HybridFHEModel {n_in}×{n_out}", flush=True)
+            hybrid_models.append(measure_hybrid_model(args.cml_python, n_in, n_out))
         table += [packed(n_in, n_out, 1), packed(n_in, n_out, 16)]
     print("simd 384×1152", flush=True)
     designs = [packed(384, 1152, 16), measure_simd(384, 1152, 16),
@@ -466,7 +500,7 @@ def main(argv: list[str] | None = None) -> None:
         "with `bits_reserved_for_computation` = accumulator bits + 1: its errors are its "
         "approximate outputs (low bits stored at 26 bits), not a failure of this run.")
     result = {"table": table, "designs": designs, "extrapolations": extrapolations,
-              "command": command, "notes": notes}
+              "hybrid_model": hybrid_models, "command": command, "notes": notes}
     write_json(KEY, result)
     write_section(KEY, "Packed encrypted × clear linears: LWE vs packed BFV (issue #14)",
                   render(result))
