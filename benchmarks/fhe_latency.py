@@ -103,6 +103,8 @@ LOOKUPS = (8, 6, 5, 4)
 GOAL_SPEEDUP = 2.0
 CML_PACKAGES = ["concrete-python==2.11.0", "onnx", "onnxscript", "onnxruntime", "onnxoptimizer",
                 "scikit-learn", "scipy", "brevitas", "skorch"]
+CML_HYBRID_PINS = ["xgboost==1.6.2", "hummingbird-ml==0.4.11", "scikit-learn==1.5.0",
+                   "concrete-ml-extensions==0.1.9", "skops==0.5.0"]
 
 
 @dataclass(frozen=True)
@@ -394,8 +396,13 @@ def setup_cml_venv() -> None:
     subprocess.run(pip + ["setuptools<80", "torch==2.13.0"], check=True)
     subprocess.run(pip + ["--no-deps", "concrete-ml==1.9.0"], check=True)
     subprocess.run(pip + CML_PACKAGES, check=True)
+    # HybridFHEModel (benchmarks/packed_linear.py) imports concrete-ml's sklearn side too;
+    # these are its own pins, without their dependencies' newer majors
+    subprocess.run(pip + ["requests", "tqdm"], check=True)
+    subprocess.run(pip + ["--no-deps"] + CML_HYBRID_PINS, check=True)
     subprocess.run([str(CML_PY), "-c", "from concrete.ml.torch.compile import "
-                    "compile_torch_model"], check=True)
+                    "compile_torch_model; from concrete.ml.torch.hybrid_model import "
+                    "HybridFHEModel"], check=True)
     print(f"{CML_VENV} ready")
 
 
