@@ -178,3 +178,42 @@ def test_speed_weights() -> None:
     many = speed_weights({u: 1.0 + u for u in range(1792)})  # a full Brain
     assert sum(many.values()) == U16_MAX and min(many.values()) >= 1
     assert np.all(np.diff([many[u] for u in range(1792)]) <= 0)
+
+
+# -- issue #15: verification that binds the work ----------------------------------------
+
+def _tampered_miner(artefact: Artefact, tamper: Callable[[np.ndarray], np.ndarray],
+                    servers: list) -> str:
+    """An in-process miner of a packed artefact whose every linear runs ``tamper(W)``
+    instead of W: replies stay well-formed BFV ciphertexts of the right sizes, so only a
+    check of the decrypted accumulators can tell."""
+    from cerberus.fhe.packed import PackedLinear
+    from runtime.server import MinerService, start
+
+    service = MinerService(Path(artefact.path))
+    for name, lin in list(service.fhe.packed.items()):
+        service.fhe.packed[name] = PackedLinear(tamper(lin.w), lin.params)
+    server, port = start(service, "127.0.0.1", 0, workers=2, queue=4)
+    servers.append((server, service))
+    return f"127.0.0.1:{port}"
+
+
+def test_a_miner_zeroing_small_weights_is_caught(packed_artefact: Artefact,
+                                                 tmp_path: Path) -> None:
+    """Issue #15 (a): a miner that zeroes every weight with |w| ≤ 8 (~15% of the
+    multiply-adds) must score 0 in an epoch, while an honest miner scores > 0."""
+    servers: list = []
+    try:
+        cheat = _tampered_miner(packed_artefact, lambda w: np.where(np.abs(w) <= 8, 0, w),
+                                servers)
+        honest = _tampered_miner(packed_artefact, lambda w: w, servers)
+        view = LocalChain(_chain(), {MINERS[0].address: cheat, MINERS[1].address: honest})
+        v = Validator(VALIDATOR, BRAIN, Path(packed_artefact.path), view, CHALLENGES,
+                      tokens=1, timeout=120, cache_dir=tmp_path / "validator")
+        report = v.run_epoch(1)
+        assert report.weights[1] > 0, report.results[1].error
+        assert report.weights[0] == 0, "a miner skipping small weights was paid"
+    finally:
+        for server, service in servers:
+            server.stop(0).wait()
+            service.close()
