@@ -217,3 +217,20 @@ def test_a_miner_zeroing_small_weights_is_caught(packed_artefact: Artefact,
         for server, service in servers:
             server.stop(0).wait()
             service.close()
+
+
+def test_challenges_come_from_private_randomness(packed_artefact: Artefact,
+                                                 tmp_path: Path) -> None:
+    """Issue #15 (b): with every public input equal (chain, Brain, epoch, validator, uid),
+    two runs must still draw different challenges, and not only from a public list."""
+    from cerberus.paths import shipped_prompts
+
+    view = LocalChain(_chain(), {})  # no endpoints: challenges are drawn, nothing is sent
+    prompts = []
+    for i in range(6):
+        v = Validator(VALIDATOR, BRAIN, Path(packed_artefact.path), view, CHALLENGES,
+                      tokens=2, timeout=5, cache_dir=tmp_path / f"v{i}")
+        prompts.append(v.run_epoch(7).results[0].prompt)
+    assert len(set(prompts)) > 1, f"the same challenge every time: {prompts[0]!r}"
+    public = set(CHALLENGES) | set(shipped_prompts())
+    assert any(p not in public for p in prompts), "every challenge is a public constant"
