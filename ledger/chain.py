@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ledger.block import Block, Header, sign_header, tx_root
+from ledger.consensus import active_stake_threshold
 from ledger.genesis import Genesis, genesis_state
 from ledger.keys import Wallet
 from ledger.rules import Ctx, InvalidBlock, TxRejected, apply_block_in_place, apply_tx, execute
@@ -76,13 +77,24 @@ class Chain:
         return self.state.nonce(address)
 
     def validator_set(self) -> dict[str, int]:
-        """Address → stake delegated to it, over every Brain where it is a registered
-        validator (stake > 0 only). For the network's proposer rotation and 2/3 finality."""
+        """The network's voting set (SPEC N1 by L7's rule): address → the stake delegated to
+        it in each Brain where it is an *active* validator, summed over Brains.
+
+        Per Brain, as in its epoch (L7): of the validators registered there, only those
+        with stake ≥ the 70th percentile of that Brain's validator stakes (numpy's
+        ``method="lower"``, ``consensus.active_stake_threshold``) are active; inactive
+        validators' stake in that Brain does not count. Zero stake never counts, and a
+        validator slashed for double signing (table ``tomb``) is out for good. For the
+        network's proposer rotation and 2/3 finality."""
+        s = self.state
         out: dict[str, int] = {}
-        for (brain_id, addr), reg in self.state.tables["reg"].items():
-            if reg.role == "validator":
-                stake = self.state.delegate_stake.get((brain_id, addr), 0)
-                if stake > 0:
+        for brain_id in sorted(s.tables["brain"]):
+            b = s.tables["brain"][brain_id]
+            regs = [a for a in b.validators if a is not None]
+            stakes = [s.delegate_stake.get((brain_id, a), 0) for a in regs]
+            threshold = active_stake_threshold(stakes)
+            for addr, stake in zip(regs, stakes, strict=True):
+                if stake > 0 and stake >= threshold and addr not in s.tables["tomb"]:
                     out[addr] = out.get(addr, 0) + stake
         return dict(sorted(out.items()))
 

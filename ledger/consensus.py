@@ -101,6 +101,20 @@ def active_validator_mask(stake: np.ndarray) -> np.ndarray:
     return stake >= threshold
 
 
+def active_stake_threshold(stakes: list[int]) -> int:
+    """The least stake an active validator of a Brain holds (SPEC L7), in exact integers.
+
+    The same rule as ``active_validator_mask``: the stake at the index numpy's
+    ``percentile(..., 70, method="lower")`` picks (that index is taken from numpy itself,
+    on the positions 0..n-1, so float rounding of the index is numpy's own), compared as
+    ints — stakes up to 2^63 would not survive a float. Empty → 0.
+    """
+    if not stakes:
+        return 0
+    idx = int(np.percentile(np.arange(len(stakes)), ACTIVE_PERCENTILE, method="lower"))
+    return sorted(stakes)[idx]
+
+
 @dataclass(frozen=True)
 class EpochResult:
     """Outputs of one consensus epoch; vectors are per miner unless marked per validator."""

@@ -27,6 +27,7 @@ TOP_FRACTION_NUM, TOP_FRACTION_DEN = 3, 10
 STAKE_CAP_NUM, STAKE_CAP_DEN = 5, 1000  # 0.5% of total network stake
 FALLBACK_BRAIN = 0
 WEIGHT_SCALE = 1 << 32  # float shares (incentive, dividends) are quantised to this before use
+SLASH_DOUBLE_SIGN_BPS = 500  # a double-signer loses 5% of each stake delegated to it (N1)
 
 
 def apportion(total: int, weights: Sequence[int]) -> list[int]:
@@ -59,6 +60,12 @@ def quantise(shares: np.ndarray) -> list[int]:
     a = np.nan_to_num(np.asarray(shares, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
     a = np.clip(a, 0.0, None)
     return [int(x) for x in np.rint(a * WEIGHT_SCALE).astype(np.int64)]
+
+
+def slash_amount(stake: int) -> int:
+    """What double signing takes from one stake entry (bonded or unbonding): the one
+    fraction ``SLASH_DOUBLE_SIGN_BPS``, floored, so a slash never exceeds it."""
+    return stake * SLASH_DOUBLE_SIGN_BPS // BPS
 
 
 def stake_cap(total_stake: int) -> int:

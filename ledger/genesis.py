@@ -34,6 +34,9 @@ class Genesis:
     stake_lock_days: int = 90
     min_fee: int = 0
     authorities: tuple[str, ...] = ()  # allowed proposers; empty = any valid signature
+    # L5: blocks an unstaked amount stays bonded — and slashable — before it is paid out;
+    # also how old double-signing evidence may be (one week of 10 s blocks)
+    unbonding_blocks: int = 60_480
 
     def __post_init__(self) -> None:
         for a in (self.operator, self.bridge, *self.balances, *self.authorities):
@@ -43,6 +46,8 @@ class Genesis:
             raise ValueError("genesis balances must be non-negative ints")
         if self.tempo < 1 or self.block_time < 1 or self.voting_period < 1:
             raise ValueError("tempo, block_time and voting_period must be >= 1")
+        if not is_int(self.unbonding_blocks):
+            raise ValueError("unbonding_blocks must be a non-negative int")
 
     @property
     def stake_lock_blocks(self) -> int:
@@ -63,6 +68,7 @@ class Genesis:
             "stake_lock_days": self.stake_lock_days,
             "min_fee": self.min_fee,
             "authorities": list(self.authorities),
+            "unbonding_blocks": self.unbonding_blocks,
         }
 
     @classmethod

@@ -17,6 +17,7 @@ from ledger import economics as econ
 from ledger.block import Block, InvalidBlock, tx_root
 from ledger.encoding import is_hex64
 from ledger.epoch import run_epoch
+from ledger.evidence import double_sign_problem
 from ledger.genesis import Genesis, new_brain
 from ledger.keys import is_address
 from ledger.state import Proposal, Registration, State
@@ -118,7 +119,59 @@ def _unstake(s: State, tx: Tx, ctx: Ctx) -> None:
         s.delete("stake", key)
     else:
         s.put("stake", key, have - amount)
-    s.credit(tx.sender, amount)
+    # L5: the amount stays bonded — still slashable — for the unbonding period, so a
+    # validator cannot sign two votes and leave with its stake before the evidence lands
+    period = ctx.genesis.unbonding_blocks
+    if period == 0:
+        s.credit(tx.sender, amount)
+        return
+    ukey = (ctx.height + period, brain_id, delegate, tx.sender)
+    s.put("unbond", ukey, s.get("unbond", ukey, 0) + amount)
+
+
+def _release_unbonded(s: State, height: int) -> None:
+    """Pay out the unbonding entries whose period ends at this height (or before)."""
+    for key in sorted(k for k in s.tables["unbond"] if k[0] <= height):
+        s.credit(key[3], s.tables["unbond"][key])
+        s.delete("unbond", key)
+
+
+def _evidence(s: State, tx: Tx, ctx: Ctx) -> None:
+    """Double-signing evidence (SPEC N1, L5): two votes by one validator for one
+    (height, round, phase) and different blocks, each signature checked here.
+
+    The offender loses ``economics.SLASH_DOUBLE_SIGN_BPS`` of every stake delegated to it
+    in every Brain — its own and its delegators', bonded or unbonding (delegators chose
+    it, as in Cosmos) — burned, and is tombstoned: out of the voting set for good, and
+    punished once however many pairs it signed (one episode, one slash). Evidence older
+    than the unbonding period is refused: stake that left since has been paid out."""
+    first, second = tx.payload["first"], tx.payload["second"]
+    problem = double_sign_problem(first, second, ctx.genesis.chain_id)
+    _require(problem is None, f"not double signing: {problem}")
+    offender, height = first["voter"], first["height"]
+    _require(ctx.height - height <= ctx.genesis.unbonding_blocks,
+             f"evidence too old: height {height}, unbonding period "
+             f"{ctx.genesis.unbonding_blocks} blocks")
+    _require(s.get("tomb", offender) is None, "offender already slashed")
+    cut = 0
+    bonded = [(k, pool) for k, pool in s.stakers.items() if k[1] == offender]
+    for (brain_id, _), pool in sorted(bonded):
+        for staker, amount in sorted(pool.items()):
+            part = econ.slash_amount(amount)
+            if part:
+                s.put("stake", (brain_id, offender, staker), amount - part)
+                cut += part
+    for key in sorted(k for k in s.tables["unbond"] if k[2] == offender):
+        amount = s.tables["unbond"][key]
+        part = econ.slash_amount(amount)
+        if part:
+            if amount == part:
+                s.delete("unbond", key)
+            else:
+                s.put("unbond", key, amount - part)
+            cut += part
+    s.put("meta", "burned", s.meta("burned") + cut)
+    s.put("tomb", offender, height)
 
 
 def _register(s: State, tx: Tx, ctx: Ctx) -> None:
@@ -341,6 +394,7 @@ RULES: dict[str, Callable[[State, Tx, Ctx], None]] = {
     "propose": _propose,
     "vote": _vote,
     "tft_report": _tft_report,
+    "evidence": _evidence,
 }
 
 
@@ -415,7 +469,9 @@ def _resolve_proposals(s: State, g: Genesis, height: int) -> None:
 
 
 def end_block(state: State, g: Genesis, height: int) -> None:
-    """Emission, then the epochs due at this height, then governance."""
+    """Unbonded stake paid out, emission, then the epochs due at this height, then
+    governance."""
+    _release_unbonded(state, height)
     _emit(state, height)
     for b in sorted(state.tables["brain"]):
         if (height + b) % g.tempo == 0:

@@ -138,6 +138,9 @@ TABLES: dict[str, tuple[tuple[type, ...], Any, Any]] = {
     "vote": ((int, int), _enc_json, json.loads),  # (proposal, brain) -> approve
     "unlock": ((int, int), _enc_json, _dec_json_tuple),  # (brain, height) -> (owner, pepecoin)
     "tft": ((int,), _enc_json, _dec_json_tuple),  # brain -> (set_at, (accuracy bps per slot))
+    # (release height, brain, delegate, staker) -> amount unstaked, bonded until then (L5)
+    "unbond": ((int, int, str, str), _enc_json, json.loads),
+    "tomb": ((str,), _enc_json, json.loads),  # slashed double-signer -> offence height
 }
 
 
@@ -336,9 +339,11 @@ class State:
         return self.tables["brain"].get(brain_id)
 
     def supply(self) -> int:
-        """Every base unit in existence: balances + stakes + emission pending in Brains."""
+        """Every base unit in existence: balances + stakes + unbonding stakes + emission
+        pending in Brains."""
         return (
             sum(b for b, _ in self.tables["acct"].values())
             + self.total_stake
+            + sum(self.tables["unbond"].values())
             + sum(self.tables["pend"].values())
         )

@@ -13,10 +13,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ledger.encoding import MAX_INT, canonical, is_hex64, is_int, sha256
+from ledger.evidence import vote_format_problem
 from ledger.keys import Wallet, is_address, verify
 
 # Field types: "int" (int in 0..MAX_INT), "addr" (address), "str", "bool", "hex32" (sha256 hex),
-# "ints" (list of non-negative ints).
+# "ints" (list of non-negative ints), "vote" (a signed finality vote's wire form, ledger.evidence).
 PAYLOAD_SCHEMAS: dict[str, dict[str, str]] = {
     "transfer": {"to": "addr", "amount": "int"},
     "burn": {"amount": "int"},  # bridge-out / destroy $BASED; counted in supply as burned
@@ -34,6 +35,9 @@ PAYLOAD_SCHEMAS: dict[str, dict[str, str]] = {
     "vote": {"proposal": "int", "brain": "int", "approve": "bool"},
     # Accuracy(TFT) per miner of a Brain, in bps, from the owner of Brain #2 (the TFT Brain)
     "tft_report": {"brain": "int", "uids": "ints", "accuracy_bps": "ints"},
+    # two conflicting votes signed by one validator (SPEC N1): anyone may report them; the
+    # ledger checks the signatures itself and slashes (rules._evidence)
+    "evidence": {"first": "vote", "second": "vote"},
 }
 
 MAX_STR = 256
@@ -57,6 +61,8 @@ def _check_field(name: str, kind: str, value: Any) -> None:
         ok = is_hex64(value)
     elif kind == "ints":
         ok = isinstance(value, list) and all(is_int(v, 0, MAX_INT) for v in value)
+    elif kind == "vote":
+        ok = vote_format_problem(value) is None
     else:  # pragma: no cover - schema typo
         raise AssertionError(kind)
     if not ok:

@@ -59,9 +59,8 @@ def test_unstaked_stake_waits_out_the_unbonding_period() -> None:
 
 
 def test_double_signing_evidence_slashes_stake_and_unbonding_stake() -> None:
-    from ledger.evidence import sign_vote
-
     from ledger.economics import SLASH_DOUBLE_SIGN_BPS, slash_amount
+    from ledger.evidence import sign_vote
 
     chain = _staked_chain()
     h = chain.height
@@ -143,3 +142,22 @@ def test_voting_set_is_the_active_validators_of_each_brain_under_l7() -> None:
     apply_ok(chain, sg.tx(six[0], "stake", brain=4, delegate=six[0].address, amount=7))
     assert chain.validator_set()[six[0].address] == 7
     assert BRIDGE.address not in chain.validator_set()
+
+
+def test_integer_active_threshold_is_numpys_rule() -> None:
+    """``active_stake_threshold`` (ints, for the voting set) and the epoch's float mask
+    pick the same validators, including sizes where 0.7·(n−1) rounds below an integer."""
+    import random
+
+    import numpy as np
+
+    from ledger.consensus import active_stake_threshold, active_validator_mask
+
+    rng = random.Random(7)
+    for n in [*range(1, 40), 64, 101, 256]:
+        stakes = [rng.randrange(1, 1_000) for _ in range(n)]
+        t = active_stake_threshold(stakes)
+        mask = active_validator_mask(np.asarray(stakes, dtype=np.int64))
+        assert [s >= t for s in stakes] == mask.tolist(), n
+    assert active_stake_threshold([40, 50, 60, 80, 85, 90]) == 80
+    assert active_stake_threshold([]) == 0

@@ -46,7 +46,9 @@ def test_stake_delegate_unstake() -> None:
              sg.tx(A, "unstake", brain=3, delegate=B.address, amount=5 * BASED))
     assert chain.state.get("stake", (3, "", A.address)) is None  # fully unstaked → row gone
     assert chain.state.total_stake == 15 * BASED
-    assert chain.balance(A.address) == START_BALANCE - 15 * BASED
+    # L5: unstaked amounts wait out the unbonding period (still slashable) before paying
+    assert chain.balance(A.address) == START_BALANCE - 50 * BASED
+    assert sum(chain.state.tables["unbond"].values()) == 35 * BASED
     assert conserved(chain.state)
     assert chain.validator_set() == {B.address: 15 * BASED}
 
