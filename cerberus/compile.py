@@ -309,6 +309,7 @@ def compile_model(
     fid = fidelity(model, light(sim).logits, held_out)
     log.info("fidelity (%s partition) on %d held-out windows: %s", opts.partition,
              len(held_out), fid)
+    choices = _choose_backends(opts, folded.cfg, programs)
     fhe_stats = None
     extra: list[Callable[[Path], object]] = []
     if opts.fhe:
@@ -318,7 +319,7 @@ def compile_model(
             from cerberus.fhe.concrete_backend import check_widths
 
             check_widths(graph, opts.max_lookup_bits)
-        fhe_stats = _choose_backends(opts, folded.cfg, programs)
+        fhe_stats = choices
         lwe = {n: g for n, g in programs.items() if fhe_stats[n]["backend"] == "lwe"}
         if lwe:
             inputsets = _inputsets(light, sim, calib, lwe)
@@ -344,7 +345,10 @@ def compile_model(
                          "lookup_widths": graph.lookup_widths(),
                          "adaptive": opts.adaptive,
                          "adaptive_params": adaptive_params},
-        "cost_estimate": sq_report.cost_after,
+        # what the compiled partition costs: hybrid, priced per linear on the link; full,
+        # the PBS cost model of the blocks (squeeze's own estimate)
+        "cost_estimate": (_hybrid_cost(choices, folded.cfg) if opts.partition == "hybrid"
+                          else dict(sq_report.cost_after, partition="full")),
         "partition": _partition(opts.partition, folded, programs),
         "fidelity": fid,
         "fhe": fhe_stats,
@@ -385,6 +389,25 @@ def _choose_backends(opts: CompileOptions, cfg: TransformerConfig,
     log.info("linear backends (%s, %.0f Mbit/s, %.0f ms RTT): %s", opts.linear_backend,
              link.mbps, link.rtt_ms, ", ".join(chosen))
     return out
+
+
+def _hybrid_cost(choices: dict[str, dict], cfg: TransformerConfig) -> dict:
+    """The hybrid partition's predicted cost of one pass (a token, or an encoder's
+    sequence): every linear on its chosen backend, one round trip each."""
+    chosen = {n: d["predicted"][d["backend"]] for n, d in choices.items()}
+    first = next(iter(choices.values()))
+    backends = first["predicted"].keys()
+    return {
+        "partition": "hybrid", "per": "token" if cfg.kind == "causal-lm" else "sequence",
+        "rows": next(iter(chosen.values()))["rows"], "link": first["link"],
+        "seconds": round(sum(p["seconds"] for p in chosen.values()), 6),
+        "bytes_up": sum(p["bytes_up"] for p in chosen.values()),
+        "bytes_down": sum(p["bytes_down"] for p in chosen.values()),
+        "round_trips": len(chosen),
+        "backends": sorted({d["backend"] for d in choices.values()}),
+        "seconds_if_all": {b: round(sum(d["predicted"][b]["seconds"] for d in choices.values()
+                                        if b in d["predicted"]), 6) for b in backends},
+    }
 
 
 def _inputsets(light: Callable[[Miner], LightClient], sim: Miner, calib: torch.Tensor,

@@ -90,7 +90,16 @@ def run(args: argparse.Namespace) -> int:
     print(f"  sha256         {digest}")
     cfg, sq = m["model_config"], m["squeeze"]
     print(f"  heads kept     {sum(map(len, kept))}/{cfg['n_layer'] * cfg['n_head']}  {kept}")
-    print(f"  cost estimate  {sq['cost_before_s']:.4g} s → {sq['cost_after_s']:.4g} s per sequence")
+    cost = m["cost_estimate"]
+    if cost["partition"] == "hybrid":
+        others = ", ".join(f"{b} {v:.3g} s" for b, v in sorted(cost["seconds_if_all"].items()))
+        print(f"  cost estimate  {cost['seconds']:.3g} s per {cost['per']} "
+              f"({'+'.join(cost['backends'])}, {(cost['bytes_up'] + cost['bytes_down']) / 1e6:.2f}"
+              f" MB, {cost['round_trips']} round trips at {cost['link']['mbps']:g} Mbit/s, "
+              f"{cost['link']['rtt_ms']:g} ms; all on one backend: {others})")
+    else:
+        print(f"  cost estimate  {sq['cost_before_s']:.4g} s → {sq['cost_after_s']:.4g} s per "
+              "sequence (full partition, squeezed)")
     part = m["partition"]
     print(f"  partition      {part['mode']}: the miner runs {', '.join(part['miner'])}")
     print(f"  full circuit   FHE ops {fuse['before']['fhe_ops']} → {fuse['after']['fhe_ops']} "
@@ -111,10 +120,4 @@ def run(args: argparse.Namespace) -> int:
                 widest = max(p.get("max_bits", 0) for p in progs)
                 print(f"  FHE programs   {len(progs)} lwe in {path / 'miner' / 'fhe'} "
                       f"({pbs} PBS, widest {widest} bits)")
-        priced = [p["predicted"] for p in m["fhe"].values() if "predicted" in p]
-        if priced:
-            rows = priced[0][next(iter(priced[0]))]["rows"]
-            cost = {b: sum(p[b]["seconds"] for p in priced if b in p) for b in priced[0]}
-            print(f"  predicted      per {rows}-row pass, all linears: "
-                  + ", ".join(f"{b} {s:.3g} s" for b, s in sorted(cost.items())))
     return 0

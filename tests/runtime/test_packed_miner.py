@@ -50,6 +50,13 @@ def test_auto_packs_every_linear_and_records_why(packed_artefact: Artefact) -> N
         assert min(exact, key=lambda b: p[b]["seconds"]) == "packed"
         n_in, n_out = packed_artefact.programs[name]["linear"].attrs["weight"].shape
         assert (d["packed"]["n_in"], d["packed"]["n_out"]) == (n_in, n_out)
+    # the manifest's cost is the compiled partition's: these linears, per generated token
+    cost = packed_artefact.manifest["cost_estimate"]
+    assert (cost["partition"], cost["per"], cost["rows"]) == ("hybrid", "token", 1)
+    assert cost["round_trips"] == len(fhe)
+    assert cost["bytes_down"] == sum(d["predicted"]["packed"]["bytes_down"] for d in fhe.values())
+    assert cost["seconds"] == pytest.approx(sum(d["predicted"]["packed"]["seconds"]
+                                                for d in fhe.values()), abs=1e-5)
     # no concrete program on either side: nothing to key-generate, nothing to upload
     assert not (packed_artefact.path / "client" / "fhe").exists()
     assert not (packed_artefact.path / "miner" / "fhe").exists()
