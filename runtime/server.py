@@ -23,12 +23,25 @@ Bad input never reaches concrete unchecked: unknown programs and oversized or un
 ciphertexts are INVALID_ARGUMENT, unknown key ids NOT_FOUND, keys for another artefact
 FAILED_PRECONDITION; the server keeps serving everyone else.
 
-``misbehave="replay"`` exists only to test validators (SPEC N2, issue #8): such a miner
-answers every program with the first reply it ever computed for that program — a valid
-ciphertext of the right size, so nothing at the protocol level gives it away, but the
-wrong answer: a lazy miner replaying old work. Only the validators' bit-exact spot checks
-can catch it, which is what their tests need to show. (A packed reply names its rows, so
-one replayed to a request of another length is also refused by the client's check.)
+``misbehave`` exists only to test validators (SPEC N2, issues #8, #15): each kind is a
+way a miner could cheat, and each reply is well-formed — the right header, parameters and
+sizes — so nothing at the protocol level gives it away; only a validator's check of the
+decrypted accumulators against the simulator can catch it:
+
+* ``replay``: every program answered with the first reply it computed for that program
+  (old work; an lwe reply is repeated once per row asked);
+* ``lazy``: all-zero weights (no work); ``random``: random weights (random answers);
+* ``zero-small``: every weight with |w| ≤ 8 zeroed (~15 % of the multiply-adds skipped);
+* ``other:PATH``: another artefact's weights (a squeezed model, one compiled at fewer
+  bits), cut or zero-padded to this artefact's shapes, served under this artefact's hash;
+* ``first-token``: honest on a connection's first ``Generate`` call (a prefill), lazy after;
+* ``honest-to:IP[,IP...]``: honest to requests from those source addresses (say, the
+  validators' nodes), ``zero-small`` to everyone else.
+
+The weight-changing kinds run ``PackedLinear`` with the modified weights, so they need
+packed programs (the default backend); on lwe programs only ``replay`` is offered. (A
+packed reply names its rows, so one replayed to a request of another length is also
+refused by the client's check.)
 """
 
 from __future__ import annotations
@@ -72,7 +85,31 @@ PROTOCOL_HEADER = "x-cerberus-protocol"
 CHUNK = 1 << 20  # bytes per streamed chunk (keys, artefact files)
 SLACK = 1 << 20  # headroom over a ciphertext's size for framing
 MAX_MESSAGE = 256 << 20  # the largest request or reply; bounds max_rows of wide programs
-MISBEHAVIOURS = ("replay",)  # for testing validators only; see the module docstring
+# for testing validators only; see the module docstring
+MISBEHAVIOURS = ("replay", "lazy", "random", "zero-small", "first-token", "honest-to", "other")
+_WEIGHT_CHEATS = ("lazy", "random", "zero-small", "first-token", "honest-to", "other")
+SMALL = 8  # zero-small: |w| <= SMALL is skipped
+
+
+def parse_misbehave(text: str) -> tuple[str, str]:
+    """``KIND`` or ``KIND:ARG`` → (kind, arg); a clear error for an unknown kind or a
+    missing argument (honest-to needs addresses, other an artefact)."""
+    kind, _, arg = text.partition(":")
+    if kind not in MISBEHAVIOURS:
+        raise CerberusError(f"unknown misbehaviour {text!r}; known: {', '.join(MISBEHAVIOURS)}"
+                            " (honest-to:IP[,IP...], other:ARTEFACT)")
+    if kind in ("honest-to", "other") and not arg:
+        raise CerberusError(f"--misbehave {kind} needs an argument: {kind}:"
+                            + ("IP[,IP...]" if kind == "honest-to" else "ARTEFACT"))
+    if kind not in ("honest-to", "other") and arg:
+        raise CerberusError(f"--misbehave {kind} takes no argument")
+    return kind, arg
+
+
+def peer_ip(peer: str) -> str:
+    """``ipv4:127.0.0.5:4242`` / ``ipv6:[::1]:4242`` → the address alone."""
+    rest = peer.split(":", 1)[1] if ":" in peer else peer
+    return rest.rsplit(":", 1)[0].strip("[]")
 
 
 def key_id(artefact_sha256: str, keys: dict[str, bytes]) -> str:
@@ -190,10 +227,11 @@ class MinerService(pb_grpc.MinerServicer):
                  record: Path | None = None, misbehave: str | None = None) -> None:
         from cerberus.fhe.backends import MinerPrograms
 
-        if misbehave is not None and misbehave not in MISBEHAVIOURS:
-            raise CerberusError(f"unknown misbehaviour {misbehave!r}; known: "
-                                f"{', '.join(MISBEHAVIOURS)}")
-        self.misbehave = misbehave
+        self.misbehave, self._misbehave_arg = (parse_misbehave(misbehave)
+                                               if misbehave is not None else (None, ""))
+        self._honest_to = {a.strip() for a in self._misbehave_arg.split(",") if a.strip()} \
+            if self.misbehave == "honest-to" else set()
+        self._peers_seen: set[str] = set()  # first-token: connections that had a Generate
         self._replies: dict[str, list[bytes]] = {}  # misbehave="replay": program → 1st reply
         self.path = Path(artefact)
         self.manifest = read_manifest(self.path)  # a clear error for a non- or old artefact
@@ -209,6 +247,7 @@ class MinerService(pb_grpc.MinerServicer):
         if not self.manifest.get("fhe"):
             raise CerberusError(f"{self.path} has no FHE programs: compile it with --fhe")
         self.fhe = MinerPrograms(self.path, self.manifest)
+        self._cheat = self._cheat_programs() if self.misbehave in _WEIGHT_CHEATS else {}
         # the hybrid partition sends a prefill's rows at once; the full one a window a call
         context = int(self.manifest["model_config"]["n_positions"])
         rows = context if self.manifest["partition"]["mode"] == "hybrid" else 1
@@ -224,6 +263,46 @@ class MinerService(pb_grpc.MinerServicer):
         self._record = open(record, "ab") if record is not None else None  # noqa: SIM115
 
     # -- helpers ---------------------------------------------------------------------
+    def _cheat_programs(self) -> dict[str, Any]:
+        """Misbehaviour only: per program, a ``PackedLinear`` over modified weights with
+        this artefact's parameters, so its replies are well-formed but wrong."""
+        import numpy as np
+
+        from cerberus.fhe.packed import PackedLinear
+        from cerberus.ir import IntGraph
+
+        lwe = sorted(n for n, b in self.fhe.backend.items() if b != "packed")
+        if lwe:
+            raise CerberusError(f"--misbehave {self.misbehave} changes weights, which needs "
+                                f"packed programs; {', '.join(lwe[:3])} are lwe")
+        rng = np.random.default_rng(0)
+        out = {}
+        for name, lin in self.fhe.packed.items():
+            w, top = lin.w, (1 << (lin.params.weight_bits - 1)) - 1
+            if self.misbehave in ("lazy", "first-token"):
+                bad = np.zeros_like(w)
+            elif self.misbehave == "random":
+                bad = rng.integers(-top, top + 1, size=w.shape)
+            elif self.misbehave in ("zero-small", "honest-to"):
+                bad = np.where(np.abs(w) <= SMALL, 0, w)
+            else:  # other: that artefact's weights, fitted to this one's shapes
+                folder = Path(self._misbehave_arg) / "miner" / "programs" / name
+                bad = np.zeros_like(w)
+                if folder.is_dir():
+                    theirs = IntGraph.load(folder)["linear"].attrs["weight"]
+                    r, c = min(w.shape[0], theirs.shape[0]), min(w.shape[1], theirs.shape[1])
+                    bad[:r, :c] = np.clip(theirs[:r, :c], -top, top)
+            out[name] = PackedLinear(np.asarray(bad, dtype=w.dtype), lin.params)
+        return out
+
+    def _cheats(self, peer: str, first_call: bool) -> bool:
+        """Whether this request gets the misbehaviour's wrong answer."""
+        if self.misbehave == "honest-to":
+            return peer_ip(peer) not in self._honest_to
+        if self.misbehave == "first-token":
+            return not first_call
+        return self.misbehave in _WEIGHT_CHEATS
+
     def _rows_that_fit(self, name: str, rows: int) -> int:
         """The most rows (≤ ``rows``) one request of program ``name`` may carry without a
         message larger than ``MAX_MESSAGE``."""
@@ -244,7 +323,7 @@ class MinerService(pb_grpc.MinerServicer):
                 self._record.write(data)
                 self._record.flush()
 
-    def _run(self, request: pb.InferRequest) -> pb.InferReply:
+    def _run(self, request: pb.InferRequest, cheat: bool = False) -> pb.InferReply:
         for ct in request.ciphertexts:
             self._recv(ct)
         program = request.program
@@ -284,7 +363,10 @@ class MinerService(pb_grpc.MinerServicer):
                 return pb.InferReply(ciphertexts=old, server_ms=0.0)
         t0 = time.perf_counter()
         try:
-            out = self.fhe.run(program, list(request.ciphertexts), keys.keys)
+            if cheat and program in self._cheat:
+                out = [self._cheat[program].run(request.ciphertexts[0])]
+            else:
+                out = self.fhe.run(program, list(request.ciphertexts), keys.keys)
         except CerberusError as e:  # packed: checked header, parameters, sizes
             raise Abort(grpc.StatusCode.INVALID_ARGUMENT, f"bad ciphertext: {e}") from e
         except RuntimeError as e:
@@ -374,14 +456,24 @@ class MinerService(pb_grpc.MinerServicer):
               extra: dict) -> pb.InferReply:
         extra.update(program=request.program, rows=len(request.ciphertexts),
                      bytes_in=sum(len(c) for c in request.ciphertexts))
-        return self._run(request)
+        return self._run(request, self.misbehave is not None
+                         and self._cheats(context.peer(), first_call=False))
 
     @_rpc
     def Generate(self, request_iterator: Iterator[pb.InferRequest],  # noqa: N802
                  context: grpc.ServicerContext, extra: dict) -> Iterator[pb.InferReply]:
         steps = 0
+        cheat = False
+        if self.misbehave is not None:
+            peer = context.peer()  # ipv4:HOST:PORT: one client connection
+            with self.lock:
+                first = peer not in self._peers_seen
+                if len(self._peers_seen) > 65536:  # test-only, but bounded
+                    self._peers_seen.clear()
+                self._peers_seen.add(peer)
+            cheat = self._cheats(peer, first)
         for request in request_iterator:
-            reply = self._run(request)
+            reply = self._run(request, cheat)
             steps += 1
             extra["steps"] = steps
             yield reply
