@@ -7,7 +7,11 @@
    restart is harmless;
 3. a miner serves the Brain's artefact (its sha256 must be the Brain's task) over gRPC and
    announces its endpoint through the network; a validator checks the Brain's miners once
-   per epoch (``network.validator``) and sets weights;
+   per epoch (``network.validator``) and sets weights. A validator needs both halves of
+   the Brain's artefact: ``--artefact``, or, without it, a folder whose id is the Brain's
+   task found under ``--artefacts`` / next to the data folder / the cache
+   (``locate_artefact``) — checked after syncing and *before* registering, so a validator
+   that cannot work never pays the fee; it never takes the artefact from a miner;
 4. every few seconds one progress line: height, peers, epoch, balance and earnings.
 
 Amounts on the command line are $BASED (decimals allowed); everything inside is integer
@@ -27,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from cerberus.errors import CerberusError
-from cerberus.paths import shipped_prompts
+from cerberus.paths import CACHE_DIR
 from ledger.genesis import Genesis
 from ledger.keys import Wallet
 from ledger.tx import Tx, make_tx
@@ -37,8 +41,40 @@ from network.wallet import load_or_create
 
 log = logging.getLogger("cerberus.join")
 
-# Held challenge prompts (N2): short code-and-docs prose like the shipped model's corpus.
-DEFAULT_CHALLENGES = shipped_prompts()
+HASH_FILE = "artefact.sha256"  # cerberus.artefact.HASH_FILE, without importing torch here
+
+
+def artefact_dirs(data: Path, extra: tuple[Path, ...] = ()) -> list[Path]:
+    """Where a validator looks for the Brain's artefact without ``--artefact``: the given
+    folders, the data folder's parent, the working folder and the cache's artefacts."""
+    out: list[Path] = []
+    for d in (*extra, data.resolve().parent, Path.cwd(), CACHE_DIR / "artefacts"):
+        if d not in out:
+            out.append(d)
+    return out
+
+
+def locate_artefact(task: str, dirs: list[Path]) -> Path | None:
+    """A folder holding both halves of the artefact whose id is ``task``, or None.
+
+    Candidates are each folder itself and its children whose recorded ``artefact.sha256``
+    is ``task`` and that have a ``miner/`` half (a client's fetched half has none); the
+    caller loads the match with ``verify=True``, so a mislabelled folder is refused there.
+    Bounded: at most 256 children per folder are looked at.
+    """
+    for d in dirs:
+        if not d.is_dir():
+            continue
+        children = sorted(c for c in d.iterdir() if c.is_dir())[:256]
+        for cand in (d, *children):
+            rec = cand / HASH_FILE
+            try:
+                if rec.is_file() and rec.read_text().strip() == task \
+                        and (cand / "miner").is_dir():
+                    return cand
+            except OSError:
+                continue
+    return None
 
 
 def parse_based(text: str) -> int:
@@ -72,8 +108,11 @@ class JoinOptions:
     port: int = 0
     miner_port: int = 0
     misbehave: str | None = None
-    challenges: tuple[str, ...] = DEFAULT_CHALLENGES
-    tokens: int = 1
+    challenges: tuple[str, ...] | None = None  # a corpus to cut prompts from; None: shipped
+    tokens: int = 4  # validators: at most this many new tokens per challenge (2..tokens)
+    challenge_from: tuple[str, ...] = ()  # validators: source addresses for challenges
+    challenge_spread: float | None = None  # seconds; None: half an epoch
+    artefacts: tuple[Path, ...] = ()  # validators: where to look for the Brain's artefact
     check_timeout: float = 120.0
     block_interval: float | None = None
     round_timeout: float = 3.0
@@ -131,6 +170,7 @@ class Participant:
         self.service: Any = None
         self.validator: Any = None
         self.joined_balance = 0
+        self.artefact_path: Path | None = None
         self.epochs_done: list[dict[str, Any]] = []
 
     # -- steps --------------------------------------------------------------------------
@@ -244,25 +284,58 @@ class Participant:
         self.say(f"miner serving artefact {self.service.sha256[:16]} on {endpoint}"
                  + (f" (misbehaving: {o.misbehave})" if o.misbehave else ""))
 
+    def prepare(self) -> None:
+        """What a role needs, checked before registering: a miner its ``--artefact``, a
+        validator the Brain's whole artefact (given, or located by the Brain's task)."""
+        o, node = self.opts, self.node
+        assert node is not None
+        task = (node.brain_info(o.brain) or {}).get("task", "")
+        if o.role == "miner":
+            if o.artefact is None:
+                raise CerberusError("a miner needs --artefact (the Brain's compiled model)")
+            return
+        if o.artefact is not None:
+            self.artefact_path = o.artefact
+            return
+        if not task:
+            raise CerberusError(
+                f"Brain {o.brain} has no task (artefact sha256) set yet, so there is no "
+                "artefact to look for: pass --artefact (both halves of the Brain's model)")
+        dirs = artefact_dirs(o.data, o.artefacts)
+        found = locate_artefact(task, dirs)
+        if found is None:
+            raise CerberusError(
+                f"a validator needs the Brain's artefact {task[:16]} (both halves): none "
+                f"under {', '.join(str(d) for d in dirs)}; pass --artefact or --artefacts DIR")
+        log.info("found Brain %d's artefact %s at %s", o.brain, task[:16], found)
+        self.artefact_path = found
+
     def start_validator(self) -> None:
         from network.validator import Validator
 
         o, node = self.opts, self.node
         assert node is not None
-        if o.artefact is None:
-            raise CerberusError(
-                "a validator needs --artefact: the Brain's whole compiled model (both halves; "
-                "its sha256 is the Brain's task), because it re-runs the miner's programs in "
-                "the simulator; a miner serves only the client half")
+        if self.artefact_path is None:
+            self.prepare()
+        assert self.artefact_path is not None
         task = (node.brain_info(o.brain) or {}).get("task", "")
-        self.validator = Validator(self.wallet, o.brain, o.artefact, NodeChainView(node),
-                                   list(o.challenges), tokens=o.tokens, timeout=o.check_timeout,
-                                   cache_dir=o.data / "validator")
+        epoch_s = self.genesis.tempo * (o.block_interval or self.genesis.block_time)
+        spread = o.challenge_spread if o.challenge_spread is not None else epoch_s / 2
+        # default source: this node's own host (what a real validator's machine shows)
+        sources = list(o.challenge_from) or (
+            [o.host] if o.host not in ("", "0.0.0.0", "::", "127.0.0.1", "localhost") else [])
+        self.validator = Validator(
+            self.wallet, o.brain, self.artefact_path, NodeChainView(node),
+            list(o.challenges) if o.challenges is not None else None, tokens=o.tokens,
+            timeout=o.check_timeout, cache_dir=o.data / "validator", sources=sources,
+            spread=spread)
         if task and self.validator.artefact.sha256 != task:
             raise CerberusError(f"Brain {o.brain}'s task is artefact {task[:16]}, but "
-                                f"{o.artefact} is {self.validator.artefact.sha256[:16]}")
-        self.say(f"validator checking Brain {o.brain}'s miners each epoch "
-                 f"({len(o.challenges)} held prompts, {o.tokens} token(s) each)")
+                                f"{self.artefact_path} is {self.validator.artefact.sha256[:16]}")
+        self.say(f"validator checking Brain {o.brain}'s miners each epoch with artefact "
+                 f"{self.validator.artefact.sha256[:16]} (every accumulator, up to {o.tokens} "
+                 f"token(s) a challenge, spread over {spread:g} s"
+                 + (f", from {', '.join(sources)}" if sources else "") + ")")
 
     # -- the main loop ------------------------------------------------------------------
     def epoch_of(self, height: int) -> int:
@@ -292,6 +365,7 @@ class Participant:
         try:
             self.start_node()
             self.sync()
+            self.prepare()  # before paying the fee: a participant that cannot work stops
             self.register()
             if self.opts.role == "miner":
                 self.start_miner()
@@ -321,6 +395,8 @@ class Participant:
             self.close()
 
     def close(self) -> None:
+        if self.validator is not None:
+            self.validator.stop.set()
         if self.miner_server is not None:
             self.miner_server.stop(5).wait(10)
             self.miner_server = None

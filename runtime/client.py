@@ -20,6 +20,11 @@ Keys: the first run draws a secret seed from the OS, stores it (mode 0600) under
 folder and generates keys; later runs reload them. The evaluation keys are uploaded once;
 if the miner evicted them (NOT_FOUND) the client uploads again and retries. UNAVAILABLE
 and RESOURCE_EXHAUSTED (a busy miner) are retried with exponential backoff.
+
+``on_call(program, rows, decrypted)`` (optional) sees every program call's plaintext input
+rows and the decrypted reply — the accumulators of a linear — as the client uses them. A
+validator checks each against the simulator (``network.validator``, SPEC N2): a miner's
+whole work, not only the tokens it leads to.
 """
 
 from __future__ import annotations
@@ -158,8 +163,11 @@ class MinerClient:
     def __init__(self, address: str, *, artefact: Path | None = None,
                  expected_sha256: str | None = None, cache_dir: Path = DEFAULT_CACHE,
                  seed: int | None = None, timeout: float = 600.0, retries: int = 4,
-                 backoff: float = 0.25) -> None:
+                 backoff: float = 0.25,
+                 on_call: Callable[[str, np.ndarray, np.ndarray], None] | None = None
+                 ) -> None:
         self.address = address
+        self.on_call = on_call
         self.cache_dir = Path(cache_dir)
         self.timeout = timeout
         self.retries = retries
@@ -418,6 +426,8 @@ class MinerClient:
             except CerberusError as e:  # a reply of the wrong shape or parameters
                 raise MinerError(f"miner {self.address} sent a bad reply for {program}: {e}") \
                     from e
+            if self.on_call is not None:
+                self.on_call(program, np.asarray(rows), out[-1])
         return np.concatenate(out)
 
     def infer(self, program: str, x: np.ndarray) -> np.ndarray:
@@ -432,7 +442,10 @@ class MinerClient:
             if len(reply.ciphertexts) != len(cts):
                 raise MinerError(f"miner {self.address} answered {len(reply.ciphertexts)} "
                                  f"ciphertexts for {len(cts)}")
-            return self._fhe.decrypt(program, list(reply.ciphertexts), 1)[0]
+            y = self._fhe.decrypt(program, list(reply.ciphertexts), 1)
+            if self.on_call is not None:
+                self.on_call(program, np.asarray(x)[None], y)
+            return y[0]
         return self._with_keys(run)
 
     def _max_rows(self) -> dict[str, int]:

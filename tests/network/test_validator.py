@@ -24,7 +24,7 @@ from ledger.genesis import Genesis
 from ledger.keys import Wallet
 from ledger.tx import Tx, make_tx
 from ledger.units import BASED
-from network.validator import U16_MAX, Validator, challenge_index, speed_weights
+from network.validator import U16_MAX, Validator, speed_weights
 
 BRAIN = 3  # a reserved Brain, owned by the operator at genesis
 OPERATOR, BRIDGE, PROPOSER = (Wallet.from_seed(s) for s in ("operator", "bridge", "proposer"))
@@ -120,11 +120,11 @@ def test_epoch_weights_honest_miner_zeroes_replay_dead_and_silent_ones_and_appli
     r = report.results
     assert sorted(r) == [0, 1, 2, 3]
     assert r[0].correct and r[0].error is None and r[0].latency_s is not None
-    assert r[0].got == fhe_artefact.generate(
-        fhe_artefact.tokenizer(r[0].prompt).input_ids, 2)
+    assert r[0].got == r[0].expected and len(r[0].got) == 2
+    assert r[0].calls >= 2 * len(fhe_artefact.programs)  # every linear of both tokens
     # the replay miner answered (valid ciphertexts) but with old work: caught bit for bit
-    assert not r[1].correct and r[1].got is not None and r[1].got != r[1].expected
-    assert "wrong tokens" in (r[1].error or "")
+    assert not r[1].correct and r[1].got is not None
+    assert "accumulators differ from the simulator" in (r[1].error or "")
     assert not r[2].correct and r[2].got is None and "UNAVAILABLE" in (r[2].error or "")
     assert not r[3].correct and r[3].error == "no endpoint announced"
     assert report.weights == {0: U16_MAX, 1: 0, 2: 0, 3: 0}
@@ -155,15 +155,6 @@ def test_a_hung_miner_times_out_and_a_rejected_tx_is_reported(
                          CHALLENGES, tokens=1, timeout=2, cache_dir=tmp_path / "outsider")
     rep = outsider.run_epoch(1)
     assert rep.tx is not None and not rep.accepted and rep.rejected
-
-
-def test_challenges_are_deterministic_per_epoch_and_vary() -> None:
-    pick = [challenge_index("c", BRAIN, e, VALIDATOR.address, 0, 8) for e in range(32)]
-    assert pick == [challenge_index("c", BRAIN, e, VALIDATOR.address, 0, 8)
-                    for e in range(32)]
-    assert len(set(pick)) > 1  # not a fixed prompt
-    other = [challenge_index("c", BRAIN, e, MINERS[0].address, 0, 8) for e in range(32)]
-    assert other != pick  # another validator checks with other prompts
 
 
 def test_speed_weights() -> None:
