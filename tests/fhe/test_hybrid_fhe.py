@@ -137,3 +137,5 @@ def test_keygen_prints_nothing_and_keeps_keys_private(artefact, tmp_path, capfd)
              for n in client.clients}
     assert len(files) == len(specs)  # programs with equal specs share their keys
     assert all(f.stat().st_mode & 0o077 == 0 for f in files)
+    # … and so is the folder: nobody else may list, add or swap key files (issue #15)
+    assert (tmp_path / "keys").stat().st_mode & 0o077 == 0

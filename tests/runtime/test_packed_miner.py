@@ -70,6 +70,11 @@ def test_generation_equals_the_simulator(packed_artefact: Artefact, packed_miner
         out = c.generate(prompt, 12)
         assert c.key_bytes() == 0  # packed: no evaluation keys at all
     assert out.ids == want
+    # the secret seed and its folders are the user's alone (issue #15: keys on disk)
+    keys = tmp_path / "keys"
+    seed = next(keys.glob("*/secret-seed"))
+    assert seed.stat().st_mode & 0o077 == 0
+    assert all(d.stat().st_mode & 0o077 == 0 for d in (keys, seed.parent))
     first, rest = out.steps[0], out.steps[1:]
     assert all(s.round_trips == len(packed_artefact.programs) for s in out.steps)
     # a generated token sends one row per program: fewer bytes than the prefill's rows
