@@ -297,10 +297,17 @@ class Participant:
         if o.artefact is not None:
             self.artefact_path = o.artefact
             return
-        if not task:
-            raise CerberusError(
-                f"Brain {o.brain} has no task (artefact sha256) set yet, so there is no "
-                "artefact to look for: pass --artefact (both halves of the Brain's model)")
+        if not task:  # the owner may be about to set it: wait (bounded), then say why
+            def task_now() -> str:
+                return str((node.brain_info(o.brain) or {}).get("task", ""))
+            try:
+                _wait(f"Brain {o.brain}'s task", lambda: bool(task_now()), o.wait_timeout)
+            except CerberusError:
+                raise CerberusError(
+                    f"Brain {o.brain} has no task (artefact sha256) set after "
+                    f"{o.wait_timeout:.0f} s, so there is no artefact to look for: pass "
+                    "--artefact (both halves of the Brain's model)") from None
+            task = task_now()
         dirs = artefact_dirs(o.data, o.artefacts)
         found = locate_artefact(task, dirs)
         if found is None:

@@ -58,9 +58,11 @@ class LocalChain:
         return reason
 
 
-def _chain() -> Chain:
-    """Genesis, then the operator sets a zero fee and everyone registers, by signed txs."""
-    people = [VALIDATOR, *MINERS]
+def _chain(extra: list[Wallet] | None = None) -> Chain:
+    """Genesis, then the operator sets a zero fee and everyone registers, by signed txs;
+    ``extra`` miners register after ``MINERS`` (uids 4, 5, …)."""
+    miners = [*MINERS, *(extra or [])]
+    people = [VALIDATOR, *miners]
     chain = Chain(Genesis(chain_id="cerberus-test", operator=OPERATOR.address,
                           bridge=BRIDGE.address, tempo=1_000_000,
                           balances={p.address: 1000 * BASED
@@ -75,7 +77,7 @@ def _chain() -> Chain:
     block([make_tx(OPERATOR, "brain_config", 0, cid, brain=BRAIN, key="registration_fee",
                    value="0")])
     block([make_tx(w, "register", 0, cid, brain=BRAIN, role=role, max_fee=0)
-           for w, role in [(VALIDATOR, "validator"), *[(m, "miner") for m in MINERS]]])
+           for w, role in [(VALIDATOR, "validator"), *[(m, "miner") for m in miners]]])
     return chain
 
 

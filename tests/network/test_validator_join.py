@@ -39,19 +39,19 @@ def _genesis(tmp: Path) -> Path:
     return path
 
 
-def _opts(tmp: Path) -> JoinOptions:
+def _opts(tmp: Path, wait: float = 60) -> JoinOptions:
     (tmp / "v").mkdir(exist_ok=True)
     key = tmp / "v" / "wallet.key"
     save(VALIDATOR, key)
     return JoinOptions(brain=BRAIN, role="validator", genesis=_genesis(tmp), data=tmp / "v",
                        wallet=key, artefact=None, block_interval=0.2, round_timeout=1.0,
-                       progress_every=60, wait_timeout=60)
+                       progress_every=60, wait_timeout=wait)
 
 
 def test_without_artefact_and_none_to_find_it_stops_before_registering(
         tmp_path: Path) -> None:
     said: list[str] = []
-    p = Participant(_opts(tmp_path), say=said.append)
+    p = Participant(_opts(tmp_path, wait=3), say=said.append)
     with pytest.raises(CerberusError) as e:
         p.run(threading.Event())
     assert "--artefact" in str(e.value) and "\n" not in str(e.value)
