@@ -13,6 +13,17 @@ MODELS_DIR = REPO_ROOT / "models"
 CACHE_DIR = Path(os.environ.get("CERBERUS_CACHE", Path.home() / ".cache" / "cerberus"))
 
 
+def private_dir(path: Path, *, under: Path | None = None) -> Path:
+    """Create ``path`` (and its parents) and make it, and every folder between ``under``
+    (exclusive) and it, readable by the owner only: key folders hold secret keys and seeds,
+    and another user must not even list them or swap a file in (issue #15)."""
+    path.mkdir(parents=True, exist_ok=True)
+    below = [p for p in path.parents if under is not None and under in p.parents]
+    for folder in (path, *below):
+        folder.chmod(0o700)
+    return path
+
+
 def shipped_model(name: str = "tiny-gpt") -> Path:
     """Path of a model folder shipped in ``models/``; a clear error if it is missing."""
     path = MODELS_DIR / name

@@ -52,7 +52,7 @@ from cerberus.errors import CerberusError
 from cerberus.frontends.canonical import KVCache
 from cerberus.hashing import digest_of_files, file_sha256
 from cerberus.light_client import LightClient, Session
-from cerberus.paths import CACHE_DIR
+from cerberus.paths import CACHE_DIR, private_dir
 from runtime.protos import miner_pb2 as pb
 from runtime.protos import miner_pb2_grpc as pb_grpc
 from runtime.server import CHUNK, PROTOCOL, PROTOCOL_HEADER, key_id
@@ -347,8 +347,8 @@ class MinerClient:
     def _stored_seed(self, sha: str) -> int:
         """This machine's secret seed for an artefact: drawn once, kept private (0600)."""
         path = self.cache_dir / "keys" / sha[:32] / "secret-seed"
+        private_dir(path.parent, under=self.cache_dir)
         if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "w") as f:
                 f.write(str(secrets.randbits(127)))

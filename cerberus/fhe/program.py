@@ -33,7 +33,7 @@ from concrete import fhe
 from cerberus.errors import CompileError
 from cerberus.fhe.concrete_backend import compile_circuit
 from cerberus.ir import IntGraph
-from cerberus.paths import CACHE_DIR
+from cerberus.paths import CACHE_DIR, private_dir
 
 log = logging.getLogger("cerberus.fhe")
 DEFAULT_KEY_CACHE = CACHE_DIR / "keys"
@@ -142,7 +142,7 @@ def _save_private(data: bytes, path: Path) -> None:
     Our own cache instead of concrete's keyset cache: that one prints a line per program
     on every miss and keys its files by a layout we do not control.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(path.parent)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as f:
