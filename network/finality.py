@@ -1,28 +1,29 @@
-"""Proposer rotation, votes and finality (SPEC N1, issue #8) — pure functions.
+"""Finality: voting set, proposer rotation and two-phase votes (SPEC N1, issue #8, #15) —
+pure functions. (Named for block finality; ``ledger.consensus`` is Yuma, SPEC L7.)
 
 The rules, in one place:
 
-* **Voting set of height h** = ``chain.validator_set()`` on the state after h-1 (address →
-  delegated stake), restricted to ``genesis.authorities`` when those are set (the ledger
-  refuses blocks from non-authorities, so stake elsewhere cannot propose). While that is
-  empty, the authorities with equal weight 1 — so a fresh network can bootstrap before any
-  validator has staked.
+* **Voting set of height h** = ``chain.validator_set()`` on the state after h-1: per Brain,
+  the validators active under SPEC L7 (stake ≥ the 70th percentile of that Brain's
+  validator stakes), each weighted by its stake summed over the Brains where it is active,
+  double-signers tombstoned on chain left out — restricted to ``genesis.authorities`` when
+  those are set (the ledger refuses blocks from non-authorities). While that is empty, the
+  authorities with equal weight 1, so a fresh network can bootstrap before anyone stakes.
 * **Proposer ranking** for height h: a stake-weighted draw without replacement, seeded by
   the parent hash, in integers only (sha256 → pick in the cumulative stake of the
   remaining validators in address order). Every node computes the same ranking. The
   validator of rank k may propose (once per height) from round k on, so a dead proposer
   costs one round timeout, not the chain.
-* **Votes** are ed25519 signatures by a validator over (chain id, height, round, block
-  hash). A block is **final** when votes for the same (height, round, hash) from
-  validators holding ≥ 2/3 of the voting set's stake for that height are seen:
-  ``3 × voted ≥ 2 × total``. A certificate is such a set of votes, all of one round.
-* **Lock**: a validator's latest vote at a height (round L, block A) locks it on A. In a
-  later round it votes A again unless it has seen, for some round r with L ≤ r < now,
-  signed votes proving that A did not get 2/3 in round r: the stake that voted only for
-  other blocks in round r is > 1/3 of the total (``proves_unlock``). Why this is enough:
-  if A was final in some round r0, the ≥ 2/3 that voted A there are locked on A from r0
-  on, so in every round ≥ r0 the stake voting only for others is ≤ 1/3 and none of them
-  can ever unlock — full argument in ``network/node.py``.
+* **Votes** are ed25519 signatures over (chain id, height, round, phase, block hash), the
+  bytes defined once in ``ledger.evidence`` (so a vote is also valid evidence); phase is
+  ``prevote`` or ``precommit`` (Tendermint, Buchman–Kwon–Milosevic 2018). A *POL* (proof of
+  lock) for B in round r is prevotes for (h, r, B) from ≥ 2/3 of the stake; a block is
+  **final** with precommits for the same (h, r, B) from ≥ 2/3: ``3 × voted ≥ 2 × total``.
+  A certificate is such a set of precommits, all of one round.
+* **Lock**: a validator precommits B in round r only on seeing a POL for B in round r, and
+  its latest precommit (round L, block A) locks it. In a later round it prevotes A unless
+  it has seen a POL for some block in a round ≥ L (then that block). Why this is safe while
+  the Byzantine stake is < 1/3: full argument in ``network/node.py``.
 """
 
 from __future__ import annotations
@@ -32,13 +33,22 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ledger.encoding import MAX_INT, canonical, is_hex64, is_int
+from ledger.encoding import MAX_INT, canonical, is_int
+from ledger.evidence import (
+    MAX_ROUND,
+    PHASES,
+    sign_vote,
+    vote_format_problem,
+    vote_signature_ok,
+)
 from ledger.genesis import Genesis
 from ledger.keys import Wallet, is_address, verify
 from ledger.units import MAX_BRAINS
 
 MAX_RANKED = 1024  # ranking is O(n²) in integers; no proposer beyond this rank is needed
-MAX_ROUND = 2**31 - 1  # rounds are small in practice; a bound keeps them ordinary ints
+PREVOTE, PRECOMMIT = PHASES
+__all__ = ["MAX_ROUND", "PHASES", "PRECOMMIT", "PREVOTE", "Announcement", "Vote",
+           "has_quorum", "more_than_a_third", "proposer_ranking", "voting_set"]
 
 
 def voting_set(validators: dict[str, int], genesis: Genesis) -> dict[str, int]:
@@ -78,73 +88,46 @@ def has_quorum(voters: set[str] | list[str], weights: dict[str, int]) -> bool:
     return total > 0 and 3 * voted >= 2 * total
 
 
-def proves_unlock(round_votes: Mapping[str, Collection[str]], locked: str,
-                  weights: dict[str, int]) -> bool:
-    """True when the votes of one round (hash → voters) prove ``locked`` got no 2/3 in it.
-
-    Counts the stake of voters that voted in that round only for blocks other than
-    ``locked``; one who signed two different votes in the round is left out (it is not
-    following the rules, so its vote proves nothing). Unlock needs that stake > 1/3 of the
-    total, integers only: then the voters for ``locked`` in that round are < 2/3.
-    """
+def more_than_a_third(voters: Collection[str], weights: Mapping[str, int]) -> bool:
+    """True when ``voters`` hold > 1/3 of the stake: at least one of them is honest while
+    the Byzantine stake is < 1/3 (the round-jump rule)."""
     total = sum(weights.values())
-    by_voter: dict[str, set[str]] = {}
-    for block_hash, voters in round_votes.items():
-        for v in voters:
-            by_voter.setdefault(v, set()).add(block_hash)
-    other = sum(weights.get(v, 0) for v, hashes in by_voter.items()
-                if len(hashes) == 1 and locked not in hashes)
-    return total > 0 and 3 * other > total
+    voted = sum(weights.get(v, 0) for v in set(voters))
+    return total > 0 and 3 * voted > total
 
 
 @dataclass(frozen=True)
 class Vote:
-    """A validator's signature that block ``block_hash`` is its choice for ``height`` in
-    round ``round`` (one vote per validator per (height, round); see the module docstring)."""
+    """A validator's signed ``phase`` vote for ``block_hash`` at (``height``, ``round``): one
+    per validator per (height, round, phase); two different ones are double signing."""
 
     height: int
     block_hash: str
     voter: str
     signature: bytes
     round: int = 0
-
-    @staticmethod
-    def signing_bytes(chain_id: str, height: int, block_hash: str, round_: int) -> bytes:
-        return canonical({"chain": chain_id, "type": "vote", "height": height,
-                          "round": round_, "block": block_hash})
+    phase: str = PRECOMMIT
 
     @classmethod
     def make(cls, wallet: Wallet, chain_id: str, height: int, block_hash: str,
-             round_: int = 0) -> Vote:
-        sig = wallet.sign(cls.signing_bytes(chain_id, height, block_hash, round_))
-        return cls(height, block_hash, wallet.address, sig, round_)
+             round_: int = 0, phase: str = PRECOMMIT) -> Vote:
+        return cls.from_dict(sign_vote(wallet, chain_id, height, round_, phase, block_hash))
 
     def to_dict(self) -> dict[str, Any]:
-        return {"height": self.height, "round": self.round, "block": self.block_hash,
-                "voter": self.voter, "sig": self.signature.hex()}
+        return {"height": self.height, "round": self.round, "phase": self.phase,
+                "block": self.block_hash, "voter": self.voter, "sig": self.signature.hex()}
 
     @classmethod
     def from_dict(cls, d: Any) -> Vote:
         """Parse a peer's vote; raises ``ValueError`` on any malformed field."""
-        try:
-            height, round_, block_hash, voter = d["height"], d["round"], d["block"], d["voter"]
-            sig = bytes.fromhex(d["sig"])
-        except (KeyError, TypeError, ValueError, AttributeError) as e:
-            raise ValueError(f"malformed vote: {e}") from e
-        if not is_int(height, 1):
-            raise ValueError("vote height must be a positive int")
-        if not is_int(round_, 0, MAX_ROUND):
-            raise ValueError(f"vote round must be an int in 0..{MAX_ROUND}")
-        if not is_hex64(block_hash):
-            raise ValueError("vote block must be 64 hex chars")
-        if not is_address(voter):
-            raise ValueError("vote voter is not an address")
-        return cls(height, block_hash, voter, sig, round_)
+        problem = vote_format_problem(d)
+        if problem:
+            raise ValueError(f"malformed vote: {problem}")
+        return cls(d["height"], d["block"], d["voter"], bytes.fromhex(d["sig"]), d["round"],
+                   d["phase"])
 
     def verify(self, chain_id: str) -> bool:
-        return verify(self.voter, self.signing_bytes(chain_id, self.height, self.block_hash,
-                                                     self.round),
-                      self.signature)
+        return vote_signature_ok(self.to_dict(), chain_id)
 
 
 @dataclass(frozen=True)

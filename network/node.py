@@ -8,59 +8,66 @@ Apply / fork rule — **finalize, then apply** (why: no block is ever reverted, 
 ledger needs no fork choice and every applied block is final):
 
 1. A *proposal* for height h = head + 1 is a signed block whose proposer is in the voting
-   set of h (``network.consensus``). Valid = the ledger's full check against the head
+   set of h (``network.finality``). Valid = the ledger's full check against the head
    passes (dry run) and its time is not in the future by more than ``MAX_DRIFT`` seconds.
 2. *Rounds*. Round 0 of h opens at ``anchor + block_interval`` (anchor = when this node
    applied the parent, or started); round r+1 begins when round r has lasted
-   ``round_timeout`` on the local clock. A node that sees a vote of height h from a
-   voting-set member in a later round than its own jumps to that round (its timer
-   restarts there), so rounds stay together when a node applied the parent late,
-   restarted or was starved of CPU. Rounds are labels: safety never depends on clocks.
+   ``round_timeout`` on the local clock. A node that has seen votes of height h from
+   validators with > 1/3 of the stake in rounds ≥ r' (so at least one honest one is there)
+   jumps to r' (its timer restarts there); one Byzantine validator alone cannot push it.
+   Rounds are labels: safety never depends on clocks.
 3. *Proposing*. The validator of proposer rank k proposes once per height, from round k
    on, and only while it has not voted at h.
-4. *Voting* (at most once per (h, round), rounds increasing, each vote persisted before
-   it is sent, so a restart cannot make a validator vote twice in a round or forget its
-   lock). In round r a validator that has not voted at h yet votes for the lowest-ranked
-   valid proposal whose proposer's rank is ≤ r. One whose latest vote is (round L, block
-   A) is *locked*: it votes A again in round r, unless for some round r' with L ≤ r' < r
-   it has seen signed votes of round r' from validators holding > 1/3 of the stake that
-   voted only for other blocks (``consensus.proves_unlock``); then it votes as if it had
-   not voted. Each round timeout it also re-sends its latest vote and the voted block
-   (gossip is fire-and-forget; a restarting peer may have missed them).
-5. A block is *final* once votes from ≥ 2/3 of the voting set's stake for the same
-   (h, round, hash) are seen; only then is it applied, with that certificate stored
-   first. Head = finalized height; a final block is never reverted.
+4. *Two-phase voting* (Tendermint, Buchman–Kwon–Milosevic 2018). At most one prevote and
+   one precommit per (h, round), each persisted before it is sent, so a restart can never
+   make a validator double-sign or forget its lock. A *POL* for B in round r is prevotes
+   for (h, r, B) from ≥ 2/3 of the stake. *Prevote* in round r: locked on A since round L
+   (its latest precommit) → the block of the highest-round POL it has seen if that round
+   is ≥ L, else A; not locked → the highest POL's block if any, else the lowest-ranked
+   valid proposal whose rank ≤ r, skipping proposers caught with two blocks at h.
+   *Precommit* B in round r (this node's current round) once it sees a POL for B in
+   round r and holds B, valid: that is also its new lock. Each round timeout it re-sends
+   its latest prevote and precommit, the prevotes of the highest POL it knows, and those
+   blocks (gossip is fire-and-forget; a restarting or partitioned peer may have missed
+   them, and a POL is what lets a validator locked in an older round move).
+5. A block is *final* once precommits from ≥ 2/3 of the voting set's stake for the same
+   (h, round, hash) are seen; only then is it applied, with those precommits stored
+   first as its certificate. Head = finalized height; a final block is never reverted.
 6. *Sync*: a node behind a peer (peer heights come with Hello, every ``hello_interval``)
    fetches blocks with their certificates by GetBlocks and applies each one whose
-   certificate holds, within one round, a quorum of the voting set it computes itself.
-   Heights are unsigned claims: a peer whose answer brings no block is backed off and
-   others are asked (``_sync_once``).
+   certificate holds, within one round, precommits from a quorum of the voting set it
+   computes itself. Heights are unsigned claims: a peer whose answer brings no block is
+   backed off and others are asked (``_sync_once``).
 7. *Equivocation*: a second, different, validly signed block by the same proposer for the
-   same height is recorded as evidence (``node.db``, shown in ``status()``) and never
-   voted for or applied through this node's proposal table.
+   same height is recorded as evidence (``node.db``, ``status()``); the proposer is no
+   longer anyone's free choice at h (its blocks are kept — two per proposer — in case a
+   POL forms for one). *Double signing*: a second, different vote by one validator for
+   one (h, round, phase) is recorded (``vote_evidence``) and, by a validator node, put
+   on chain as an ``evidence`` tx, which the ledger checks and turns into a slash
+   (``ledger.rules._evidence``); the tx is re-submitted until the offender is
+   tombstoned. Both votes still count in quorums (safe: see below).
 
-Safety (at most one final block per height). Say A is final in round r0: the set Q of
-validators with ≥ 2/3 of the stake voted (h, r0, A). (i) No B ≠ A is final in r0 — that
-would need a member of Q to vote twice in r0. (ii) No member of Q ever votes for B ≠ A in
-a round after r0: take the first such vote, by v in round r1 > r0. v's latest vote before
-r1 is A in some round L ≥ r0 (its r0 vote, and by minimality every later one), so v
-needed a round r' in [L, r1) in which > 1/3 of the stake voted only for other blocks; but
-every round-r' vote from Q is for A (r' = r0: one vote each; r' > r0: minimality), so
-that stake lies outside Q, which holds ≤ 1/3. (iii) So after r0, votes for any B come
-only from outside Q (≤ 1/3): B is never final in a later round; and B final in an
-earlier round is case (ii) with A and B swapped. Liveness: once a round's votes reach
-every validator before the next round begins, a round in which all voted and no block got
-2/3 unlocks everyone (the stake voting for others than A is then > 1/3 for every A), and
-in the next round they all vote the same lowest-ranked proposal (blocks are re-sent each
-round, so they know the same ones).
+Safety (at most one final block per height while the Byzantine stake f is < 1/3). Two
+sets of ≥ 2/3 of the stake share > 1/3, hence an honest validator. (i) Two blocks final
+in one round would need an honest validator to precommit twice in it. (ii) Say A is final
+in round r0. Claim: no POL for a block B ≠ A exists in any round r ≥ r0. In r0 the POL for
+A (which every honest precommitter of A saw) and one for B would share an honest
+validator, which prevotes once per round. In r > r0: A's honest precommitters in r0 hold
+> 2/3 − f > 1/3 of the stake and are locked on A since a round ≥ r0; by induction they see
+no POL for another block in a round ≥ their lock, so they prevote A, and prevotes for B
+come from the rest, < 2/3. So no honest validator precommits B in a round ≥ r0 and B is
+never final there; B final in an earlier round is the same argument with A and B
+swapped. Counting a double-signer's conflicting votes in both places changes nothing:
+the argument only uses honest votes.
+Liveness: after the partition heals and messages arrive within a round, everyone learns
+the highest POL (re-sent each round), prevotes its block (locked validators included,
+as their locks are ≤ it), and it gets 2/3 precommits; with no POL at all, everyone is
+unlocked and prevotes the same lowest-ranked proposal of an honest proposer.
 
-Fault model: validators follow these rules, and may crash, restart, be starved or have
-their messages delayed or lost. Like any one-phase vote this is not safe against Byzantine
-stake (a validator that signs two votes in one round, or ignores its lock, can forge an
-unlock); double votes seen in one round are left out of unlock proofs, which narrows but
-does not close that. (Before rounds, a validator voted once per height: Byzantine-safe,
-but two proposals could split the votes so that no block reached 2/3 and the height
-stalled forever — observed with three CPU-starved validators, three different votes.)
+Fault model: Byzantine validators with < 1/3 of the voting stake (double signing,
+equivocating proposals, withheld or selectively sent messages), plus crashes, restarts,
+CPU starvation and delayed or lost messages. Not built: evidence of a proposer's two
+blocks is kept in ``node.db`` but not slashed (only votes are, SPEC N1).
 
 Robustness: gRPC messages over ``MAX_MESSAGE`` bytes are refused by gRPC itself
 (RESOURCE_EXHAUSTED); per-kind payload limits, malformed JSON and bad signatures give
@@ -99,14 +106,17 @@ from ledger.encoding import canonical
 from ledger.genesis import Genesis
 from ledger.keys import Wallet
 from ledger.rules import apply_block as dry_run_block
-from ledger.tx import Tx, TxFormatError
-from network.consensus import (
+from ledger.tx import Tx, TxFormatError, make_tx
+from network.finality import (
     MAX_ROUND,
+    PHASES,
+    PRECOMMIT,
+    PREVOTE,
     Announcement,
     Vote,
     has_quorum,
+    more_than_a_third,
     proposer_ranking,
-    proves_unlock,
     voting_set,
 )
 from network.protos import node_pb2, node_pb2_grpc
@@ -121,9 +131,15 @@ PAYLOAD_LIMITS = {"tx": 16 * 1024, "vote": 1024, "announce": 2048, "block": 3 * 
 MAX_DRIFT = 10  # seconds a proposal's time may be ahead of this node's clock
 SEEN_CAP = 50_000  # dedup set size (oldest forgotten first)
 VOTE_WINDOW = 16  # heights ahead of the head for which proposals/votes are buffered
-MAX_HASHES_PER_HEIGHT = 16  # per (height, round) for votes
-MAX_ROUNDS_KEPT = 8  # rounds of votes kept per height (the highest seen; unlock proofs and
-# quorums come from the latest rounds, where every validator re-votes)
+MAX_HASHES_PER_HEIGHT = 16  # blocks per height, and hashes per (height, round, phase)
+MAX_BLOCKS_PER_PROPOSER = 2  # per height: the first, and one more as evidence (more only
+# once > 1/3 of the stake voted for it)
+MAX_ROUNDS_KEPT = 64  # rounds of votes kept per height (the lowest dropped first, never the
+# round of the highest POL; a POL seen is remembered apart from the buffer)
+MAX_ROUND_AHEAD = 4  # votes further ahead of this node's round wait until it gets there
+# (the round-jump rule still sees them)
+MAX_PENDING_EVIDENCE = 64  # offenders this node has an evidence tx in flight for
+EVIDENCE_RETRY = 3  # heights after which evidence not in the mempool nor on chain is re-sent
 MAX_VOTERS = 1024  # votes kept per (height, hash); a voting set is far smaller in practice
 MAX_SYNC_BATCH = 128  # blocks per GetBlocks call
 MAX_SYNC_TRIES = 3  # peers asked per sync round
@@ -268,10 +284,18 @@ class Node:
         # height → hash → block (heights head+1 .. head+VOTE_WINDOW)
         self._proposals: dict[int, dict[str, Block]] = {}
         self._validity: dict[str, str | None] = {}  # hash → None (valid) or reason
-        self._by_proposer: dict[tuple[int, str], str] = {}
-        # height → round → hash → voter → vote
-        self._votes: dict[int, dict[int, dict[str, dict[str, Vote]]]] = {}
-        # the latest round this node jumped to at head+1 (seen in a peer's vote) and when
+        self._by_proposer: dict[tuple[int, str], list[str]] = {}
+        self._equivocators: dict[int, set[str]] = {}  # height → proposers of two blocks
+        # height → (round, phase) → hash → voter → vote
+        self._votes: dict[int, dict[tuple[int, str], dict[str, dict[str, Vote]]]] = {}
+        # height → (round, phase, voter) → the first vote seen (double-sign detection)
+        self._cast: dict[int, dict[tuple[int, str, str], Vote]] = {}
+        self._peer_round: dict[int, dict[str, int]] = {}  # height → member → highest round
+        # height → the highest POL seen: (round, block hash, its prevotes)
+        self._valid: dict[int, tuple[int, str, list[Vote]]] = {}
+        # offender → (first vote, second vote, height when submitted, evidence tx hash)
+        self._reports: dict[str, tuple[dict[str, Any], dict[str, Any], int, bytes]] = {}
+        # the latest round this node jumped to at head+1 (where > 1/3 of the stake is)
         self._jump: tuple[int, float] = (-1, 0.0)
         self._proposed: set[int] = set()
         self._weights_at: tuple[str, dict[str, int]] = ("", {})
@@ -378,9 +402,14 @@ class Node:
                 "mempool": len(self._mempool),
                 "validators": weights,
                 "round": self._current_round(),  # at height + 1
-                "my_vote": self._my_vote_info(),
+                "my_vote": self._my_vote_info(PREVOTE),
+                "my_precommit": self._my_vote_info(PRECOMMIT),  # = the lock
+                "pol": (None if (v := self._valid.get(self.chain.height + 1)) is None
+                        else {"round": v[0], "hash": v[1]}),
                 "evidence": self.store.evidence_count(),
                 "evidence_list": self.store.evidence(limit=10),
+                "double_signs": self.store.vote_evidence_count(),
+                "double_sign_list": self.store.vote_evidence(limit=10),
                 **self.counters,
             }
 
@@ -546,16 +575,18 @@ class Node:
     def _resume_round(self) -> None:
         """After a (re)start, continue from the round of this validator's own latest vote
         at head+1, so its rounds never go backwards (lock held or not started)."""
-        last = self.store.last_vote(self.chain.height + 1)
-        self._jump = (last[0], time.time()) if last is not None else (-1, 0.0)
+        last = self.store.last_round(self.chain.height + 1)
+        self._jump = (last, time.time()) if last is not None else (-1, 0.0)
 
-    def _my_vote_info(self) -> dict[str, Any] | None:
+    def _my_vote_info(self, phase: str = PREVOTE) -> dict[str, Any] | None:
+        """This validator's latest ``phase`` vote at head+1 (for precommits: its lock)."""
         h = self.chain.height + 1
-        last = self.store.last_vote(h) if self.wallet is not None else None
+        last = self.store.last_vote(h, phase) if self.wallet is not None else None
         return None if last is None else {"height": h, "round": last[0], "hash": last[1]}
 
-    def _on_block(self, block: Block) -> bool:
-        """Record a signed block from a peer or ourselves; False if not new/usable."""
+    def _on_block(self, block: Block) -> bool | None:
+        """Record a signed block from a peer or ourselves: True if stored (new), False if
+        not usable, None if it may be usable later (do not mark it seen)."""
         h, proposer, bh = block.height, block.header.proposer, block.block_hash()
         head = self.chain.height
         if h <= head:
@@ -564,24 +595,38 @@ class Node:
                     and final.block_hash() != bh:
                 self._record_equivocation(final, block)
             return False
+        if h > head + VOTE_WINDOW:
+            return None
         # Only proposers of the current voting set get buffer space (else anyone with a
         # key could fill it); a set change makes a later height fall back to sync/rounds.
-        if h > head + VOTE_WINDOW or proposer not in self._weights():
-            return False
-        prev = self._by_proposer.get((h, proposer))
-        if prev is not None and prev != bh:
-            first = self._proposals.get(h, {}).get(prev)
-            if first is not None:
-                self._record_equivocation(first, block)
-            return False
-        if prev == bh:
+        if proposer not in self._weights():
             return False
         at_h = self._proposals.setdefault(h, {})
-        if len(at_h) >= MAX_HASHES_PER_HEIGHT:
+        if bh in at_h:
             return False
-        self._by_proposer[(h, proposer)] = bh
+        mine = self._by_proposer.setdefault((h, proposer), [])
+        if mine:
+            # a second block by one proposer at h: evidence, and the proposer is no longer
+            # anyone's free choice at h; the block is still kept (two per proposer, more
+            # only once > 1/3 of the stake voted for it) because a POL may form for it
+            first = at_h.get(mine[0])
+            if first is not None:
+                self._record_equivocation(first, block)
+            self._equivocators.setdefault(h, set()).add(proposer)
+            if len(mine) >= MAX_BLOCKS_PER_PROPOSER and not self._backed(h, bh):
+                return None
+        if len(at_h) >= MAX_HASHES_PER_HEIGHT and not self._backed(h, bh):
+            return None
+        mine.append(bh)
         at_h[bh] = block
         return True
+
+    def _backed(self, height: int, block_hash: str) -> bool:
+        """Whether validators with > 1/3 of the stake voted for ``block_hash`` at ``height``
+        (some honest one did, so the block may be needed however full the buffer is)."""
+        voters = {v for (_r, _p), by_hash in self._votes.get(height, {}).items()
+                  for v in by_hash.get(block_hash, {})}
+        return more_than_a_third(voters, self._weights())
 
     def _record_equivocation(self, first: Block, second: Block) -> None:
         if self.store.add_evidence(second.height, second.header.proposer, first.block_hash(),
@@ -611,54 +656,170 @@ class Node:
         self._validity[bh] = reason
         return reason
 
-    def _on_vote(self, vote: Vote) -> bool:
-        head = self.chain.height
-        if not head < vote.height <= head + VOTE_WINDOW:
+    def _usable(self, height: int, block_hash: str) -> Block | None:
+        """The block ``block_hash`` at head+1 if this node holds it and it is valid."""
+        block = self._proposals.get(height, {}).get(block_hash)
+        if block is None or self._check_proposal(block, self._ranking()) is not None:
+            return None
+        return block
+
+    def _on_vote(self, vote: Vote) -> bool | None:
+        """Record a signed vote: True if new (or new double-signing evidence), False if
+        useless, None if it may be usable later (not marked seen; it will be re-sent)."""
+        head, h = self.chain.height, vote.height
+        if h <= head:
             return False
-        if vote.voter not in self._weights():  # same bound as for proposals
+        if h > head + VOTE_WINDOW:
+            return None
+        weights = self._weights()
+        if vote.voter not in weights:  # same bound as for proposals
             return False
-        rounds = self._votes.setdefault(vote.height, {})
-        if vote.round not in rounds:
-            if len(rounds) >= MAX_ROUNDS_KEPT:  # keep the highest rounds seen
-                lowest = min(rounds)
-                if vote.round < lowest:
-                    return False
-                del rounds[lowest]
-            rounds[vote.round] = {}
-        by_hash = rounds[vote.round]
+        # the round-jump rule sees every member's highest round (one int per member)
+        seen_round = self._peer_round.setdefault(h, {})
+        if vote.round > seen_round.get(vote.voter, -1):
+            seen_round[vote.voter] = vote.round
+            if h == head + 1:
+                self._maybe_jump(h)
+        if h == head + 1 and vote.round > self._current_round() + MAX_ROUND_AHEAD:
+            return None  # far ahead of us: kept only once we get there (re-sent)
+        key = (vote.round, vote.phase, vote.voter)
+        cast = self._cast.setdefault(h, {})
+        first = cast.get(key)
+        if first is not None:
+            if first.block_hash == vote.block_hash:
+                return False
+            # double signing: evidence — and the vote still counts where it was cast.
+            # Counting both is safe: two quorums (≥ 2/3 each) share > 1/3 of the stake,
+            # so an honest validator, which signs one, is in both only for one block.
+            self._on_double_sign(first, vote)
+        rounds = self._votes.setdefault(h, {})
+        kept = {r for r, _ in rounds}
+        if vote.round not in kept and len(kept) >= MAX_ROUNDS_KEPT:
+            protect = self._valid.get(h, (-1, "", []))[0]
+            evictable = sorted(r for r in kept if r != protect)
+            if not evictable or vote.round < evictable[0]:
+                return None
+            self._drop_round(h, evictable[0])
+        by_hash = rounds.setdefault((vote.round, vote.phase), {})
         if vote.block_hash not in by_hash and len(by_hash) >= MAX_HASHES_PER_HEIGHT:
-            return False
+            return None
         voters = by_hash.setdefault(vote.block_hash, {})
-        if vote.voter in voters or len(voters) >= MAX_VOTERS:
+        if len(voters) >= MAX_VOTERS:
+            return None
+        if vote.voter in voters:
             return False
         voters[vote.voter] = vote
-        if vote.height == head + 1 and vote.round > self._current_round():
-            self._jump = (vote.round, time.time())  # a peer is ahead: join its round
+        cast.setdefault(key, vote)
+        if vote.phase == PREVOTE and h == head + 1:
+            self._note_pol(h, vote.round, vote.block_hash)
         return True
 
-    def _cast_vote(self, height: int, round_: int, block_hash: str) -> None:
+    def _drop_round(self, height: int, round_: int) -> None:
+        """Forget the votes of one round at ``height`` (the vote buffer's bound)."""
+        rounds = self._votes.get(height, {})
+        for key in [k for k in rounds if k[0] == round_]:
+            del rounds[key]
+        cast = self._cast.get(height, {})
+        for key in [k for k in cast if k[0] == round_]:
+            del cast[key]
+
+    def _note_pol(self, height: int, round_: int, block_hash: str) -> None:
+        """Remember the highest-round POL (≥ 2/3 prevotes for one block in one round) seen
+        at ``height``: the block a validator locked below it must prevote (rule 4)."""
+        voters = self._votes.get(height, {}).get((round_, PREVOTE), {}).get(block_hash, {})
+        if round_ > self._valid.get(height, (-1, "", []))[0] \
+                and has_quorum(list(voters), self._weights()):
+            self._valid[height] = (round_, block_hash, list(voters.values()))
+
+    def _maybe_jump(self, height: int) -> None:
+        """Join round r once validators with > 1/3 of the stake were seen in rounds ≥ r (at
+        least one honest validator is there, so a Byzantine one alone cannot push this
+        node ahead; Tendermint's f+1 rule)."""
+        weights = self._weights()
+        total, acc = sum(weights.values()), 0
+        for voter, r in sorted(self._peer_round.get(height, {}).items(),
+                               key=lambda item: -item[1]):
+            acc += weights.get(voter, 0)
+            if 3 * acc > total:
+                if r > self._current_round():
+                    self._jump = (r, time.time())
+                return
+
+    def _on_double_sign(self, first: Vote, second: Vote) -> bool:
+        """Two signed votes by one validator for one (height, round, phase): record the
+        pair, and as a validator put it on chain (slashing). True when it is new."""
+        if not self.store.add_vote_evidence(first.to_dict(), second.to_dict()):
+            return False
+        log.warning("double signing by %s at height %d round %d (%s)", first.voter[:12],
+                    first.height, first.round, first.phase)
+        if self.wallet is not None and first.voter not in self._reports \
+                and len(self._reports) < MAX_PENDING_EVIDENCE \
+                and self.chain.state.get("tomb", first.voter) is None:
+            self._reports[first.voter] = (first.to_dict(), second.to_dict(), -1, b"")
+            self._submit_evidence(first.voter)
+        return True
+
+    def _submit_evidence(self, offender: str) -> None:
+        """Sign an evidence tx for ``offender``'s double signing and admit + gossip it."""
         assert self.wallet is not None
-        if not self.store.record_my_vote(height, round_, block_hash):
+        first, second, _, _ = self._reports[offender]
+        nonce = self.account(self.address)["pending_nonce"]
+        tx = make_tx(self.wallet, "evidence", nonce, self.chain_id, fee=self.genesis.min_fee,
+                     first=first, second=second)
+        reason = self._admit(tx)
+        self._reports[offender] = (first, second, self.chain.height, tx.tx_hash())
+        if reason is not None:
+            log.info("evidence against %s not admitted: %s", offender[:12], reason)
             return
-        vote = Vote.make(self.wallet, self.chain_id, height, block_hash, round_)
+        payload = canonical(tx.to_dict())
+        self._mark_seen("tx", payload)
+        self._broadcast(node_pb2.Envelope(kind="tx", payload=payload))
+        log.info("evidence against %s submitted", offender[:12])
+
+    def _follow_up_evidence(self) -> None:
+        """After each block: drop reports that landed (offender tombstoned) or are too old,
+        re-submit one whose tx is gone from the mempool, and drop pending evidence txs that
+        can no longer apply (lock held)."""
+        state, head = self.chain.state, self.chain.height
+        for offender, (first, _second, at, txh) in list(self._reports.items()):
+            if state.get("tomb", offender) is not None \
+                    or head - first["height"] > self.genesis.unbonding_blocks:
+                del self._reports[offender]
+            elif txh not in self._mempool and head >= at + EVIDENCE_RETRY:
+                self._submit_evidence(offender)
+        for tx, _ in list(self._mempool.values()):
+            if tx.kind == "evidence" and state.get("tomb", tx.payload["first"]["voter"]) \
+                    is not None:
+                self._pool_remove(tx)
+
+    def _cast_vote(self, height: int, round_: int, phase: str, block_hash: str) -> None:
+        assert self.wallet is not None
+        if not self.store.record_my_vote(height, round_, phase, block_hash):
+            return  # persisted first: never two votes for one (height, round, phase)
+        vote = Vote.make(self.wallet, self.chain_id, height, block_hash, round_, phase)
         self._on_vote(vote)
         payload = canonical(vote.to_dict())
         self._mark_seen("vote", payload)
         self._broadcast(node_pb2.Envelope(kind="vote", payload=payload))
-        log.debug("voted %d round %d %s", height, round_, block_hash[:12])
+        log.debug("%s %d round %d %s", phase, height, round_, block_hash[:12])
 
     def _step(self) -> None:
-        """Finalize, vote, propose — as far as the current view allows (lock held)."""
+        """Finalize, propose, prevote, precommit — as far as the view allows (lock held)."""
         for _ in range(VOTE_WINDOW):
             if not self._try_finalize():
                 break
-        self._maybe_vote()
         self._maybe_propose()
+        self._maybe_prevote()
+        self._maybe_precommit()
 
     def _try_finalize(self) -> bool:
+        """Apply head+1 if this node holds a block with precommits from ≥ 2/3 of the
+        stake in one round (rule 5)."""
         h = self.chain.height + 1
         weights = self._weights()
-        for _round, by_hash in sorted(self._votes.get(h, {}).items()):
+        for (_round, phase), by_hash in sorted(self._votes.get(h, {}).items()):
+            if phase != PRECOMMIT:
+                continue
             for bh, voters in by_hash.items():
                 block = self._proposals.get(h, {}).get(bh)
                 if block is None or not has_quorum(list(voters), weights):
@@ -678,57 +839,88 @@ class Node:
     def _after_apply(self) -> None:
         head = self.chain.height
         self._head_since = time.time()
-        for table in (self._proposals, self._votes):
+        for table in (self._proposals, self._votes, self._cast, self._peer_round,
+                      self._valid, self._equivocators):
             for h in [h for h in table if h <= head]:
                 del table[h]
         self._by_proposer = {k: v for k, v in self._by_proposer.items() if k[0] > head}
         self._proposed = {h for h in self._proposed if h > head}
-        # a new height starts at round 0, or at the latest round of votes already
-        # buffered for it (peers that finalized first are there already)
-        ahead = self._votes.get(head + 1)
-        self._jump = (max(ahead), time.time()) if ahead else (-1, 0.0)
         self._validity.clear()
+        # the new height starts at round 0, or where > 1/3 of the new voting set already
+        # is (peers that finalized first); POLs buffered for it count under the new set
+        self._jump = (-1, 0.0)
+        h = head + 1
+        self._maybe_jump(h)
+        for (r, phase), by_hash in sorted(self._votes.get(h, {}).items()):
+            if phase == PREVOTE:
+                for bh in by_hash:
+                    self._note_pol(h, r, bh)
+        self._follow_up_evidence()
         self._prune_mempool()
         log.debug("height %d %s", head, self.chain.head_hash[:12])
 
-    def _unlocked(self, height: int, lock_round: int, locked: str, round_: int) -> bool:
-        """Whether votes seen in some round in [lock_round, round_) prove that ``locked``
-        got no 2/3 there (module docstring, rule 4) — only then may the lock be left."""
-        weights = self._weights()
-        return any(proves_unlock(by_hash, locked, weights)
-                   for r, by_hash in self._votes.get(height, {}).items()
-                   if lock_round <= r < round_)
+    def _prevote_choice(self, height: int, round_: int) -> str | None:
+        """The block to prevote in ``round_`` (rule 4), or None while there is none.
 
-    def _maybe_vote(self) -> None:
+        Locked on A since round L (latest own precommit): the block of the highest POL
+        seen if that POL's round is ≥ L, else A. Unlocked: the highest POL's block, else
+        the lowest-ranked valid proposal whose rank ≤ round, skipping proposers caught
+        proposing two blocks at this height (so a split they caused heals in a round)."""
+        lock = self.store.last_vote(height, PRECOMMIT)
+        pol = self._valid.get(height)
+        if pol is not None and (lock is None or pol[0] >= lock[0]) \
+                and self._usable(height, pol[1]) is not None:
+            return pol[1]
+        if lock is not None:
+            return lock[1]
+        ranking = self._ranking()
+        bad = self._equivocators.get(height, set())
+        best: tuple[int, str] | None = None
+        for bh, block in self._proposals.get(height, {}).items():
+            if block.header.proposer in bad or self._check_proposal(block, ranking):
+                continue
+            rank = ranking.index(block.header.proposer)
+            # a later rank's block counts only once its round has opened here
+            if rank <= round_ and (best is None or rank < best[0]):
+                best = (rank, bh)
+        return None if best is None else best[1]
+
+    def _maybe_prevote(self) -> None:
         if self.wallet is None:
             return
         h = self.chain.height + 1
         if self.address not in self._weights():
             return
         r = self._current_round()
-        last = self.store.last_vote(h)
-        if last is not None and r <= last[0]:
-            return  # already voted in this round (rounds only increase)
-        if last is not None and not self._unlocked(h, last[0], last[1], r):
-            self._cast_vote(h, r, last[1])  # locked: the same block again, in this round
+        if self.store.last_round(h) is not None and self.store.last_round(h) > r:
+            return  # rounds only increase (a restart resumes from the latest)
+        if self.store.my_vote(h, r, PREVOTE) is not None:
             return
-        ranking = self._ranking()
-        best: tuple[int, Block] | None = None
-        for block in self._proposals.get(h, {}).values():
-            if self._check_proposal(block, ranking) is not None:
-                continue
-            rank = ranking.index(block.header.proposer)
-            # a later rank's block counts only once its round has opened here
-            if rank <= r and (best is None or rank < best[0]):
-                best = (rank, block)
-        if best is not None:
-            self._cast_vote(h, r, best[1].block_hash())
+        choice = self._prevote_choice(h, r)
+        if choice is not None:
+            self._cast_vote(h, r, PREVOTE, choice)
+
+    def _maybe_precommit(self) -> None:
+        """Precommit B in this round once a POL for B in this round is seen (rule 4)."""
+        if self.wallet is None:
+            return
+        h = self.chain.height + 1
+        weights = self._weights()
+        if self.address not in weights:
+            return
+        r = self._current_round()
+        if self.store.my_vote(h, r, PRECOMMIT) is not None:
+            return
+        for bh, voters in self._votes.get(h, {}).get((r, PREVOTE), {}).items():
+            if has_quorum(list(voters), weights) and self._usable(h, bh) is not None:
+                self._cast_vote(h, r, PRECOMMIT, bh)
+                return
 
     def _maybe_propose(self) -> None:
         if self.wallet is None:
             return
         h = self.chain.height + 1
-        if h in self._proposed or self.store.last_vote(h) is not None:
+        if h in self._proposed or self.store.last_round(h) is not None:
             return
         ranking = self._ranking()
         if self.address not in ranking:
@@ -752,29 +944,41 @@ class Node:
         self._broadcast(node_pb2.Envelope(kind="block", payload=payload))
         log.debug("proposed %d %s (rank %d, %d txs)", h, block.block_hash()[:12], rank,
                   len(block.txs))
-        self._maybe_vote()
 
     def _resend_if_stuck(self) -> None:
-        """Gossip is fire-and-forget: if no block was finalized for a round timeout after
-        this validator voted, send its latest vote and that block again (identical bytes,
-        so peers that already have them drop them as duplicates; a peer that missed them,
-        e.g. while restarting or starved, gets them now — and with the block it can take
-        part in an unlock, rule 4)."""
-        if self.wallet is None:
-            return
+        """Gossip is fire-and-forget: if no block was finalized for a round timeout, send
+        this validator's latest prevote and precommit, the highest POL it knows (its
+        prevotes) and the blocks they are for, again (identical bytes, so peers that have
+        them drop them as duplicates; a peer that missed them — restarting, starved, or on
+        the other side of a partition that just healed — gets them now, and with the POL
+        a validator locked in an older round can move to the block the others hold)."""
         h = self.chain.height + 1
-        last = self.store.last_vote(h)
         now = time.time()
-        if last is None or now - max(self._head_since, self._last_resend) \
-                < self.config.round_timeout:
+        if now - max(self._head_since, self._last_resend) < self.config.round_timeout:
             return
         self._last_resend = now
-        round_, voted = last
-        block = self._proposals.get(h, {}).get(voted)
-        if block is not None:
-            self._broadcast(node_pb2.Envelope(kind="block", payload=canonical(block.to_dict())))
-        vote = Vote.make(self.wallet, self.chain_id, h, voted, round_)
-        self._broadcast(node_pb2.Envelope(kind="vote", payload=canonical(vote.to_dict())))
+        out: list[node_pb2.Envelope] = []
+        hashes: list[str] = []
+        if self.wallet is not None:
+            for phase in PHASES:
+                last = self.store.last_vote(h, phase)
+                if last is not None:
+                    hashes.append(last[1])
+                    vote = Vote.make(self.wallet, self.chain_id, h, last[1], last[0], phase)
+                    out.append(node_pb2.Envelope(kind="vote",
+                                                 payload=canonical(vote.to_dict())))
+        valid = self._valid.get(h)
+        if valid is not None:
+            hashes.append(valid[1])
+            out += [node_pb2.Envelope(kind="vote", payload=canonical(v.to_dict()))
+                    for v in valid[2]]
+        for bh in dict.fromkeys(hashes):
+            block = self._proposals.get(h, {}).get(bh)
+            if block is not None:
+                out.insert(0, node_pb2.Envelope(kind="block",
+                                                payload=canonical(block.to_dict())))
+        for env in out:
+            self._broadcast(env)
 
     # ---- sync --------------------------------------------------------------------------
     def _apply_synced(self, block: Block, votes: list[Any]) -> bool:
@@ -789,8 +993,8 @@ class Node:
                 v = Vote.from_dict(d)
             except ValueError:
                 continue
-            if v.height == h and v.block_hash == bh and v.voter in weights \
-                    and v.verify(self.chain_id):
+            if v.height == h and v.block_hash == bh and v.phase == PRECOMMIT \
+                    and v.voter in weights and v.verify(self.chain_id):
                 by_round.setdefault(v.round, {})[v.voter] = v
         # a quorum must be within one round: votes of different rounds do not add up
         good = next((vs for vs in by_round.values() if has_quorum(list(vs), weights)), None)
@@ -989,11 +1193,17 @@ class Node:
                 if now - self._last_regossip >= self.config.announce_interval:
                     self._last_regossip = now
                     self._regossip_mempool()
-                with self._lock:
-                    self._step()
-                    self._resend_if_stuck()
+                self.tick()
             except Exception:  # the loop must survive anything a bad state throws at it
                 log.exception("node loop step failed")
+
+    def tick(self) -> None:
+        """One step of the finality state machine on the current view and clock (the loop
+        calls it every ``tick`` seconds; a test driving a node that is not started calls it
+        after moving the clock)."""
+        with self._lock:
+            self._step()
+            self._resend_if_stuck()
 
     # ---- inbound -----------------------------------------------------------------------
     def take_token(self, peer: str) -> bool:
@@ -1018,7 +1228,7 @@ class Node:
         with self._lock:
             if _seen_key(kind, payload) in self._seen:
                 return False
-        fresh = False
+        fresh: bool | None = False
         if kind == "tx":
             tx = _parse_tx(obj, self.chain_id)
             with self._lock:
@@ -1046,12 +1256,14 @@ class Node:
                 fresh = self.store.put_announcement(ann.brain, ann.address, ann.endpoint,
                                                     ann.seq, ann.to_dict())
         # A tx the ledger refuses now (e.g. its predecessor has not arrived yet) may be
-        # admissible later, so only admitted txs are remembered as seen.
-        if kind != "tx" or fresh:
+        # admissible later, so only admitted txs are remembered as seen; likewise a block or
+        # vote kept out only for now (too far ahead, buffer full: None) is not, so its
+        # re-sending gets through later.
+        if fresh is not None and (kind != "tx" or fresh):
             self._mark_seen(kind, payload)
         if fresh:
             self._broadcast(env, exclude=env.origin)
-        return fresh
+        return bool(fresh)
 
     def hello(self, req: node_pb2.HelloRequest) -> node_pb2.HelloReply:
         if req.genesis_hash != self.genesis.genesis_hash():

@@ -6,12 +6,15 @@
   syncing peer (a block from GetBlocks is applied only with a quorum certificate). A
   certificate is written *before* its block is applied, so a crash in between leaves a
   spare certificate, never a final block without one.
-* ``round_votes`` — the block this node's validator voted for in each (height, round),
-  written before the vote leaves the process: a restarted validator never votes twice in
-  one round, and its latest vote (its lock, ``network.consensus``) survives the restart.
-  (The older per-height ``my_votes`` table of a pre-round node.db is left unused: its
-  votes were signed without a round, so no current node counts them.)
+* ``phase_votes`` — the block this node's validator voted for in each (height, round,
+  phase), written before the vote leaves the process: a restarted validator never signs
+  two votes for one (height, round, phase) — which would be double signing, slashed on
+  chain — and its lock (latest precommit, ``network.finality``) survives the restart.
+  (The older ``round_votes``/``my_votes`` tables of earlier node.db files are left unused:
+  their one-phase votes carry no phase, so no current node counts them.)
 * ``evidence`` — equivocations seen (two signed blocks for one height by one proposer).
+* ``vote_evidence`` — double signing seen (two signed votes by one validator for one
+  height, round and phase), the pair that an evidence tx puts on chain.
 * ``directory`` — miners' signed endpoint announcements, newest ``seq`` per (Brain, miner).
 """
 
@@ -27,6 +30,13 @@ CREATE TABLE IF NOT EXISTS certs (height INTEGER PRIMARY KEY, hash TEXT NOT NULL
                                   votes TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS round_votes (height INTEGER NOT NULL, round INTEGER NOT NULL,
                                         hash TEXT NOT NULL, PRIMARY KEY (height, round));
+CREATE TABLE IF NOT EXISTS phase_votes (height INTEGER NOT NULL, round INTEGER NOT NULL,
+                                        phase TEXT NOT NULL, hash TEXT NOT NULL,
+                                        PRIMARY KEY (height, round, phase));
+CREATE TABLE IF NOT EXISTS vote_evidence (height INTEGER NOT NULL, voter TEXT NOT NULL,
+                                          round INTEGER NOT NULL, phase TEXT NOT NULL,
+                                          votes TEXT NOT NULL,
+                                          PRIMARY KEY (height, voter, round, phase));
 CREATE TABLE IF NOT EXISTS evidence (height INTEGER NOT NULL, proposer TEXT NOT NULL,
                                      first TEXT NOT NULL, second TEXT NOT NULL,
                                      headers TEXT NOT NULL,
@@ -60,23 +70,31 @@ class NodeStore:
         return None if row is None else (row[0], json.loads(row[1]))
 
     # ---- own votes ---------------------------------------------------------------------
-    def my_vote(self, height: int, round_: int) -> str | None:
-        """The block this validator voted for in (height, round), if it voted."""
-        row = self.db.execute("SELECT hash FROM round_votes WHERE height = ? AND round = ?",
-                              (height, round_)).fetchone()
+    def my_vote(self, height: int, round_: int, phase: str) -> str | None:
+        """The block this validator voted for in (height, round, phase), if it voted."""
+        row = self.db.execute("SELECT hash FROM phase_votes WHERE height = ? AND round = ? "
+                              "AND phase = ?", (height, round_, phase)).fetchone()
         return None if row is None else row[0]
 
-    def last_vote(self, height: int) -> tuple[int, str] | None:
-        """(round, hash) of this validator's latest vote at ``height`` — its lock."""
-        row = self.db.execute("SELECT round, hash FROM round_votes WHERE height = ? "
-                              "ORDER BY round DESC LIMIT 1", (height,)).fetchone()
+    def last_vote(self, height: int, phase: str) -> tuple[int, str] | None:
+        """(round, hash) of this validator's latest ``phase`` vote at ``height``; for
+        precommits that is its lock."""
+        row = self.db.execute("SELECT round, hash FROM phase_votes WHERE height = ? AND "
+                              "phase = ? ORDER BY round DESC LIMIT 1",
+                              (height, phase)).fetchone()
         return None if row is None else (int(row[0]), str(row[1]))
 
-    def record_my_vote(self, height: int, round_: int, block_hash: str) -> bool:
+    def last_round(self, height: int) -> int | None:
+        """The latest round in which this validator voted at ``height`` (any phase)."""
+        row = self.db.execute("SELECT MAX(round) FROM phase_votes WHERE height = ?",
+                              (height,)).fetchone()
+        return None if row is None or row[0] is None else int(row[0])
+
+    def record_my_vote(self, height: int, round_: int, phase: str, block_hash: str) -> bool:
         """Record this node's vote; False (nothing written) if it already voted in that
-        (height, round)."""
-        cur = self.db.execute("INSERT OR IGNORE INTO round_votes VALUES (?, ?, ?)",
-                              (height, round_, block_hash))
+        (height, round, phase)."""
+        cur = self.db.execute("INSERT OR IGNORE INTO phase_votes VALUES (?, ?, ?, ?)",
+                              (height, round_, phase, block_hash))
         return cur.rowcount == 1
 
     # ---- evidence ----------------------------------------------------------------------
@@ -95,6 +113,22 @@ class NodeStore:
 
     def evidence_count(self) -> int:
         return int(self.db.execute("SELECT COUNT(*) FROM evidence").fetchone()[0])
+
+    def add_vote_evidence(self, first: dict[str, Any], second: dict[str, Any]) -> bool:
+        """Record a double-signing pair (the first seen per (height, voter, round, phase));
+        True when it is new."""
+        cur = self.db.execute("INSERT OR IGNORE INTO vote_evidence VALUES (?, ?, ?, ?, ?)",
+                              (first["height"], first["voter"], first["round"],
+                               first["phase"], json.dumps([first, second], sort_keys=True)))
+        return cur.rowcount == 1
+
+    def vote_evidence(self, limit: int = 100) -> list[list[dict[str, Any]]]:
+        rows = self.db.execute("SELECT votes FROM vote_evidence ORDER BY height, voter LIMIT ?",
+                               (limit,)).fetchall()
+        return [json.loads(r[0]) for r in rows]
+
+    def vote_evidence_count(self) -> int:
+        return int(self.db.execute("SELECT COUNT(*) FROM vote_evidence").fetchone()[0])
 
     # ---- directory ---------------------------------------------------------------------
     def put_announcement(self, brain: int, address: str, endpoint: str, seq: int,

@@ -2,11 +2,11 @@
 helps it, and the network delivers messages in the order that hurts most.
 
 Three honest in-process ``Node``s (real SQLite, real signatures), not started: the test is
-their network, so it decides who hears what and when; rounds move only when a node hears a
-later round (round timeout 1000 s). The Byzantine validator Z (rank 0, a quarter of the
-stake) is played by the test with Z's own key; honest votes are relayed, never invented
-(ed25519 is deterministic, so re-signing what ``status()["my_vote"]`` shows gives the
-bytes the node sent).
+their network and their clock (``network.node.time`` replaced by a clock only the test
+moves; ``Node.tick`` runs the state machine once), so it decides who hears what and
+when. The Byzantine validator Z (rank 0, a quarter of the stake) is played by the test
+with Z's own key; honest votes are relayed, never invented (ed25519 is deterministic, so
+re-signing what ``status()`` shows a node voted gives the bytes the node sent).
 """
 
 from __future__ import annotations
@@ -22,12 +22,13 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from node_harness import CHAIN_ID, make_genesis  # noqa: E402
 
+import network.node  # noqa: E402
 from ledger.block import Block  # noqa: E402
 from ledger.chain import Chain  # noqa: E402
 from ledger.encoding import canonical  # noqa: E402
 from ledger.genesis import Genesis  # noqa: E402
 from ledger.keys import Wallet  # noqa: E402
-from network.consensus import Vote, proposer_ranking, voting_set  # noqa: E402
+from network.finality import PRECOMMIT, PREVOTE, Vote, proposer_ranking, voting_set  # noqa: E402
 from network.node import Node, NodeConfig  # noqa: E402
 from network.protos import node_pb2  # noqa: E402
 
@@ -38,73 +39,122 @@ def env(kind: str, obj: dict[str, Any]) -> node_pb2.Envelope:
     return node_pb2.Envelope(kind=kind, payload=canonical(obj))
 
 
-def signed_votes(wallet: Wallet, block_hash: str, round_: int) -> list[node_pb2.Envelope]:
-    """Every vote message the protocol has, signed by ``wallet`` for (1, round_, block)."""
-    return [env("vote", Vote.make(wallet, CHAIN_ID, 1, block_hash, round_).to_dict())]
+ROUND = 10.0  # round timeout on the test's clock
 
 
-def relay_my_vote(src: Node, wallet: Wallet, dst: Node) -> None:
-    """Deliver the vote ``src`` cast last (its status says which) to ``dst``."""
-    mv = src.status()["my_vote"]
-    assert mv is not None
-    for e in signed_votes(wallet, mv["hash"], mv["round"]):
-        dst.handle_envelope(e)
+class Clock:
+    """Stands in for the ``time`` module inside ``network.node``: only the test moves it."""
+
+    def __init__(self) -> None:
+        self.now = float(int(time.time()))
+
+    def time(self) -> float:
+        return self.now
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def time_ns(self) -> int:
+        return int(self.now * 1e9)
+
+
+def z_vote(wallet: Wallet, phase: str, block_hash: str, round_: int) -> node_pb2.Envelope:
+    return env("vote", Vote.make(wallet, CHAIN_ID, 1, block_hash, round_, phase).to_dict())
+
+
+def relay(src: Node, wallet: Wallet, dst: Node, phase: str) -> None:
+    """Deliver the latest ``phase`` vote ``src`` cast (its status says which) to ``dst``."""
+    mine = src.status()["my_vote" if phase == PREVOTE else "my_precommit"]
+    assert mine is not None, f"{phase} expected"
+    dst.handle_envelope(z_vote(wallet, phase, mine["hash"], mine["round"]))
 
 
 @pytest.fixture
-def four(tmp_path: Path) -> Iterator[tuple[Genesis, dict[str, Wallet], dict[str, Node]]]:
+def four(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+         ) -> Iterator[tuple[Genesis, dict[str, Wallet], dict[str, Node], Clock]]:
+    clock = Clock()
+    monkeypatch.setattr(network.node, "time", clock)
     g = make_genesis(FOUR)
     by_addr = {w.address: w for w in FOUR}
     z, b, a, c = (by_addr[x] for x in proposer_ranking(Chain(g).head_hash, voting_set({}, g)))
     wallets = {"Z": z, "B": b, "A": a, "C": c}
     nodes = {name: Node(NodeConfig(tmp_path / name, g, wallets[name], block_interval=0.0,
-                                   round_timeout=1000.0)) for name in "ABC"}
+                                   round_timeout=ROUND)) for name in "ABC"}
     try:
-        yield g, wallets, nodes
+        yield g, wallets, nodes, clock
     finally:
         for n in nodes.values():
             n.stop()
 
 
 def test_one_double_signer_cannot_make_two_blocks_final(
-        four: tuple[Genesis, dict[str, Wallet], dict[str, Node]]) -> None:
-    """The attack on one-phase round-and-lock voting: Z votes for B's block X to B and for
-    its own block Y to A in the same round; A, which only sees the Y half, takes C's and
-    Z's round-1 votes for Y as proof that X got no 2/3 there, unlocks, and helps Y to
-    2/3 in round 2, while B already applied X."""
-    g, w, n = four
+        four: tuple[Genesis, dict[str, Wallet], dict[str, Node], Clock]) -> None:
+    """The attack that broke one-phase voting, played against prevote/precommit: Z votes
+    for B's block X on B's side and for its own block Y on C's side in the same rounds;
+    B finalizes X, A is kept from seeing that. A is locked on X (it precommitted on a POL
+    for X); Y can get 2/3 prevotes only with A or B, so neither unlocks and Y is never
+    final. Z's two prevotes of one round, both seen by A, are double signing: recorded
+    and turned into an evidence tx. After the network heals everyone finalizes X."""
+    g, w, n, clock = four
+    A, B, C = n["A"], n["B"], n["C"]
     Z = w["Z"]
-    y_block, _ = Chain(g).produce_block([], Z, int(time.time()))  # rank 0: Z's own block
+    y_block, _ = Chain(g).produce_block([], Z, int(clock.now))  # rank 0: Z's own block
     Y = y_block.block_hash()
-    # round 0: only C hears Y, and votes for it (rank 0 is eligible in round 0)
-    n["C"].handle_envelope(env("block", y_block.to_dict()))
-    assert n["C"].status()["my_vote"]["hash"] == Y
-    # round 1: Z pulls B into round 1, where B (rank 1) proposes X and votes for it
-    for e in signed_votes(Z, Y, 1):
-        n["B"].handle_envelope(e)
-    x_block: Block = next(iter(n["B"]._proposals[1].values()))
+    # round 0: only C hears Y (with Z's votes for it) and prevotes it; no POL anywhere
+    C.handle_envelope(env("block", y_block.to_dict()))
+    for phase in (PREVOTE, PRECOMMIT):
+        C.handle_envelope(z_vote(Z, phase, Y, 0))
+    assert C.status()["my_vote"]["hash"] == Y and C.status()["my_precommit"] is None
+    # round 1 on everyone's clock: B (rank 1) proposes X and prevotes it
+    clock.now += ROUND
+    for node in n.values():
+        node.tick()
+    x_block: Block = next(iter(B._proposals[1].values()))
     X = x_block.block_hash()
-    assert X != Y and n["B"].status()["my_vote"]["hash"] == X
-    # A hears X and B's vote: it joins round 1 and votes X
-    n["A"].handle_envelope(env("block", x_block.to_dict()))
-    relay_my_vote(n["B"], w["B"], n["A"])
-    assert n["A"].status()["my_vote"]["hash"] == X
-    # B hears A's vote and Z's vote for X: X is final at B
-    relay_my_vote(n["A"], w["A"], n["B"])
-    for e in signed_votes(Z, X, 1):
-        n["B"].handle_envelope(e)
-    # C is pulled into round 1 by Z and votes Y again (locked); A hears C and Z for Y
-    for e in signed_votes(Z, Y, 1):
-        n["C"].handle_envelope(e)
-        n["A"].handle_envelope(e)
-    relay_my_vote(n["C"], w["C"], n["A"])
-    # round 2: Z gives A its block Y and pulls A and C into round 2
-    n["A"].handle_envelope(env("block", y_block.to_dict()))
-    for e in signed_votes(Z, Y, 2):
-        n["A"].handle_envelope(e)
-        n["C"].handle_envelope(e)
-    relay_my_vote(n["C"], w["C"], n["A"])
-    relay_my_vote(n["A"], w["A"], n["C"])
+    assert X != Y and B.status()["my_vote"] == {"height": 1, "round": 1, "hash": X}
+    A.handle_envelope(env("block", x_block.to_dict()))
+    assert A.status()["my_vote"]["hash"] == X
+    C.tick()
+    assert C.status()["my_vote"] == {"height": 1, "round": 1, "hash": Y}  # C knows no X
+    # Z prevotes X to A and B, Y to C; A and B see a POL for X and precommit (lock) it
+    for node in (A, B):
+        node.handle_envelope(z_vote(Z, PREVOTE, X, 1))
+    C.handle_envelope(z_vote(Z, PREVOTE, Y, 1))
+    relay(A, w["A"], B, PREVOTE)
+    relay(B, w["B"], A, PREVOTE)
+    assert A.status()["my_precommit"]["hash"] == X == B.status()["my_precommit"]["hash"]
+    # B gets A's and Z's precommits: X is final at B; A never hears of it
+    relay(A, w["A"], B, PRECOMMIT)
+    B.handle_envelope(z_vote(Z, PRECOMMIT, X, 1))
+    assert B.status()["height"] == 1 and B.status()["head_hash"] == X
+    # Z now works on A and C for Y: its Y votes of rounds 1 and 2, C's votes, Y itself
+    A.handle_envelope(env("block", y_block.to_dict()))
+    for phase in (PREVOTE, PRECOMMIT):
+        A.handle_envelope(z_vote(Z, phase, Y, 1))  # A saw Z prevote X in round 1 too
+    relay(C, w["C"], A, PREVOTE)
+    clock.now += ROUND
+    for node in (A, C):
+        node.tick()
+        for phase in (PREVOTE, PRECOMMIT):
+            node.handle_envelope(z_vote(Z, phase, Y, 2))
+    relay(C, w["C"], A, PREVOTE)
+    relay(A, w["A"], C, PREVOTE)
+    assert A.status()["my_vote"] == {"height": 1, "round": 2, "hash": X}  # still locked
     finals = {name: node.status()["head_hash"] for name, node in n.items()
               if node.status()["height"] >= 1}
     assert len(set(finals.values())) <= 1, f"two blocks final at height 1: {finals}"
+    assert A.status()["height"] == 0 and C.status()["height"] == 0
+    # the double signing A saw is recorded and on its way to the chain as an evidence tx
+    st = A.status()
+    assert st["double_signs"] >= 1
+    assert {v["voter"] for pair in st["double_sign_list"] for v in pair} == {Z.address}
+    assert st["mempool"] == 1
+    # the partition heals: B's certificate reaches A and C, and X is final everywhere
+    cert = B.store.cert(1)
+    assert cert is not None and cert[0] == X
+    for node in (A, C):
+        node.handle_envelope(env("block", x_block.to_dict()))
+        for d in cert[1]:
+            node.handle_envelope(env("vote", d))
+    assert {(node.status()["height"], node.status()["head_hash"]) for node in n.values()} \
+        == {(1, X)}

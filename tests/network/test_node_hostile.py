@@ -25,7 +25,7 @@ from ledger.keys import Wallet  # noqa: E402
 from ledger.tx import Tx, make_tx  # noqa: E402
 from ledger.units import DEFAULT_REGISTRATION_FEE  # noqa: E402
 from network.client import NodeClient  # noqa: E402
-from network.consensus import Announcement, proposer_ranking, voting_set  # noqa: E402
+from network.finality import Announcement, proposer_ranking, voting_set  # noqa: E402
 from network.node import Node, NodeConfig  # noqa: E402
 from network.protos import node_pb2, node_pb2_grpc  # noqa: E402
 

@@ -19,7 +19,7 @@ from node_harness import CHAIN_ID, OPERATOR, USER, VALIDATORS, NodeProc, make_ge
 from ledger.chain import Chain  # noqa: E402
 from ledger.encoding import canonical  # noqa: E402
 from ledger.tx import Tx, make_tx  # noqa: E402
-from network.consensus import Announcement, Vote  # noqa: E402
+from network.finality import Announcement, Vote  # noqa: E402
 from network.protos import node_pb2, node_pb2_grpc  # noqa: E402
 
 WAIT = 60.0

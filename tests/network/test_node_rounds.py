@@ -1,4 +1,4 @@
-"""Round-based votes with a lock (SPEC N1, issue #8).
+"""Round-based two-phase votes with a lock (SPEC N1, issues #8, #15).
 
 The liveness bug this guards against: three CPU-starved validators each voted for a
 different block at one height; with one vote per height no block could reach 2/3 and the
@@ -22,12 +22,20 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from node_harness import CHAIN_ID, VALIDATORS, make_genesis  # noqa: E402
 
+import network.node  # noqa: E402
 from ledger.chain import Chain  # noqa: E402
 from ledger.encoding import canonical  # noqa: E402
 from ledger.genesis import Genesis  # noqa: E402
 from ledger.keys import Wallet  # noqa: E402
 from network.client import NodeClient  # noqa: E402
-from network.consensus import Vote, proposer_ranking, proves_unlock, voting_set  # noqa: E402
+from network.finality import (  # noqa: E402
+    PRECOMMIT,
+    PREVOTE,
+    Vote,
+    more_than_a_third,
+    proposer_ranking,
+    voting_set,
+)
 from network.node import Node, NodeConfig  # noqa: E402
 from network.protos import node_pb2  # noqa: E402
 
@@ -55,8 +63,26 @@ def env(kind: str, obj: dict[str, Any]) -> node_pb2.Envelope:
     return node_pb2.Envelope(kind=kind, payload=canonical(obj))
 
 
-def vote(wallet: Wallet, block_hash: str, round_: int, height: int = 1) -> node_pb2.Envelope:
-    return env("vote", Vote.make(wallet, CHAIN_ID, height, block_hash, round_).to_dict())
+def vote(wallet: Wallet, block_hash: str, round_: int, height: int = 1,
+         phase: str = PRECOMMIT) -> node_pb2.Envelope:
+    return env("vote", Vote.make(wallet, CHAIN_ID, height, block_hash, round_, phase)
+               .to_dict())
+
+
+class Clock:
+    """Stands in for ``time`` inside ``network.node``: rounds move only when a test says."""
+
+    def __init__(self) -> None:
+        self.now = float(int(time.time()))
+
+    def time(self) -> float:
+        return self.now
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def time_ns(self) -> int:
+        return int(self.now * 1e9)
 
 
 def my_vote(node: Node) -> dict[str, Any] | None:
@@ -73,19 +99,11 @@ def started() -> Iterator[list[Node]]:
         n.stop()
 
 
-def test_unlock_needs_more_than_a_third_voting_only_for_others() -> None:
+def test_round_jumps_need_more_than_a_third() -> None:
     a, b, c = "a" * 64, "b" * 64, "c" * 64
     w = {a: 1, b: 1, c: 1}
-    A, B, C = "0a" * 32, "0b" * 32, "0c" * 32
-    assert proves_unlock({A: {a}, B: {b}, C: {c}}, A, w)  # three-way split: 2/3 elsewhere
-    assert not proves_unlock({A: {a}, B: {b}}, A, w)  # 1/3 elsewhere: A may still get c
-    assert not proves_unlock({A: {a, c}, B: {b}}, A, w)
-    # c signed two votes in this round: its votes prove nothing, so only b's 1/3 counts
-    assert not proves_unlock({A: {a}, B: {b, c}, C: {c}}, A, w)
-    assert not proves_unlock({A: {a}, B: {b, c}}, B, w)  # a's 1/3 only
-    w2 = {a: 2, b: 1, c: 1}
-    assert proves_unlock({B: {b, c}}, A, w2) and not proves_unlock({B: {b}}, A, w2)
-    assert not proves_unlock({B: {b}}, A, {})
+    assert not more_than_a_third({a}, w) and more_than_a_third({a, b}, w)
+    assert more_than_a_third({a}, {a: 2, b: 1, c: 1}) and not more_than_a_third({a}, {})
 
 
 def test_three_way_split_finalizes_in_a_later_round_with_all_nodes_agreeing(
@@ -126,46 +144,44 @@ def test_three_way_split_finalizes_in_a_later_round_with_all_nodes_agreeing(
     assert all(cert_round > v["round"] for v in movers)
 
 
-def test_a_locked_validator_keeps_its_block_until_the_split_is_proven(
-        tmp_path: Path, started: list[Node]) -> None:
+def test_a_locked_validator_prevotes_its_block_until_a_later_pol(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = Clock()
+    monkeypatch.setattr(network.node, "time", clock)
     g = make_genesis()
     weights = voting_set({}, g)
     by_addr = {w.address: w for w in VALIDATORS}
     first, second, me = (by_addr[a] for a in proposer_ranking(Chain(g).head_hash, weights))
-    now = int(time.time())
-    block_b, _ = Chain(g).produce_block([], first, now)  # rank 0: preferred when free
-    block_a, _ = Chain(g).produce_block([], second, now)  # rank 1
+    block_b, _ = Chain(g).produce_block([], first, int(clock.now))  # rank 0
+    block_a, _ = Chain(g).produce_block([], second, int(clock.now))  # rank 1
     A, B = block_a.block_hash(), block_b.block_hash()
-    node = make_node(tmp_path, "me", g, me)  # rank 2, alone: only what we feed it
-    started.append(node)
-    assert node.handle_envelope(env("block", block_a.to_dict()))
-    node.start()
-    locked = wait_for(lambda: my_vote(node), "the vote for A (round ≥ 1)")
-    assert locked["hash"] == A and locked["round"] >= 1
-    assert node.handle_envelope(env("block", block_b.to_dict()))
-    # B is lower-ranked, and `first` votes for it — only 1/3 of the stake: not a proof
-    for _ in range(3):
-        r = wait_for(lambda: my_vote(node), "a vote")["round"]
-        node.handle_envelope(vote(first, B, r + 1))  # the node joins round r + 1
-        later = wait_for(lambda r=r: (v := my_vote(node)) and v["round"] >= r + 2 and v,
-                         "two more rounds")
-        assert later["hash"] == A, "left its lock without proof"
-    assert node.status()["height"] == 0
-    # now 2/3 of the stake votes for other blocks in one round: A cannot be final there,
-    # so the lock is left and the lowest-ranked valid proposal (B) gets the vote
-    moved = None
-    for _ in range(5):  # a round can pass between two feeds; retry in a later one
-        r = wait_for(lambda: my_vote(node), "a vote")["round"]
-        node.handle_envelope(vote(second, "cd" * 32, r + 1))
-        node.handle_envelope(vote(first, B, r + 1))
-        moved = wait_for(lambda r=r: (v := my_vote(node)) and v["round"] >= r + 2 and v,
-                         "the next round's vote")
-        if moved["hash"] == B:
-            break
-    assert moved is not None and moved["hash"] == B
-    node.handle_envelope(vote(first, B, moved["round"]))  # 2/3 for B in that round
-    wait_for(lambda: node.status()["height"] == 1, "B to be final")
-    assert node.status()["head_hash"] == B
+    node = Node(NodeConfig(tmp_path / "me", g, me, block_interval=0.0, round_timeout=10.0))
+    try:
+        node.handle_envelope(env("block", block_a.to_dict()))
+        clock.now += 10.0  # round 1: rank 1's block is eligible
+        node.tick()
+        assert my_vote(node) == {"height": 1, "round": 1, "hash": A}
+        node.handle_envelope(vote(second, A, 1, phase=PREVOTE))  # POL for A in round 1
+        assert node.status()["my_precommit"] == {"height": 1, "round": 1, "hash": A}
+        node.handle_envelope(env("block", block_b.to_dict()))  # lower-ranked, but locked
+        for r in (2, 3):
+            clock.now += 10.0
+            node.handle_envelope(vote(first, B, r, phase=PREVOTE))  # 1/3 only: no POL
+            node.tick()
+            assert my_vote(node) == {"height": 1, "round": r, "hash": A}, "left its lock"
+        # a POL for B in round 3 (≥ the lock's round): A cannot have been final, move
+        node.handle_envelope(vote(second, B, 3, phase=PREVOTE))
+        clock.now += 10.0
+        node.tick()
+        assert my_vote(node) == {"height": 1, "round": 4, "hash": B}
+        assert node.status()["height"] == 0
+        for w in (first, second):
+            node.handle_envelope(vote(w, B, 4, phase=PREVOTE))
+        assert node.status()["my_precommit"] == {"height": 1, "round": 4, "hash": B}
+        node.handle_envelope(vote(first, B, 4))  # 2/3 precommits for B in round 4
+        assert (node.status()["height"], node.status()["head_hash"]) == (1, B)
+    finally:
+        node.stop()
 
 
 def test_a_quorum_counts_only_within_one_round(tmp_path: Path) -> None:
@@ -193,16 +209,25 @@ def test_the_lock_survives_a_restart(tmp_path: Path) -> None:
     block, _ = Chain(g).produce_block([], first, int(time.time()))
     bh = block.block_hash()
     node = make_node(tmp_path, "v", g, me)  # not started: driven by what it is fed
+    node.config.round_timeout = 1000.0
     try:
-        node.handle_envelope(env("block", block.to_dict()))  # rank 0: voted in round 0
+        node.handle_envelope(env("block", block.to_dict()))  # rank 0: prevoted in round 0
         assert node.status()["my_vote"] == {"height": 1, "round": 0, "hash": bh}
-        node.handle_envelope(vote(third, bh, 3))  # a peer in round 3: join it, vote again
-        assert node.status()["my_vote"] == {"height": 1, "round": 3, "hash": bh}
+        node.handle_envelope(vote(third, bh, 0, phase=PREVOTE))  # POL: precommit, locked
+        assert node.status()["my_precommit"] == {"height": 1, "round": 0, "hash": bh}
+        node.handle_envelope(vote(third, bh, 3, phase=PREVOTE))  # 1/3 in round 3: stay
+        assert node.status()["round"] == 0
+        node.handle_envelope(vote(first, "cd" * 32, 3, phase=PREVOTE))  # > 1/3: join it
+        assert node.status()["round"] == 3
+        assert node.status()["my_vote"] == {"height": 1, "round": 3, "hash": bh}  # locked
+        # with `third`'s prevote that is a POL in round 3: the lock moves up to round 3
+        assert node.status()["my_precommit"] == {"height": 1, "round": 3, "hash": bh}
     finally:
         node.stop()
     again = make_node(tmp_path, "v", g, me)  # the lock and the round come back from disk
     try:
         st = again.status()
+        assert st["my_precommit"] == {"height": 1, "round": 3, "hash": bh}
         assert st["my_vote"] == {"height": 1, "round": 3, "hash": bh}
         assert st["round"] >= 3  # rounds never go backwards
     finally:

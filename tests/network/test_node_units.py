@@ -19,7 +19,9 @@ from ledger.encoding import canonical  # noqa: E402
 from ledger.keys import Wallet  # noqa: E402
 from ledger.tx import make_tx  # noqa: E402
 from network.client import NodeClient  # noqa: E402
-from network.consensus import (  # noqa: E402
+from network.finality import (  # noqa: E402
+    PRECOMMIT,
+    PREVOTE,
     Vote,
     has_quorum,
     proposer_ranking,
@@ -77,7 +79,12 @@ def _env(kind: str, obj: dict) -> node_pb2.Envelope:
     return node_pb2.Envelope(kind=kind, payload=canonical(obj))
 
 
-def test_equivocation_is_recorded_and_the_second_block_never_applied(tmp_path: Path) -> None:
+def test_equivocation_is_recorded_and_the_second_block_is_no_free_choice(
+        tmp_path: Path) -> None:
+    """Two signed blocks by one proposer at one height: evidence. The second is still kept
+    (a POL may form for it: then honest validators need it), but neither is anyone's free
+    choice any more; a block is applied only with 2/3 precommits — prevotes are not
+    enough."""
     g = make_genesis()
     a, b, c = VALIDATORS
     now = int(time.time())
@@ -87,6 +94,7 @@ def test_equivocation_is_recorded_and_the_second_block_never_applied(tmp_path: P
     node = Node(NodeConfig(tmp_path / "n", g, None))  # an observer; fed directly
     try:
         assert node.handle_envelope(_env("block", first.to_dict())) is True
+        assert node.handle_envelope(_env("block", second.to_dict())) is True  # kept, once
         assert node.handle_envelope(_env("block", second.to_dict())) is False
         st = node.status()
         assert st["evidence"] == 1
@@ -95,15 +103,16 @@ def test_equivocation_is_recorded_and_the_second_block_never_applied(tmp_path: P
         assert (ev["first"], ev["second"]) == (first.block_hash(), second.block_hash())
         assert [Block.from_dict({"header": h, "txs": []}).header.verify_signature(CHAIN_ID)
                 for h in ev["headers"]] == [True, True]  # the evidence proves itself
-        # 2/3 of the voting set signs the second block: this node still does not apply it
+        # 2/3 of the voting set prevotes the second block: a POL, not finality
         for v in (b, c):
-            node.handle_envelope(_env("vote", Vote.make(v, CHAIN_ID, 1, second.block_hash())
-                                      .to_dict()))
+            node.handle_envelope(_env("vote", Vote.make(v, CHAIN_ID, 1, second.block_hash(),
+                                                        0, PREVOTE).to_dict()))
         assert node.status()["height"] == 0
-        # the first block with a quorum is applied
+        assert node.status()["pol"] == {"round": 0, "hash": second.block_hash()}
+        # the first block with 2/3 precommits in one round is final
         for v in (b, c):
-            node.handle_envelope(_env("vote", Vote.make(v, CHAIN_ID, 1, first.block_hash())
-                                      .to_dict()))
+            node.handle_envelope(_env("vote", Vote.make(v, CHAIN_ID, 1, first.block_hash(),
+                                                        1, PRECOMMIT).to_dict()))
         assert (node.status()["height"], node.status()["head_hash"]) == (1, first.block_hash())
         # a conflicting block for a height that is already final is evidence too
         third, _ = Chain(g).produce_block([], a, now + 3)
