@@ -181,12 +181,18 @@ def run(root: Path, *, epochs: int = 3, tempo: int = 30, kinds: list[str] | None
         marks = run_epochs(net, epochs, timeout=6 * tempo + 300)
         final = marks[-1]["balances"]
         roots = check_roots(net)
-        lines = {p.name: [ln for ln in p.out_path.read_text().splitlines()
-                          if "miners correct" in ln][-epochs - 1:]
-                 for p in net.procs if p.role == "validator"}
+        outs = {p.name: p.out_path.read_text().splitlines()
+                for p in net.procs if p.role == "validator"}
+        with net.client() as c:
+            addr_uid = {a: int(u) for u, a in (c.brain(BRAIN) or {"miners": {}})
+                        ["miners"].items()}
+        uid_of = {p.name: addr_uid.get(p.wallet.address, -1) for p in net.procs}
     finally:
         net.stop()
-    miners = [{"name": n, "kind": k, "earned": final[n] - start_bal[n]}
+    lines = {n: [ln for ln in out if "miners correct" in ln][-epochs - 1:]
+             for n, out in outs.items()}
+    miners = [{"name": n, "kind": k, "earned": final[n] - start_bal[n],
+               "caught_by": _reason(outs["validator-0"], uid_of[n])}
               for n, k in kind_of.items()]
     honest = [m["earned"] for m in miners if m["kind"] == "honest"]
     mean_honest = sum(honest) / len(honest) if honest else 0
@@ -200,14 +206,24 @@ def run(root: Path, *, epochs: int = 3, tempo: int = 30, kinds: list[str] | None
             "state_roots_agree": roots["agree"], "validator_epochs": lines}
 
 
+def _reason(out: list[str], uid: int) -> str | None:
+    """A validator's last stated reason for giving ``uid`` weight 0, if any."""
+    key = f": uid {uid} wrong: "
+    hits = [ln.split(key, 1)[1] for ln in out if key in ln]
+    return hits[-1] if hits else None
+
+
 def markdown(doc: dict[str, Any]) -> str:
     out = [f"Earnings over {doc['epochs']} epochs (tempo {doc['tempo']} blocks of 1 s) of "
            f"real `cerberus join` miners, {doc['validators']} validators checking every "
            "accumulator (`benchmarks/cheat_matrix.py`):", "",
-           "| miner | kind | earned $BASED | share of honest mean |", "|---|---|---:|---:|"]
+           "| miner | kind | earned $BASED | share of honest mean | validator-0's last reason |",
+           "|---|---|---:|---:|---|"]
     for m in doc["miners"]:
         share = "—" if m["share_of_honest"] is None else f"{100 * m['share_of_honest']:.1f} %"
-        out.append(f"| {m['name']} | {m['kind']} | {fmt_based(m['earned'])} | {share} |")
+        why = (m.get("caught_by") or "").replace("|", "/")[:110]
+        out.append(f"| {m['name']} | {m['kind']} | {fmt_based(m['earned'])} | {share} | "
+                   f"{why} |")
     out += ["", f"Every cheat < 10 % of the honest mean: {doc['cheats_below_10pct']}; "
             f"honest miners never at 0: {doc['honest_never_zero']}; state roots agree: "
             f"{doc['state_roots_agree']}.", ""]

@@ -394,6 +394,10 @@ class Participant:
                         self.say(f"epoch {epoch}: {ok}/{len(report.results)} miners correct, "
                                  f"weights {d['weights']}"
                                  + (f", rejected: {report.rejected}" if report.rejected else ""))
+                        for uid, r in sorted(report.results.items()):  # why each got 0
+                            if not r.correct:
+                                self.say(f"epoch {epoch}: uid {uid} wrong: "
+                                         f"{(r.error or '?').splitlines()[0][:160]}")
                 if time.monotonic() - last_note >= self.opts.progress_every:
                     self.say(self.progress())
                     last_note = time.monotonic()
