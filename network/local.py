@@ -117,7 +117,7 @@ def ensure_artefact(root: Path, given: Path | None = None) -> Path:
 
 
 def start(root: Path, *, validators: int = 3, miners: int = 3, misbehave: int = 0,
-          artefact: Path | None = None, tempo: int = 20, tokens: int = 1,
+          artefact: Path | None = None, tempo: int = 20, tokens: int = 4,
           start_timeout: float = 180.0, join_cmd: Sequence[str]) -> LocalNetwork:
     """Create wallets and genesis under ``root``, start every participant, wait for all of
     them to be registered and every miner to be announced.
