@@ -15,7 +15,8 @@ Hybrid partition: every block linear is an ``EncryptedLinear`` (q, k and v as on
 client computes norms, attention, softmax and GELU in the clear and keeps the K/V cache of
 the positions it has decoded (its own data, in the clear): a prefill sends the prompt's
 rows once, each new token one row per program. Full partition: the miner runs the blocks
-whole on a fixed window; the client embeds and decodes.
+whole on a fixed window; the client embeds and decodes, and sends padding as a key-mask
+column of its one encrypted input (``encode_input``).
 """
 
 from __future__ import annotations
@@ -123,25 +124,46 @@ class LightClient:
     # -- whole sequences ---------------------------------------------------------------
     def logits(self, input_ids: torch.Tensor,
                attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Logits (causal LM) or final hidden states (encoder) of ``[B, T]`` tokens."""
+        """Logits (causal LM) or final hidden states (encoder) of ``[B, T]`` tokens;
+        ``attention_mask`` ``[B, T]``: 1 for real tokens, 0 for padding."""
         with torch.no_grad():
             if self.partition == "hybrid":
                 return self.model(input_ids, attention_mask=attention_mask)
-            if attention_mask is not None and not bool(attention_mask.all()):
-                raise CerberusError("the full partition takes no attention mask yet: "
-                                    "compile with --partition hybrid for padded inputs")
-            return self._full(input_ids)
+            return self._full(input_ids, attention_mask)
 
-    def _full(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self.decode_output(self.miner("blocks", self.encode_input(input_ids)))
+    def _full(self, input_ids: torch.Tensor,
+              attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.decode_output(self.miner("blocks",
+                                             self.encode_input(input_ids, attention_mask)))
 
-    def encode_input(self, input_ids: torch.Tensor) -> np.ndarray:
+    def encode_input(self, input_ids: torch.Tensor,
+                     attention_mask: torch.Tensor | None = None) -> np.ndarray:
         """Full partition: tokens → embeddings → the integers the miner receives
-        (encrypted), one ``[T, d]`` program input per sequence."""
+        (encrypted), one ``[T, d]`` program input per sequence.
+
+        A program lowered with a key mask (``io["key_mask"]``, ``LoweringOptions.key_mask``)
+        takes ``[T, d + 1]``: the last column is the mask, 1 for a real token and 0 for
+        padding (all 1 without ``attention_mask``), encrypted with the rest, so the miner
+        never sees which positions are padding.
+        """
         with torch.no_grad():
             x = self.model.embed(input_ids).double().numpy()
         top = qmax(int(self.io["input_bits"]))
-        return np.clip(np.floor(x / self.io["input_scale"] + 0.5), -top, top).astype(np.int64)
+        ints = np.clip(np.floor(x / self.io["input_scale"] + 0.5), -top, top).astype(np.int64)
+        keep = np.ones(ints.shape[:-1], dtype=np.int64)
+        if attention_mask is not None:
+            keep = attention_mask.detach().cpu().numpy()
+            if keep.shape != ints.shape[:-1] or not np.isin(keep, (0, 1)).all():
+                raise CerberusError(f"attention_mask must be 0/1 of shape "
+                                    f"{list(ints.shape[:-1])} (batch, positions), got "
+                                    f"{list(keep.shape)}")
+        if not self.io.get("key_mask"):
+            if not keep.all():
+                raise CerberusError("this artefact's miner program takes no attention mask "
+                                    "(compiled without one): recompile it with the key "
+                                    "mask, or with --partition hybrid, for padded inputs")
+            return ints
+        return np.concatenate([ints, keep.astype(np.int64)[..., None]], axis=-1)
 
     def decode_output(self, y: np.ndarray) -> torch.Tensor:
         """Full partition: the integers back from the miner → final norm and LM head."""

@@ -14,9 +14,15 @@ Non-linear maths becomes lookups on narrow, rounded inputs:
 - LayerNorm: ``c = d·x − Σx`` (clear linear), ``1/σ`` from a lookup of ``Σ lut(c)²``, then
   one encrypted product ``c·(1/σ)``; γ and β are folded into the next linear when the
   block is pre-LN (see ``passes.fuse``).
-- softmax: ``exp(s − m)`` lookup with a calibrated shift ``m`` (no encrypted max), a clear
+- softmax: ``exp(s − m)`` lookup with the row max ``m`` (a tree of ReLU lookups), a clear
   0/1 causal mask, a reciprocal lookup of the row sum and one encrypted product.
 - GELU and every requantization: lookups.
+
+Padding (``LoweringOptions.key_mask``): the client appends one column to its ``[T, d]``
+input, the key-position mask bit (1 = real token, 0 = padding), encrypted with the rest,
+so the miner's program keeps a single encrypted input. Every head of every layer gives a
+masked key zero weight and lets it move nothing else (``Builder.attention`` says how and
+what it costs).
 """
 
 from __future__ import annotations
@@ -91,6 +97,9 @@ class LoweringOptions:
     mult_bits: int = 6  # precision of per-channel rescaling multipliers
     fuse: bool = True  # emit requantization and activation as one lookup
     per_channel: bool = True
+    # The input carries a key mask column (1 = real token, 0 = padding) after the d
+    # embedding columns: encoders and padded batches (issue #13; Builder.attention).
+    key_mask: bool = False
 
 
 class Builder:
@@ -133,11 +142,39 @@ class Builder:
         return val
 
     # -- ops ------------------------------------------------------------------------
-    def input(self, ref: np.ndarray) -> Val:
+    def input(self, ref: np.ndarray, keep: np.ndarray | None = None) -> Val:
+        """The client's integers ``[…, T, d]``; with ``keep`` (``[…, T]``, 1 = real token)
+        one more column holding it as it is (0 or 1)."""
         b = self.opts.wide_bits
         scale = float(np.abs(ref).max()) / qmax(b) or 1.0
         data = np.clip(round_half_up(ref / scale), -qmax(b), qmax(b))
+        if keep is not None:
+            data = np.concatenate([data, keep[..., None]], -1)
+            ref = np.concatenate([ref, keep[..., None].astype(np.float64)], -1)
         return self._emit("input", "input", [], data, ref, scale, -qmax(b), qmax(b))
+
+    def key_column(self, inp: Val, d: int) -> Val:
+        """The mask column ``[…, T, 1]`` of the input (0 or 1).
+
+        A clear one-hot linear, not a slice: concrete types a slice like the tensor it
+        comes from, and a column whose input-set values are all ≥ 0 cut from the signed
+        input fails to compile ("expected element type to be '!FHE.esint<…>'").
+        """
+        w = np.zeros((d + 1, 1), dtype=np.int64)
+        w[d, 0] = 1
+        return self._emit("linear", "input.keys", [inp], inp.data @ w, inp.ref @ w, 1.0, 0, 1,
+                          weight=w, mult=None, bias=None)
+
+    def bit(self, name: str, keys: Val, fn: Fn) -> Val:
+        """``fn`` (0 or 1) of the mask column, narrow enough to compute with.
+
+        The column shares the input's wide encoding in concrete, so a lookup on it as it
+        is would bootstrap at that width; rounding one bit away (``(b + 1) >> 1`` is the
+        bit itself) lets concrete bootstrap it at 1 bit: 1 PBS per position for the
+        rounding, paid once for every such lookup (shared), plus 1 per lookup.
+        """
+        return self.lut(name, keys, lambda v: fn(v).astype(np.float64), signed=False,
+                        scale=1.0, bits=1, lsbs=1)
 
     def linear(self, name: str, x: Val, w: np.ndarray, b: np.ndarray | None,
                weight_bits: int | None = None) -> Val:
@@ -172,9 +209,19 @@ class Builder:
         return self._emit("linear", name, [x], data, ref, acc_scale, weight=w_int.T.copy(),
                           mult=mult, bias=bias)
 
+    def lookup_lsbs(self, lo: int, hi: int) -> int:
+        """The fewest low bits a lookup of an input in [lo, hi] rounds away so that its
+        table index fits ``max_lookup_bits``."""
+        lsbs = 0
+        while width(int(round_lsbs(np.int64(lo), lsbs)), int(round_lsbs(np.int64(hi), lsbs))) \
+                > self.opts.max_lookup_bits:
+            lsbs += 1
+        return lsbs
+
     def lut(self, name: str, x: Val, fn: Fn, *, signed: bool = True, scale: float | None = None,
-            bits: int | None = None) -> Val:
-        """Table lookup of ``fn`` on the rounded input, requantized to ``bits``."""
+            bits: int | None = None, lsbs: int | None = None) -> Val:
+        """Table lookup of ``fn`` on the rounded input, requantized to ``bits``; ``lsbs``
+        forces the rounding (default: ``lookup_lsbs``)."""
         bits = bits or self.opts.bits
         ref = fn(x.ref)
         hi_q = qmax(bits, signed)
@@ -183,10 +230,8 @@ class Builder:
             mag = np.abs(ref) if signed else np.maximum(ref, 0.0)
             peak = float(mag.max()) if mag.size else 0.0
             scale = peak / hi_q if peak > 0 else 1.0
-        lsbs = 0
-        while width(int(round_lsbs(np.int64(x.lo), lsbs)), int(round_lsbs(np.int64(x.hi), lsbs))) \
-                > self.opts.max_lookup_bits:
-            lsbs += 1
+        if lsbs is None:
+            lsbs = self.lookup_lsbs(x.lo, x.hi)
         offset = int(round_lsbs(np.int64(x.lo), lsbs))
         top = int(round_lsbs(np.int64(x.hi), lsbs))
         index = np.arange(offset, top + 1, dtype=np.int64)
@@ -355,8 +400,40 @@ class Builder:
         y = self.add_const(f"{name}.beta", y, beta)
         return self.requant(f"{name}.out", y, bits=wide)
 
-    def attention(self, name: str, x: Val, blk: Block, causal: bool) -> Val:
-        """Multi-head attention of the kept heads; returns the output-projection accumulator."""
+    def attention(self, name: str, x: Val, blk: Block, causal: bool,
+                  keys: Val | None = None) -> Val | None:
+        """Multi-head attention of the kept heads; returns the output-projection accumulator.
+
+        ``keys``: the input's mask column (``key_column``). A padded key then gets zero
+        weight in every head and moves no real position's output by a single bit. A key
+        enters a head's softmax in two places, and the mask is applied at each as cheaply
+        as this lowering knows how (FHE cost is PBS count × width):
+
+        * The row max. It is only a shift, but the integers of a real row must not depend
+          on what the padding holds, and the max tree rounds each pair's difference, so a
+          padded score must be a constant there, as the causal mask makes a future score.
+          The layer's keys are multiplied by the bit (``k ⊙ keep``: 2 PBS per element of
+          k at ``bits`` + 1, i.e. 2·T·head_dim per head), so a padded key's score is
+          exactly 0, and a leveled ``+ pad·s_lo`` puts it at the bottom of the score
+          range: the tree is that of the real keys and no width grows. Rejected: a
+          penalty on the scores alone (leveled, but one more bit for the whole tree, and
+          a padded key's value leaks into the tree's roundings), or masking the scores
+          themselves (a product of ~20-bit values: no TFHE parameters).
+        * The exp weight, folded into the exp lookup's index (``zero_shift``): ``z +
+          pad·Q`` (leveled) moves a padded key to an index where the table reads 0. The
+          shifted scores ``z ∈ [0, s_hi − s_lo + 2·slop]`` fill about half of their
+          power-of-two index range, and exp reaches 0 well inside it for any but very
+          flat attention, so Q usually fits: no PBS and no bit more. Otherwise Q lands
+          just past the real range (the table reads 0 there by construction) and the
+          index grows one bit: one more rounding PBS per score at ``max_lookup_bits``.
+          Rejected: ``e ⊙ keep``, 2 PBS per score at ``bits`` + 1 (2·T² per head).
+        * The bit itself: 1 PBS per position for the rounding (once per graph), T PBS
+          for ``keep`` (once per graph) and T per head for ``pad`` (1-bit lookups).
+
+        With the causal mask the two combine: a key is hidden when it is in the future
+        or padded. A row with no visible key (left padding's own rows) sums to 0 and
+        gets weight 0 everywhere.
+        """
         hd = blk.cfg.head_dim
         w = lambda lin: lin.weight.detach().double().numpy()  # noqa: E731
         bias = lambda lin: lin.bias.detach().double().numpy()  # noqa: E731
@@ -365,9 +442,12 @@ class Builder:
         q = self.requant(f"{name}.q", self.linear(f"{name}.q.lin", x, w(blk.q), bias(blk.q)))
         k = self.requant(f"{name}.k", self.linear(f"{name}.k.lin", x, w(blk.k), bias(blk.k)))
         v = self.requant(f"{name}.v", self.linear(f"{name}.v.lin", x, w(blk.v), bias(blk.v)))
+        if keys is not None:
+            k = self.mul(f"{name}.k.keys", k, self.keep(keys))
         t = x.data.shape[-2]
         mask = np.tril(np.ones((t, t))) if causal else np.ones((t, t))
         gates = blk.gates.detach().double().numpy()
+        bits = self.opts.bits
         heads = []
         for h in range(blk.n_kept):
             hn = f"{name}.h{blk.cfg.heads_kept[blk.layer][h]}"
@@ -378,18 +458,37 @@ class Builder:
             c = 1.0 if blk.cfg.attn_scale_folded else 1.0 / math.sqrt(hd)
             if not self.opts.fuse:  # a naive compiler requantizes the scores on their own
                 s, c = self.requant(f"{hn}.scaled", s, lambda z, c=c: z * c), 1.0
+            pad = None
+            if keys is not None:  # a padded key's score is 0 (k ⊙ keep): move it to s.lo
+                pad = self.transpose(f"{hn}.pad", self.bit(f"{hn}.pad.col", keys,
+                                                           lambda b: b < 0.5))
+                pen = self.mul_const(f"{hn}.pad.score", pad, np.int64(s.lo),
+                                     np.float64(s.lo * s.scale), s.scale)
+                s = self._emit("add", f"{hn}.scores.keys", [s, pen], s.data + pen.data,
+                               s.ref + pen.ref, s.scale, s.lo, s.hi)
             # softmax(s) = softmax(s − max): the exp table sees max − s ≥ 0 only, so its
             # whole (unsigned) index range covers what matters; the scale c goes in it too
             m, masked, slop = self.row_max(f"{hn}.max", s, mask)
             z = self._emit("sub", f"{hn}.shift", [m, masked], m.data - masked.data,
                            m.ref - masked.ref, s.scale, -slop, s.hi - s.lo + slop)
             z = self.add_const(f"{hn}.offset", z, np.asarray(slop * s.scale))
-            e = self.lut(f"{hn}.exp", z,
-                         lambda v, o=slop * s.scale, c=c: np.exp(-np.maximum(v - o, 0.0) * c),
-                         signed=False, scale=1.0 / qmax(self.opts.bits, False))
+            exp: Fn = lambda v, o=slop * s.scale, c=c: np.exp(-np.maximum(v - o, 0.0) * c)  # noqa: E731
+            e_scale = 1.0 / qmax(bits, False)
+            lsbs = None
+            if pad is not None:  # fold the bit into the exp lookup's index
+                shift, lsbs, exp = self.zero_shift(z, exp, e_scale)
+                z = self.add(f"{hn}.offset.keys", z, self.mul_const(
+                    f"{hn}.pad.exp", pad, np.int64(shift), np.float64(shift * z.scale), z.scale))
+            e = self.lut(f"{hn}.exp", z, exp, signed=False, scale=e_scale, lsbs=lsbs)
+            if pad is not None:
+                e.ref = e.ref * (1.0 - pad.ref)  # the model's weight of a padded key: 0
             em = self.mul_const(f"{hn}.mask", e, mask.astype(np.int64), mask)
             z = self.sum(f"{hn}.rowsum", em, exact=True)
-            inv = self.lut(f"{hn}.recip", z, lambda r: 1.0 / np.maximum(r, 1e-9), signed=False)
+            # sized by the rows that see a key: a row of padding alone sums to 0
+            seen = z.ref[z.ref > 0]
+            inv = self.lut(f"{hn}.recip", z, lambda r: 1.0 / np.maximum(r, 1e-9), signed=False,
+                           scale=float((1.0 / seen).max()) / qmax(bits, False)
+                           if seen.size else None)
             p = self.requant(f"{hn}.probs", self.mul(f"{hn}.softmax", em, inv),
                              lambda r, g=gates[h]: r * g, signed=False)
             heads.append(self.requant(f"{hn}.ctx", self.matmul(f"{hn}.pv", p, vh),
@@ -400,6 +499,40 @@ class Builder:
                 f"{hh.name}.align", hh, scale=common, bits=self.opts.wide_bits) for hh in heads]
         ctx = heads[0] if len(heads) == 1 else self.concat(f"{name}.concat", heads)
         return self.linear(f"{name}.o", ctx, w(blk.o), bias(blk.o))
+
+    def keep(self, keys: Val) -> Val:
+        """The key bit (1 = real) for the ``k ⊙ keep`` products: one lookup for every layer
+        (their k are all ``bits`` wide, so sharing it widens nothing)."""
+        if "input.keep" not in self.vals:
+            self.bit("input.keep", keys, lambda b: b > 0.5)
+        return self.vals["input.keep"]
+
+    def zero_shift(self, x: Val, fn: Fn, scale: float) -> tuple[int, int, Fn]:
+        """Fold a 0/1 mask into a lookup of ``fn`` on ``x``: ``(Q, lsbs, fn′)`` such that the
+        lookup of ``fn′`` on ``x + Q`` reads 0 for every x in [x.lo, x.hi] while on ``x`` it
+        reads what ``fn``'s does, both rounded by ``lsbs``.
+
+        Q is the smallest multiple of the rounding step that reaches an index from which
+        the table of ``fn`` reads 0 up to its end (``fn`` non-increasing, as exp of a
+        shift is); when it never does, Q is just past the range and ``fn′`` is 0 there.
+        A Q that widens the index past ``max_lookup_bits`` takes one more rounding bit,
+        with which Q is found again.
+        """
+        lsbs = self.lookup_lsbs(x.lo, x.hi)
+        while True:
+            step = 1 << lsbs
+            lo, hi = (int(round_lsbs(np.int64(b), lsbs)) for b in (x.lo, x.hi))
+            index = np.arange(lo, hi + 1, dtype=np.int64)
+            reads = round_half_up(fn(index.astype(np.float64) * step * x.scale) / scale)
+            nonzero = np.flatnonzero(reads > 0)
+            first_zero = lo + (int(nonzero[-1]) + 1 if nonzero.size else 0)
+            shift = (first_zero - lo) * step
+            wider = self.lookup_lsbs(x.lo, x.hi + shift)
+            if wider <= lsbs:
+                break
+            lsbs = wider
+        cut = (hi + 0.5) * step * x.scale  # between the last real index and the next
+        return shift, lsbs, lambda v: np.where(v < cut, fn(v), 0.0)
 
     def mlp(self, name: str, x: Val, blk: Block) -> Val:
         w = lambda lin: lin.weight.detach().double().numpy()  # noqa: E731
@@ -423,36 +556,76 @@ class Builder:
         return self.add(f"{name}.add", x, branch)
 
 
+def padding_masks(n: int, t: int) -> np.ndarray:
+    """``[n, t]`` key masks (1 = real token) to calibrate a key-masked lowering with: real
+    lengths 1 … t−1 in turn, padded on the right (as a tokenizer pads an encoder's batch)
+    and on the left (as a causal LM's batch is padded to generate) alternately."""
+    keep = np.ones((n, t), dtype=np.int64)
+    for i in range(n):
+        real = 1 + (i // 2) % max(t - 1, 1)
+        if i % 2:
+            keep[i, : t - real] = 0
+        else:
+            keep[i, real:] = 0
+    return keep
+
+
 def lower_blocks(
-    model: CanonicalTransformer, calib: np.ndarray, opts: LoweringOptions | None = None
+    model: CanonicalTransformer, calib: np.ndarray, opts: LoweringOptions | None = None,
+    keep: np.ndarray | None = None,
 ) -> IntGraph:
-    """Lower ``model.run_blocks`` to an IntGraph using embedded calibration inputs [N, T, d]."""
+    """Lower ``model.run_blocks`` to an IntGraph using embedded calibration inputs [N, T, d].
+
+    With ``opts.key_mask`` the graph's input is ``[T, d + 1]``, the last column the key
+    mask, and ``keep`` ``[N, T]`` gives the calibration windows' masks. By default every
+    window is seen twice, unpadded and padded (``padding_masks``): padding changes what
+    the attention computes (a real row over fewer keys, a row of padding alone), and every
+    range must hold for it too. So must concrete's: it sizes a circuit from its input set,
+    which must hold padded windows as well (``padding_masks``).
+    """
     opts = opts or LoweringOptions()
     for b in (opts.bits, opts.weight_bits):
         if not 2 <= b <= 8:
             raise CompileError(f"bits must be in 2..8, got {b}")
     if not 2 <= opts.max_lookup_bits <= 16:
         raise CompileError(f"max lookup bits must be in 2..16, got {opts.max_lookup_bits}")
+    calib = np.asarray(calib, dtype=np.float64)
+    n, t, d = calib.shape
     bld = Builder(opts)
-    x = bld.input(np.asarray(calib, dtype=np.float64))
-    in_scale = x.scale
+    keys = None
+    if opts.key_mask:
+        if keep is None:
+            keep = np.concatenate([np.ones((n, t), dtype=np.int64), padding_masks(n, t)])
+            calib = np.concatenate([calib, calib])
+        keep = np.asarray(keep)
+        if keep.shape != calib.shape[:2] or not np.isin(keep, (0, 1)).all():
+            raise CompileError(f"calibration key masks must be 0/1 of shape {calib.shape[:2]}, "
+                               f"got {keep.shape}")
+        inp = bld.input(calib, keep.astype(np.int64))
+        x = bld.slice("input.x", inp, 0, d)
+        keys = bld.key_column(inp, d)
+    elif keep is not None:
+        raise CompileError("calibration key masks need LoweringOptions(key_mask=True)")
+    else:
+        inp = x = bld.input(calib)
     causal = model.cfg.kind == "causal-lm"
     for i, blk in enumerate(model.blocks):
         p = f"l{i}"
         if model.cfg.pre_ln:  # x + attn(ln1 x); x + mlp(ln2 x)
             h = bld.layernorm(f"{p}.ln1", x, blk.ln1, feeds_linear=True)
-            x = bld.residual(f"{p}.res1", x, bld.attention(f"{p}.attn", h, blk, causal))
+            x = bld.residual(f"{p}.res1", x, bld.attention(f"{p}.attn", h, blk, causal, keys))
             h = bld.layernorm(f"{p}.ln2", x, blk.ln2, feeds_linear=True)
             x = bld.residual(f"{p}.res2", x, bld.mlp(f"{p}.mlp", h, blk))
         else:  # ln1(x + attn x); ln2(x + mlp x)
-            x = bld.residual(f"{p}.res1", x, bld.attention(f"{p}.attn", x, blk, causal))
+            x = bld.residual(f"{p}.res1", x, bld.attention(f"{p}.attn", x, blk, causal, keys))
             x = bld.layernorm(f"{p}.ln1", x, blk.ln1, feeds_linear=False)
             x = bld.residual(f"{p}.res2", x, bld.mlp(f"{p}.mlp", x, blk))
             x = bld.layernorm(f"{p}.ln2", x, blk.ln2, feeds_linear=False)
-    meta = {"input_scale": in_scale, "input_bits": opts.wide_bits,
+    # d_model is the input's width: the model's, plus the mask column with key_mask
+    meta = {"input_scale": inp.scale, "input_bits": opts.wide_bits,
             "output_scale": x.scale, "bits": opts.bits, "wide_bits": opts.wide_bits,
             "weight_bits": opts.weight_bits, "max_lookup_bits": opts.max_lookup_bits,
-            "seq_len": int(calib.shape[-2]), "d_model": int(calib.shape[-1])}
+            "seq_len": t, "d_model": int(inp.data.shape[-1]), "key_mask": opts.key_mask}
     graph = IntGraph(bld.nodes, "input", x.name, meta)
     graph.calibration_ref = x.ref  # float reference of the output, for reports and tests
     return graph
