@@ -139,3 +139,29 @@ def test_keygen_prints_nothing_and_keeps_keys_private(artefact, tmp_path, capfd)
     assert all(f.stat().st_mode & 0o077 == 0 for f in files)
     # … and so is the folder: nobody else may list, add or swap key files (issue #15)
     assert (tmp_path / "keys").stat().st_mode & 0o077 == 0
+
+
+def test_a_ciphertext_claiming_a_huge_segment_is_refused_before_concrete(artefact,
+                                                                          tmp_path) -> None:
+    """Fuzzing a live miner (tests/runtime/test_fuzz_miner.py) found that one flipped bit in
+    a ciphertext's Cap'n Proto segment table — a segment claiming 2^28 more words than the
+    message holds — keeps concrete's deserializer busy for seconds before it fails: a
+    miner's workers can be tied up by a few bytes. The miner must refuse such a message
+    from its framing alone (issue #15; SPEC R3)."""
+    from cerberus.errors import CerberusError
+
+    client = FheClient(artefact.client.fhe_dir, key_cache=tmp_path / "keys")
+    client.keygen(seed=3)
+    server = FheServer(artefact.miner.fhe_dir)
+    name = sorted(client.clients)[0]
+    n = int(artefact.programs[name].meta["d_model"])
+    good = client.encrypt(name, np.ones((1, n), dtype=np.int64))
+    keys = client.evaluation_keys(name)
+    for bad in (good[:7] + bytes([good[7] ^ 0x10]) + good[8:],  # segment 0: 2^28 words more
+                good[:-8],  # a segment shorter than it claims
+                good + b"\0" * 8,  # bytes after the last segment
+                b"\xff\xff\xff\xff" + good[4:]):  # 2^32 segments
+        with pytest.raises(CerberusError, match="framing"):
+            server.run(name, bad, keys)
+    with pytest.raises(CerberusError, match="framing"):
+        server.run(name, good, keys[:7] + bytes([keys[7] ^ 0x10]) + keys[8:])
