@@ -412,6 +412,8 @@ class MinerService(pb_grpc.MinerServicer):
                    context: grpc.ServicerContext, extra: dict) -> pb.KeyId:
         from concrete import fhe
 
+        from cerberus.fhe.program import check_framing
+
         parts: dict[str, bytearray] = {}
         total = 0
         for chunk in request_iterator:  # a client that dies mid-stream raises here
@@ -440,6 +442,10 @@ class MinerService(pb_grpc.MinerServicer):
         raw = {n: bytes(b) for n, b in parts.items()}
         keys = {}
         for name, data in raw.items():
+            try:
+                check_framing(data, f"evaluation keys for {name}")
+            except CerberusError as e:
+                raise Abort(grpc.StatusCode.INVALID_ARGUMENT, str(e)) from e
             try:
                 keys[name] = fhe.EvaluationKeys.deserialize(data)
             except RuntimeError as e:

@@ -23,6 +23,7 @@ import hashlib
 import logging
 import os
 import secrets
+import struct
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -30,7 +31,7 @@ from pathlib import Path
 import numpy as np
 from concrete import fhe
 
-from cerberus.errors import CompileError
+from cerberus.errors import CerberusError, CompileError
 from cerberus.fhe.concrete_backend import compile_circuit
 from cerberus.ir import IntGraph
 from cerberus.paths import CACHE_DIR, private_dir
@@ -150,6 +151,33 @@ def _save_private(data: bytes, path: Path) -> None:
     os.replace(tmp, path)
 
 
+MAX_SEGMENTS = 512  # Cap'n Proto's own default limit on a message's segments
+
+
+def check_framing(data: bytes, what: str) -> None:
+    """Refuse bytes that are not exactly one Cap'n Proto message before concrete parses
+    them: a segment table that claims more (or fewer) words than the bytes hold, too many
+    segments, or trailing bytes. concrete's deserializer takes seconds to reject a segment
+    claiming 2^28 words (found by fuzzing a miner), so a few hostile bytes could tie up a
+    worker; this check is a few integer reads.
+
+    The framing: u32 segment count − 1, one u32 size in 8-byte words per segment, padding
+    to 8 bytes, then the segments."""
+    if len(data) < 8:
+        raise CerberusError(f"{what}: bad framing (only {len(data)} bytes)")
+    count = struct.unpack_from("<I", data)[0] + 1
+    if count > MAX_SEGMENTS:
+        raise CerberusError(f"{what}: bad framing ({count} segments, at most {MAX_SEGMENTS})")
+    head = 4 + 4 * count
+    head += head % 8
+    if len(data) < head:
+        raise CerberusError(f"{what}: bad framing (truncated segment table)")
+    words = sum(struct.unpack_from(f"<{count}I", data, 4))
+    if head + 8 * words != len(data):
+        raise CerberusError(f"{what}: bad framing (segments of {8 * words} bytes claimed, "
+                            f"{len(data) - head} present)")
+
+
 class FheServer:
     """The miner's half: runs ciphertexts; it never holds a secret key."""
 
@@ -163,7 +191,9 @@ class FheServer:
         if name not in self.servers:
             raise KeyError(f"no FHE program {name!r}")
         if isinstance(evaluation_keys, bytes):
+            check_framing(evaluation_keys, "evaluation keys")
             evaluation_keys = fhe.EvaluationKeys.deserialize(evaluation_keys)
+        check_framing(ciphertext, "ciphertext")
         result = self.servers[name].run(fhe.Value.deserialize(ciphertext),
                                         evaluation_keys=evaluation_keys)
         return result.serialize()
