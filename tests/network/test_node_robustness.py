@@ -143,5 +143,29 @@ def test_flooding_peer_is_rate_limited(solo: NodeProc) -> None:
         c.wait_until(lambda s: s["height"] > st["height"], WAIT)
 
 
+def test_new_connections_do_not_bypass_the_rate_limit(solo: NodeProc) -> None:
+    """The outside review: the limit was per connection (``context.peer()`` includes the
+    port), so a flooder opening a fresh connection per burst was never limited. Each
+    connection here stays under its own burst (40); together they exceed what one address
+    may send (issue #15; SPEC N1)."""
+    vote = canonical(Vote.make(USER, CHAIN_ID, 10**6, "ef" * 32).to_dict())
+    env = node_pb2.Envelope(kind="vote", payload=vote)
+    limited = 0
+    for _ in range(40):  # at most 40 connections × 30 messages
+        # a channel of its own TCP connection (gRPC otherwise shares one per target)
+        ch = grpc.insecure_channel(solo.listen, options=[("grpc.use_local_subchannel_pool", 1)])
+        s = node_pb2_grpc.NodeStub(ch)
+        with ch:
+            for f in [s.Gossip.future(env, timeout=30) for _ in range(30)]:
+                try:
+                    f.result()
+                except grpc.RpcError as e:
+                    assert e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, e
+                    limited += 1
+        if limited:
+            break
+    assert limited >= 1
+
+
 def test_sigterm_stops_the_node_cleanly(solo: NodeProc) -> None:
     assert solo.terminate() == 0
