@@ -71,8 +71,9 @@ blocks is kept in ``node.db`` but not slashed (only votes are, SPEC N1).
 
 Robustness: gRPC messages over ``MAX_MESSAGE`` bytes are refused by gRPC itself
 (RESOURCE_EXHAUSTED); per-kind payload limits, malformed JSON and bad signatures give
-INVALID_ARGUMENT; every peer connection has a token bucket (over it: RESOURCE_EXHAUSTED,
-the message is dropped and counted); any other error while handling a peer's message is
+INVALID_ARGUMENT; every peer connection has a token bucket, and so has every source
+address over all its connections (``per_address`` × the connection's; over either:
+RESOURCE_EXHAUSTED, the message is dropped and counted); any other error while handling a peer's message is
 logged and refused the same way, never left to stop the loop; fresh gossip goes to at most
 ``fanout`` peers; the seen-set, mempool (and each sender's share of it, ``_admit``), peer
 table, proposal and vote buffers are all bounded.
@@ -182,6 +183,9 @@ class NodeConfig:
     max_peers: int = 32
     rate: float = 200.0  # messages per second per peer connection
     burst: float = 400.0
+    # … and per source address, over all its connections: a flooder gains nothing by
+    # opening more (honest peers sharing an address, as in local tests, fit under it)
+    per_address: float = 8.0
     max_mempool: int = 5_000
     max_block_txs: int = 1_000
     mempool_ttl: float = 300.0
@@ -1207,19 +1211,28 @@ class Node:
 
     # ---- inbound -----------------------------------------------------------------------
     def take_token(self, peer: str) -> bool:
-        """Per-connection rate limit; False when the peer is over its budget."""
+        """Rate limit per connection and per source address (``peer`` is gRPC's
+        ``ipv4:HOST:PORT``); False when either is over its budget."""
+        address = peer.rsplit(":", 1)[0]
+        c = self.config
         with self._lock:
-            bucket = self._buckets.get(peer)
-            if bucket is None:
-                bucket = self._buckets[peer] = TokenBucket(self.config.rate, self.config.burst)
-                while len(self._buckets) > MAX_BUCKETS:
-                    self._buckets.popitem(last=False)
-            else:
-                self._buckets.move_to_end(peer)
-            if bucket.take():
-                return True
-            self.counters["rate_limited"] += 1
-            return False
+            ok = all([self._bucket(peer, c.rate, c.burst).take(),
+                      self._bucket(f"addr:{address}", c.rate * c.per_address,
+                                   c.burst * c.per_address).take()])
+            if not ok:
+                self.counters["rate_limited"] += 1
+            return ok
+
+    def _bucket(self, key: str, rate: float, burst: float) -> TokenBucket:
+        """The bucket for ``key``, least recently used ones forgotten past MAX_BUCKETS."""
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            bucket = self._buckets[key] = TokenBucket(rate, burst)
+            while len(self._buckets) > MAX_BUCKETS:
+                self._buckets.popitem(last=False)
+        else:
+            self._buckets.move_to_end(key)
+        return bucket
 
     def handle_envelope(self, env: node_pb2.Envelope) -> bool:
         """Process one gossiped envelope; True if fresh. Raises ``Rejected`` on bad input."""
