@@ -220,3 +220,25 @@ def test_too_many_rows_in_one_request_are_invalid_argument(
         stream.close()
         assert np.array_equal(c.infer(name, x),
                               evaluate(fhe_artefact.programs[name], x)["output"])
+
+
+def test_key_bytes_are_capped_per_program(fhe_artefact: Artefact) -> None:
+    """The outside review: ``UploadKeys`` buffered up to the whole key cache (4 GiB by
+    default) per stream, with 4 workers, while a hybrid linear's keys are a few bytes. Each
+    program's upload is now capped by its own key sizes (issue #15; SPEC R3)."""
+    from runtime.server import MinerService, start
+
+    service = MinerService(fhe_artefact.path)  # the default key cache: 4 GiB
+    server, port = start(service, port=0)
+    try:
+        program = sorted(fhe_artefact.manifest["fhe"])[0]
+        chunks = [pb.KeyChunk(artefact_sha256=fhe_artefact.sha256, program=program,
+                              data=b"\0" * (1 << 20)) for _ in range(2)]
+        with pytest.raises(grpc.RpcError) as e:
+            stub(f"127.0.0.1:{port}").UploadKeys(
+                iter(chunks), metadata=((PROTOCOL_HEADER, str(PROTOCOL)),), timeout=60)
+        assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert program in e.value.details()
+    finally:
+        server.stop(0).wait()
+        service.close()
