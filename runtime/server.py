@@ -9,7 +9,8 @@ Operational shape:
 
 * a bounded worker pool and a bounded number of concurrent RPCs: beyond it gRPC answers
   RESOURCE_EXHAUSTED at once instead of queueing without limit;
-* evaluation keys in an LRU cache bounded in bytes (``runtime.keycache``);
+* evaluation keys in an LRU cache bounded in bytes (``runtime.keycache``); an upload is
+  capped per program by that program's own key sizes, so a stream cannot buffer more;
 * message size limits derived from the programs' ciphertext sizes, and per program a cap
   on the rows one request may carry (``max_rows``: the model's context, or fewer when
   that would make a message larger than ``MAX_MESSAGE``);
@@ -429,7 +430,12 @@ class MinerService(pb_grpc.MinerServicer):
             if total > self.cache.limit_bytes:
                 raise Abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
                             f"keys exceed this miner's key cache ({self.cache.limit_bytes} B)")
-            parts.setdefault(chunk.program, bytearray()).extend(chunk.data)
+            part = parts.setdefault(chunk.program, bytearray())
+            if len(part) + len(chunk.data) > self.fhe.key_bytes(chunk.program):
+                raise Abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                            f"keys for program {chunk.program} exceed its "
+                            f"{self.fhe.key_bytes(chunk.program)} B")
+            part.extend(chunk.data)
             self._recv(chunk.data)
         missing = sorted(set(self.fhe.needs_keys()) - set(parts))
         # the client went away: keep nothing (an incomplete upload may be one whose

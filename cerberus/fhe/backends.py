@@ -147,6 +147,12 @@ class MinerPrograms:
         """Programs whose evaluation keys a client must upload."""
         return sorted(self.lwe.servers) if self.lwe is not None else []
 
+    def key_bytes(self, name: str) -> int:
+        """The most key bytes a client may upload for program ``name`` (0: it takes none)."""
+        if self.lwe is None or name not in self.lwe.servers:
+            return 0
+        return self.lwe.key_bytes(name)
+
     def memory_bytes(self) -> int:
         return sum(p.memory_bytes() for p in self.packed.values())
 

@@ -151,6 +151,7 @@ def _save_private(data: bytes, path: Path) -> None:
     os.replace(tmp, path)
 
 
+KEY_SLACK = 64 << 10  # bytes of a key set's framing and metadata beyond the keys
 MAX_SEGMENTS = 512  # Cap'n Proto's own default limit on a message's segments
 
 
@@ -197,6 +198,14 @@ class FheServer:
         result = self.servers[name].run(fhe.Value.deserialize(ciphertext),
                                         evaluation_keys=evaluation_keys)
         return result.serialize()
+
+    def key_bytes(self, name: str) -> int:
+        """An upper bound of program ``name``'s serialized evaluation keys: its bootstrap
+        and key-switching keys uncompressed (compression only shrinks them) plus
+        ``KEY_SLACK`` for the serialization's own structure. What a miner accepts."""
+        server = self.servers[name]
+        return int(server.size_of_bootstrap_keys) + int(server.size_of_keyswitch_keys) \
+            + KEY_SLACK
 
     def ciphertext_bytes(self, name: str) -> tuple[int, int]:
         """Upper bounds of one input's and one output's ciphertext size, in bytes."""
