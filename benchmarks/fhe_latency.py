@@ -179,8 +179,10 @@ def compile_options(partition: str, lookup_bits: int, seq_len: int,
     default, to shrink the clear linears' accumulators that concrete cannot fit.
     """
     bits = lookup_bits - 1 if partition == "full" else lookup_bits
+    # concrete programs on both sides (the comparison is with concrete-ml's circuits);
+    # the packed linears are measured against it in benchmarks/packed_linear.py
     opts = CompileOptions(partition=partition, bits=bits, max_lookup_bits=lookup_bits,
-                          seq_len=seq_len, fhe=True, seed=0)
+                          seq_len=seq_len, fhe=True, seed=0, linear_backend="lwe")
     if narrow:
         opts.wide_bits, opts.weight_bits = lookup_bits, lookup_bits - 1
     return opts
