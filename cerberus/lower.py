@@ -427,8 +427,8 @@ class Builder:
           just past the real range (the table reads 0 there by construction) and the
           index grows one bit: one more rounding PBS per score at ``max_lookup_bits``.
           Rejected: ``e ⊙ keep``, 2 PBS per score at ``bits`` + 1 (2·T² per head).
-        * The bit itself: 1 PBS per position for the rounding (once per graph), T PBS
-          for ``keep`` (once per graph) and T per head for ``pad`` (1-bit lookups).
+        * The bits themselves, ``keep`` and ``pad``: 1-bit lookups of the mask column,
+          once per graph (``shared_bit``), 3 PBS per position with their shared rounding.
 
         With the causal mask the two combine: a key is hidden when it is in the future
         or padded. A row with no visible key (left padding's own rows) sums to 0 and
@@ -443,7 +443,11 @@ class Builder:
         k = self.requant(f"{name}.k", self.linear(f"{name}.k.lin", x, w(blk.k), bias(blk.k)))
         v = self.requant(f"{name}.v", self.linear(f"{name}.v.lin", x, w(blk.v), bias(blk.v)))
         if keys is not None:
-            k = self.mul(f"{name}.k.keys", k, self.keep(keys))
+            k = self.mul(f"{name}.k.keys", k, self.shared_bit("input.keep", keys,
+                                                             lambda b: b > 0.5))
+            if "input.pad" not in self.vals:  # the padding bit of each key, as a row
+                self.transpose("input.pad", self.shared_bit("input.pad.col", keys,
+                                                           lambda b: b < 0.5))
         t = x.data.shape[-2]
         mask = np.tril(np.ones((t, t))) if causal else np.ones((t, t))
         gates = blk.gates.detach().double().numpy()
@@ -460,8 +464,7 @@ class Builder:
                 s, c = self.requant(f"{hn}.scaled", s, lambda z, c=c: z * c), 1.0
             pad = None
             if keys is not None:  # a padded key's score is 0 (k ⊙ keep): move it to s.lo
-                pad = self.transpose(f"{hn}.pad", self.bit(f"{hn}.pad.col", keys,
-                                                           lambda b: b < 0.5))
+                pad = self.vals["input.pad"]
                 pen = self.mul_const(f"{hn}.pad.score", pad, np.int64(s.lo),
                                      np.float64(s.lo * s.scale), s.scale)
                 s = self._emit("add", f"{hn}.scores.keys", [s, pen], s.data + pen.data,
@@ -500,12 +503,16 @@ class Builder:
         ctx = heads[0] if len(heads) == 1 else self.concat(f"{name}.concat", heads)
         return self.linear(f"{name}.o", ctx, w(blk.o), bias(blk.o))
 
-    def keep(self, keys: Val) -> Val:
-        """The key bit (1 = real) for the ``k ⊙ keep`` products: one lookup for every layer
-        (their k are all ``bits`` wide, so sharing it widens nothing)."""
-        if "input.keep" not in self.vals:
-            self.bit("input.keep", keys, lambda b: b > 0.5)
-        return self.vals["input.keep"]
+    def shared_bit(self, name: str, keys: Val, fn: Fn) -> Val:
+        """One lookup ``fn`` of the mask column for the whole graph, made where first used.
+
+        concrete computes identical lookups of one value once (measured: two heads' own
+        ``pad`` lookups cost the PBS of one), so one node per bit is what the circuit
+        runs and what ``IntGraph.pbs_count`` can count.
+        """
+        if name not in self.vals:
+            self.bit(name, keys, fn)
+        return self.vals[name]
 
     def zero_shift(self, x: Val, fn: Fn, scale: float) -> tuple[int, int, Fn]:
         """Fold a 0/1 mask into a lookup of ``fn`` on ``x``: ``(Q, lsbs, fn′)`` such that the

@@ -11,7 +11,7 @@ integers allow it:
 * a causal LM's right padding hides only keys the causal mask already hides, so the
   masked integers are the unmasked ones, bit for bit;
 * an all-real mask on a trained model: the key-masked graph computes the unmasked graph's
-  integers, its extra PBS exactly the ``k ⊙ keep`` products and the 1-bit mask lookups;
+  integers, its extra PBS exactly the ``k ⊙ keep`` products and two 1-bit mask lookups;
 * the lowering's float path of a padded window is the model on the unpadded sequence
   within 2·γ̃_N(λ, u64)·max|y| (tests/tolerance.py, as test_lower.py's float-path check);
 * the integers of padded windows are as close to the unpadded sequence as the same
@@ -133,9 +133,9 @@ def test_right_padding_of_a_causal_lm_is_the_unpadded_window(tiny_gpt, graphs) -
 def test_all_real_mask_costs_only_the_key_products(tiny_gpt) -> None:
     """Trained attention reaches exp = 0 inside the exp table's range, so the mask's fold
     into the exp index costs nothing: with an all-real mask the key-masked graph computes
-    the unmasked graph's integers; its extra PBS are the layer's ``k ⊙ keep`` (2 per
-    element of k), 1 per position per 1-bit mask lookup (one shared, one per head) and
-    the 1-bit rounding they share."""
+    the unmasked graph's integers; its extra PBS are each layer's ``k ⊙ keep`` (2 per
+    element of k) and, once per graph, 1 per position for each of the two 1-bit mask
+    lookups and for the rounding they share."""
     model, _ = tiny_gpt
     x = embedded(model, ids_of(24, 1))
     plain = lower_blocks(model, x)
@@ -148,8 +148,8 @@ def test_all_real_mask_costs_only_the_key_products(tiny_gpt) -> None:
     assert np.array_equal(evaluate(plain, to_int(plain, xt))["output"],
                           evaluate(keyed, keyed_input(keyed, xt, np.ones((16, T))))["output"])
     cfg = model.cfg
-    inner, heads = cfg.n_head * cfg.head_dim, cfg.n_layer * cfg.n_head
-    extra = 2 * T + cfg.n_layer * 2 * T * inner + heads * T
+    inner = cfg.n_head * cfg.head_dim
+    extra = 3 * T + cfg.n_layer * 2 * T * inner
     assert keyed.pbs_count() - plain.pbs_count() == extra
     widths = {keyed[n].lookup_bits for n in keyed.pbs_by_node() if n not in
               {m.name for m in plain.nodes} and keyed[n].op == "lut"}
