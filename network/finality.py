@@ -23,7 +23,7 @@ The rules, in one place:
 * **Lock**: a validator precommits B in round r only on seeing a POL for B in round r, and
   its latest precommit (round L, block A) locks it. In a later round it prevotes A unless
   it has seen a POL for some block in a round ≥ L (then that block). Why this is safe while
-  the Byzantine stake is < 1/3: full argument in ``network/node.py``.
+  the Byzantine stake is < 1/3: full argument in ``network/rounds.py``.
 """
 
 from __future__ import annotations

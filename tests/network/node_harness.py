@@ -1,6 +1,6 @@
 """Real node processes for the network tests (SPEC N1, issue #8).
 
-Each node is ``python -m network.node`` on 127.0.0.1 with its own data directory (real
+Each node is ``python -m network.cli`` on 127.0.0.1 with its own data directory (real
 SQLite files) and wallet file; the harness reads the one line the node prints first
 (``node <address> on <host>:<port>``) and talks to it only through ``NodeClient``.
 Every wait is bounded; every process is SIGKILLed at teardown if still alive.
@@ -51,7 +51,7 @@ def free_port() -> int:
 
 
 class NodeProc:
-    """One ``python -m network.node`` process; restartable on the same port and data."""
+    """One ``python -m network.cli`` process; restartable on the same port and data."""
 
     def __init__(self, root: Path, name: str, genesis: Genesis, wallet: Wallet | None,
                  bootstrap: list[str], extra: list[str] | None = None) -> None:
@@ -73,7 +73,7 @@ class NodeProc:
         self.starts = 0
 
     def start(self) -> NodeProc:
-        cmd = [sys.executable, "-m", "network.node", "--data", str(self.dir / "data"),
+        cmd = [sys.executable, "-m", "network.cli", "--data", str(self.dir / "data"),
                "--genesis", str(self.genesis_file), "--port", str(self.port),
                "--block-interval", "1", "--round-timeout", "2", *self.extra]
         if self.wallet_file is not None:

@@ -1,6 +1,6 @@
 """Three validator processes, a SIGKILLed validator, a late joiner (SPEC N1, issue #8).
 
-Real ``python -m network.node`` processes on 127.0.0.1 with real SQLite files. The tests
+Real ``python -m network.cli`` processes on 127.0.0.1 with real SQLite files. The tests
 share one network and run in file order: they follow its life (bootstrap by genesis
 authorities → staked validators → a crash → a newcomer). Only bounded waits; nothing is
 asserted about speed.

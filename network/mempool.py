@@ -1,0 +1,139 @@
+"""The node's mempool (SPEC N1, issue #15): admission against a pending-state overlay,
+block selection, pruning.
+
+Split out of ``network.node`` so admission — the rule that decides what the whole network
+re-gossips — can be read on its own. It sees the chain only through ``PoolChain`` (account
+nonces and an in-order dry run of txs on the head's state); the caller holds the node's
+lock around every call.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Sequence
+from typing import Protocol
+
+from ledger.tx import Tx
+from network.gossip import Clock
+
+MAX_PENDING_PER_SENDER = 64  # one key cannot fill the mempool (issue #15)
+
+
+class PoolChain(Protocol):
+    """What the mempool needs from the chain (``ledger.chain.Chain`` implements it)."""
+
+    def nonce(self, address: str) -> int: ...
+
+    def validate_txs(self, txs: Sequence[Tx]) -> tuple[int, str] | None: ...
+
+
+class Mempool:
+    """Pending txs in arrival order, indexed by (sender, nonce)."""
+
+    def __init__(self, chain: PoolChain, *, max_size: int, max_block_txs: int, ttl: float,
+                 clock: Clock) -> None:
+        self.chain = chain
+        self.max_size, self.max_block_txs, self.ttl = max_size, max_block_txs, ttl
+        self.clock = clock
+        self.entries: OrderedDict[bytes, tuple[Tx, float]] = OrderedDict()
+        self.by_sender: dict[str, dict[int, bytes]] = {}  # sender → nonce → entry key
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __contains__(self, tx_hash: object) -> bool:
+        return tx_hash in self.entries
+
+    def txs(self) -> list[Tx]:
+        """Every pending tx, in arrival order."""
+        return [t for t, _ in self.entries.values()]
+
+    def older_than(self, age: float, limit: int) -> list[Tx]:
+        """Up to ``limit`` pending txs admitted at least ``age`` seconds ago."""
+        now = self.clock.monotonic()
+        return [t for t, added in self.entries.values() if now - added >= age][:limit]
+
+    def pending_nonce(self, address: str) -> int:
+        """The next nonce after ``address``'s account nonce and its run of pending txs."""
+        queued = self.by_sender.get(address, {})
+        pending = self.chain.nonce(address)
+        while pending in queued:  # bounded by MAX_PENDING_PER_SENDER
+            pending += 1
+        return pending
+
+    def admit(self, tx: Tx) -> str | None:
+        """Mempool admission (format and signature already checked); the reason if not.
+
+        Why so strict (issue #15): whatever is admitted is also gossiped and re-gossiped,
+        so a cheap way in is a flood of the whole network. Hence: one tx per (sender,
+        nonce) — another at a pending nonce only *replaces* it, and only with a higher
+        fee; a sender's pending txs are a run of nonces from its account nonce, at most
+        ``MAX_PENDING_PER_SENDER`` long; and the run with ``tx`` in it must apply in order
+        on the head's state (``Chain.validate_txs``, the pending-state overlay), so the
+        balance covers every pending amount and fee and a tx ahead of the account's nonce
+        passes its rule before it is admitted or gossiped."""
+        h = tx.tx_hash()
+        if h in self.entries:
+            return None
+        current = self.chain.nonce(tx.sender)
+        if tx.nonce < current:
+            return f"bad nonce: {tx.nonce} is used, the next is {current}"
+        pending = self.by_sender.get(tx.sender, {})
+        run = [self.entries[pending[n]][0]
+               for n in range(current, current + len(pending)) if n in pending]
+        i = tx.nonce - current
+        if i > len(run):
+            return f"nonce {tx.nonce} is ahead of the next ({current}) + {len(run)} pending"
+        old = run[i] if i < len(run) else None
+        if old is not None and tx.fee <= old.fee:
+            return (f"a tx at nonce {tx.nonce} is pending; a replacement needs a fee above "
+                    f"{old.fee}")
+        if old is None and len(run) >= MAX_PENDING_PER_SENDER:
+            return f"{len(run)} txs of this sender are pending (at most " \
+                   f"{MAX_PENDING_PER_SENDER})"
+        if old is None and len(self.entries) >= self.max_size:
+            return "mempool full"
+        bad = self.chain.validate_txs([*run[:i], tx, *run[i + 1:]])
+        if bad is not None:
+            j, reason = bad
+            if j < i:  # an older pending tx no longer applies (the head moved): drop it on
+                for t in run[j:]:
+                    self.remove(t)
+                return f"pending tx at nonce {current + j} no longer applies: {reason}"
+            return reason
+        if old is not None:
+            self.remove(old)
+        self.entries[h] = (tx, self.clock.monotonic())
+        self.by_sender.setdefault(tx.sender, {})[tx.nonce] = h
+        return None
+
+    def remove(self, tx: Tx) -> None:
+        """Drop ``tx`` from the mempool and its sender index."""
+        self.entries.pop(tx.tx_hash(), None)
+        by_nonce = self.by_sender.get(tx.sender, {})
+        if by_nonce.get(tx.nonce) == tx.tx_hash():
+            del by_nonce[tx.nonce]
+            if not by_nonce:
+                del self.by_sender[tx.sender]
+
+    def block_txs(self) -> list[Tx]:
+        """Txs for a block: senders in arrival order, each sender's by nonce."""
+        first: dict[str, int] = {}
+        txs = self.txs()
+        for i, t in enumerate(txs):
+            first.setdefault(t.sender, i)
+        txs.sort(key=lambda t: (first[t.sender], t.nonce))
+        return txs[: self.max_block_txs]
+
+    def prune(self) -> None:
+        """Drop used nonces and expired txs, and a sender's txs after a gap (they can no
+        longer apply), so each sender's pending txs stay a run from its account nonce."""
+        now = self.clock.monotonic()
+        for sender, by_nonce in list(self.by_sender.items()):
+            expect = self.chain.nonce(sender)
+            for nonce in sorted(by_nonce):
+                t, added = self.entries[by_nonce[nonce]]
+                if nonce == expect and now - added <= self.ttl:
+                    expect += 1
+                else:
+                    self.remove(t)
