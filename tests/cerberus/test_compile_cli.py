@@ -148,7 +148,9 @@ def test_adaptive_quantization_is_applied_by_the_loaded_client(tmp_path) -> None
     assert np.abs(pre - raw).max() > gamma(7, U64) * np.abs(raw).max()
     top = 2 ** (a.graph.meta["input_bits"] - 1) - 1
     expected = np.clip(np.floor(pre / a.graph.meta["input_scale"] + 0.5), -top, top)
-    assert np.array_equal(a.encode_input(ids), expected)
+    x = a.encode_input(ids)  # full partition: the key-mask column rides last
+    assert np.array_equal(x[..., :-1], expected)
+    assert (x[..., -1] == 1).all()  # no attention mask given: every position real
     assert torch.isfinite(a.logits(ids)).all() and torch.isfinite(p.logits(ids)).all()
 
 
