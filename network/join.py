@@ -133,7 +133,10 @@ class NodeChainView:
         return {int(uid): (addr, endpoints.get(addr)) for uid, addr in info["miners"].items()}
 
     def nonce(self, address: str) -> int:
-        return int(self.node.account(address)["nonce"])
+        """The next nonce after the chain's and this node's pending txs: a set_weights
+        still waiting for a block (slow blocks) must not make the next epoch's collide
+        with it (the mempool keeps one tx per sender and nonce)."""
+        return int(self.node.account(address)["pending_nonce"])
 
     def submit(self, tx: Tx) -> str | None:
         return self.node.submit(tx)
