@@ -1,0 +1,309 @@
+"""Throughput at the node (issue #16; SPEC N1, L2, L10): each tx's signature is checked
+once per node on its way from submission to a final block, a peer's block still has every
+tx checked by this node, batched submission (``SubmitTxs``) and the block size from
+genesis. Live tests run real gRPC on 127.0.0.1 (in-process nodes, or real processes for
+the smoke test); they assert correctness only, never speed.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import grpc
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from node_harness import (  # noqa: E402
+    CHAIN_ID,
+    OPERATOR,
+    USER,
+    VALIDATORS,
+    NodeProc,
+    block_at,
+    make_genesis,
+)
+
+import ledger.keys as keys  # noqa: E402
+from ledger.block import Block, Header, sign_header, tx_root  # noqa: E402
+from ledger.chain import Chain, InvalidBlock  # noqa: E402
+from ledger.encoding import canonical  # noqa: E402
+from ledger.genesis import Genesis  # noqa: E402
+from ledger.keys import SigCache, Wallet  # noqa: E402
+from ledger.tx import Tx, make_tx  # noqa: E402
+from ledger.units import BASED  # noqa: E402
+from network.client import NodeClient  # noqa: E402
+from network.finality import proposer_ranking, voting_set  # noqa: E402
+from network.node import Node, NodeConfig  # noqa: E402
+from network.protos import node_pb2, node_pb2_grpc  # noqa: E402
+
+WAIT = 60.0
+SENDERS = [Wallet.from_seed(f"tp-sender-{i}") for i in range(10)]
+
+
+def wait_for(cond: Callable[[], bool], what: str, timeout: float = WAIT) -> None:
+    """Poll ``cond`` until it holds; bounded."""
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def genesis(max_block_txs: int = 1_000) -> Genesis:
+    """The test network's genesis, with ten funded senders and the given block size."""
+    g = make_genesis()
+    return replace(g, balances={**g.balances, **{w.address: 1_000 * BASED for w in SENDERS}},
+                   max_block_txs=max_block_txs)
+
+
+def transfers(per_sender: int, start: int = 0) -> list[Tx]:
+    """``per_sender`` consecutive transfers from each sender, interleaved by nonce."""
+    return [make_tx(w, "transfer", n, CHAIN_ID, to=SENDERS[(i + 1) % len(SENDERS)].address,
+                    amount=1 + n)
+            for n in range(start, start + per_sender) for i, w in enumerate(SENDERS)]
+
+
+@pytest.fixture()
+def counted(monkeypatch: pytest.MonkeyPatch) -> Counter[tuple[str, bytes, bytes]]:
+    """Every ed25519 check this process makes, counted by (address, message, signature):
+    the real check still runs (counting, not mocking)."""
+    calls: Counter[tuple[str, bytes, bytes]] = Counter()
+    real = keys.ed25519_verify
+
+    def counting(address: str, message: bytes, signature: bytes) -> bool:
+        calls[(address, message, signature)] += 1
+        return real(address, message, signature)
+
+    monkeypatch.setattr(keys, "ed25519_verify", counting)
+    return calls
+
+
+@pytest.fixture()
+def started() -> Iterator[list[Node]]:
+    """Nodes a test starts; all stopped afterwards, whatever happens."""
+    nodes: list[Node] = []
+    yield nodes
+    for n in nodes:
+        n.stop()
+
+
+def test_the_cache_answers_only_for_the_identical_bytes(
+        counted: Counter[tuple[str, bytes, bytes]]) -> None:
+    """A good triple is checked once; a forged signature, another message or another key
+    never hits; the cache forgets the least recently used beyond its capacity."""
+    w, other = Wallet.from_seed("a"), Wallet.from_seed("b")
+    cache = SigCache(capacity=2)
+    sig = w.sign(b"m")
+    assert cache.verify(w.address, b"m", sig) and cache.verify(w.address, b"m", sig)
+    assert counted[(w.address, b"m", sig)] == 1
+    forged = bytes([sig[0] ^ 1]) + sig[1:]
+    assert not cache.verify(w.address, b"m", forged)
+    assert not cache.verify(w.address, b"m2", sig)
+    assert not cache.verify(other.address, b"m", sig)
+    assert not cache.verify(w.address, b"m", forged)  # bad results are not remembered
+    assert counted[(w.address, b"m", forged)] == 2
+    for msg in (b"x", b"y"):
+        assert cache.verify(w.address, msg, w.sign(msg))
+    assert len(cache) == 2
+    assert cache.verify(w.address, b"m", sig)  # evicted: checked again
+    assert counted[(w.address, b"m", sig)] == 2
+    with cache.active():  # the module's verify goes through it only inside the block
+        assert keys.verify(w.address, b"m", sig)
+    assert counted[(w.address, b"m", sig)] == 2
+    assert keys.verify(w.address, b"m", sig)
+    assert counted[(w.address, b"m", sig)] == 3
+
+
+def test_each_tx_signature_is_checked_once_per_node(
+        tmp_path: Path, started: list[Node], counted: Counter[tuple[str, bytes, bytes]]
+) -> None:
+    """Three in-process validators (each with its own chain and cache); 200 txs submitted
+    in batches to one of them reach final blocks on all three, and each tx's signature was
+    checked by ed25519 exactly three times in all: once per node — at submission or gossip
+    or in a peer's block, whichever came first — not at admission, proposal check and
+    apply again."""
+    g = genesis()
+    for i, w in enumerate(VALIDATORS):
+        boot = [started[0].listen] if started else []
+        node = Node(NodeConfig(tmp_path / f"v{i}", g, w, bootstrap=boot, block_interval=0.3,
+                               round_timeout=1.0, hello_interval=0.2))
+        node.start()
+        started.append(node)
+    txs = transfers(20)
+    with NodeClient(started[0].listen) as c:
+        for k in range(0, len(txs), 50):
+            assert c.submit_many(txs[k:k + 50]) == [None] * 50
+    for node in started:
+        wait_for(lambda node=node: all(node.read(lambda ch, w=w: ch.nonce(w.address)) == 20
+                                       for w in SENDERS), "every tx final on every node")
+    for tx in txs:
+        assert counted[(tx.sender, tx.signing_bytes(CHAIN_ID), tx.signature)] == 3, tx
+    height = min(n.status()["height"] for n in started)
+    roots = {n.read(lambda ch, h=height: ch.block(h).header.state_root) for n in started}
+    assert len(roots) == 1
+    assert sum(n.status()["rejected"] for n in started) == 0
+
+
+@pytest.fixture()
+def voter(tmp_path: Path) -> Iterator[tuple[Node, Genesis]]:
+    """A started validator whose own round 0 never opens during a test: it only votes for
+    the blocks a test sends it."""
+    g = genesis()
+    node = Node(NodeConfig(tmp_path / "voter", g, VALIDATORS[1], block_interval=1000.0))
+    node.start()
+    try:
+        yield node, g
+    finally:
+        node.stop()
+
+
+def forge(block: Block, txs: list[Tx], proposer: Wallet) -> Block:
+    """``block`` with other txs, its header's tx root fixed and signed again: everything
+    about it is right except what the txs themselves carry."""
+    h = block.header
+    header = Header(h.height, h.parent, h.state_root, tx_root(txs), h.time, h.proposer)
+    return Block(sign_header(header, proposer, CHAIN_ID), tuple(txs))
+
+
+def test_a_peer_block_with_a_forged_tx_signature_is_refused(
+        voter: tuple[Node, Genesis]) -> None:
+    """The node first admits a good tx (its signature is now in the cache); the first
+    proposer's block then carries the same tx with a forged signature and the right state
+    root (signatures do not enter the state): the node records it as invalid for the bad
+    signature and does not vote for it, while the same block with the genuine tx passes
+    the same check."""
+    node, g = voter
+    first = next(w for w in VALIDATORS
+                 if w.address == proposer_ranking(g.genesis_hash(), voting_set({}, g))[0])
+    good_tx = make_tx(USER, "transfer", 0, CHAIN_ID, to=OPERATOR.address, amount=5)
+    assert node.submit(good_tx) is None
+    good, _ = Chain(g).produce_block([good_tx], first, int(time.time()))
+    assert good.txs == (good_tx,)
+    sig = good_tx.signature
+    bad = forge(good, [replace(good_tx, signature=bytes([sig[0] ^ 1]) + sig[1:])], first)
+    with pytest.raises(InvalidBlock, match="bad signature"):
+        node.read(lambda ch: ch.check_block(bad))
+    with grpc.insecure_channel(node.listen) as ch:
+        node_pb2_grpc.NodeStub(ch).Gossip(
+            node_pb2.Envelope(kind="block", payload=bad.to_bytes()), timeout=10)
+    wait_for(lambda: bad.block_hash() in node._validity, "the node judging the block")
+    assert "bad signature" in str(node._validity[bad.block_hash()])
+    time.sleep(0.5)  # a few ticks more: no vote comes
+    assert node.status()["my_vote"] is None
+    node.read(lambda ch: ch.check_block(good))  # the genuine block passes
+    # a tx whose message was changed under a good signature misses the cache too
+    moved = replace(good_tx, payload={**good_tx.payload, "amount": 6})
+    with pytest.raises(InvalidBlock, match="bad signature"):
+        node.read(lambda ch: ch.check_block(forge(good, [moved], first)))
+
+
+@pytest.fixture()
+def observer(tmp_path: Path) -> Iterator[tuple[Node, NodeClient]]:
+    """A started node with no validator to talk to: nothing is finalized, so its mempool
+    changes only through what a test submits."""
+    node = Node(NodeConfig(tmp_path / "obs", genesis(), None, block_interval=1000.0))
+    node.start()
+    client = NodeClient(node.listen)
+    try:
+        yield node, client
+    finally:
+        client.close()
+        node.stop()
+
+
+def test_submit_many_judges_in_order_and_stops_at_a_forged_signature(
+        observer: tuple[Node, NodeClient], counted: Counter[tuple[str, bytes, bytes]]
+) -> None:
+    """One call admits a sender's consecutive nonces; a forged signature is refused and
+    the txs after it are refused unchecked (one ed25519 check, not one per tx); an empty
+    or oversized batch is INVALID_ARGUMENT, and a malformed tx is refused alone."""
+    node, c = observer
+    w = SENDERS[0]
+    run = [make_tx(w, "transfer", n, CHAIN_ID, to=USER.address, amount=1) for n in range(5)]
+    forged = replace(run[3], signature=bytes(64))
+    reasons = c.submit_many([*run[:3], forged, run[4]])
+    assert reasons[:3] == [None, None, None]
+    assert reasons[3] == "bad tx signature"
+    assert reasons[4] is not None and "not checked" in reasons[4]
+    assert counted[(w.address, run[4].signing_bytes(CHAIN_ID), run[4].signature)] == 0
+    assert (c.status()["mempool"], c.pending_nonce(w.address)) == (3, 3)
+    assert c.submit_many(run[3:]) == [None, None]
+    assert c.pending_nonce(w.address) == 5
+    stub = node_pb2_grpc.NodeStub(c.channel)
+    for n in (0, 1_001):
+        with pytest.raises(grpc.RpcError) as e:
+            stub.SubmitTxs(node_pb2.TxsRequest(txs=[canonical(run[0].to_dict())] * n),
+                           timeout=10)
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    reply = stub.SubmitTxs(node_pb2.TxsRequest(txs=[b"not json", b"{}"]), timeout=10)
+    assert [r.accepted for r in reply.replies] == [False, False]
+    assert all(r.reason for r in reply.replies)
+
+
+def test_block_size_comes_from_genesis(tmp_path: Path) -> None:
+    """``max_block_txs`` is a genesis field (in the genesis hash): a node proposes at most
+    that many txs and the ledger refuses a block with more."""
+    small = genesis(max_block_txs=7)
+    assert small.genesis_hash() != genesis().genesis_hash()
+    assert Genesis.from_dict(small.to_dict()) == small
+    with pytest.raises(ValueError):
+        genesis(max_block_txs=0)
+    node = Node(NodeConfig(tmp_path / "n", small, VALIDATORS[0], block_interval=1000.0))
+    try:
+        for tx in transfers(2):
+            assert node.submit(tx) is None
+        assert len(node.mempool.block_txs()) == 7
+        chain = Chain(small)
+        first = next(w for w in VALIDATORS if w.address ==
+                     proposer_ranking(small.genesis_hash(), voting_set({}, small))[0])
+        big, _ = Chain(genesis()).produce_block(transfers(1), first, int(time.time()))
+        assert len(big.txs) == 10
+        with pytest.raises(InvalidBlock, match="more than 7 txs"):
+            chain.apply_block(forge(replace(big, header=replace(
+                big.header, parent=small.genesis_hash())), list(big.txs), first))
+    finally:
+        node.stop()
+
+
+def test_hundreds_of_txs_through_three_validator_processes(tmp_path: Path) -> None:
+    """Smoke test of the node path the benchmark drives: 400 transfers submitted in
+    batches to three real validator processes (split among them by sender) are all final
+    on every node, with equal state roots at one height (correctness only, no timing)."""
+    g = genesis(max_block_txs=150)
+    procs: list[NodeProc] = []
+    try:
+        for i, w in enumerate(VALIDATORS):
+            procs.append(NodeProc(tmp_path, f"v{i}", g, w,
+                                  [procs[0].listen] if procs else []).start())
+        txs = transfers(40)
+        for i, p in enumerate(procs):  # sender k's txs all go to node k % 3, in order
+            mine = [t for t in txs if t.sender in {w.address for w in SENDERS[i::3]}]
+            with p.client() as c:
+                assert c.submit_many(mine) == [None] * len(mine)
+        for p in procs:
+            with p.client() as c:
+                wait_for(lambda c=c: all(c.nonce(w.address) == 40 for w in SENDERS),
+                         f"all txs final on {p.dir.name}", timeout=90.0)
+        heights = []
+        for p in procs:
+            with p.client() as c:
+                heights.append(c.status()["height"])
+        height = min(heights)
+        assert len({block_at(p, height) for p in procs}) == 1
+        counts = []
+        for p in procs:
+            with p.client() as c:
+                blocks = [b for lo in range(1, height + 1, 128)
+                          for b, _ in c.blocks(lo, min(lo + 127, height))]
+            assert all(len(b.txs) <= 150 for b in blocks)
+            counts.append(sum(len(b.txs) for b in blocks))
+        assert counts == [len(txs)] * 3
+    finally:
+        for p in procs:
+            p.kill()
+
