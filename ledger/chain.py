@@ -3,6 +3,12 @@
 It owns one ``State`` in memory and one ``Store``; ``apply_block`` checks a block fully,
 applies it, and persists block + state changes in one store transaction. There is no
 mempool here: the network layer keeps txs and hands a list to ``produce_block``.
+
+Each chain owns a ``SigCache`` (``sigs``) and every check it runs goes through it, so a
+tx's signature is checked once on its way from admission (``validate_txs``) through a
+proposal's dry run (``check_block``) to ``apply_block`` (issue #16); a node's gossip
+parsing uses the same cache (``with chain.sigs.active():``). It is per chain, so two
+nodes in one process still each check every signature themselves.
 """
 
 from __future__ import annotations
@@ -13,8 +19,16 @@ from pathlib import Path
 from ledger.block import Block, Header, sign_header, tx_root
 from ledger.consensus import active_stake_threshold
 from ledger.genesis import Genesis, genesis_state
-from ledger.keys import Wallet
-from ledger.rules import Ctx, InvalidBlock, TxRejected, apply_block_in_place, apply_tx, execute
+from ledger.keys import SigCache, Wallet
+from ledger.rules import (
+    Ctx,
+    InvalidBlock,
+    TxRejected,
+    apply_block,
+    apply_block_in_place,
+    apply_tx,
+    execute,
+)
 from ledger.state import State
 from ledger.storage import MemoryStore, SqliteStore, Store
 from ledger.tx import Tx
@@ -26,6 +40,7 @@ class Chain:
     def __init__(self, genesis: Genesis, store: Store | None = None) -> None:
         self.genesis = genesis
         self.store: Store = store if store is not None else MemoryStore()
+        self.sigs = SigCache()
         stored = self.store.genesis()
         if stored is None:
             self.state = genesis_state(genesis)
@@ -111,14 +126,15 @@ class Chain:
         and a tx ahead of the account's nonce is checked on the state it will meet)."""
         mark = self.state.checkpoint()
         ctx = Ctx(self.genesis, self.height + 1, None)
-        try:
-            for i, tx in enumerate(txs):
-                try:
-                    apply_tx(self.state, tx, ctx)
-                except TxRejected as e:
-                    return i, str(e)
-        finally:
-            self.state.rollback(mark)
+        with self.sigs.active():
+            try:
+                for i, tx in enumerate(txs):
+                    try:
+                        apply_tx(self.state, tx, ctx)
+                    except TxRejected as e:
+                        return i, str(e)
+            finally:
+                self.state.rollback(mark)
         return None
 
     def produce_block(self, txs: list[Tx], proposer: Wallet, time: int
@@ -129,20 +145,28 @@ class Chain:
         if time <= self.state.meta("time"):
             raise ValueError("block time must be after the parent's")
         mark = self.state.checkpoint()
-        try:
-            kept, rejected = execute(self.state, txs, self.genesis, height, proposer.address,
-                                     time, strict=False)
-            root = self.state.state_root()
-        finally:
-            self.state.rollback(mark)
+        with self.sigs.active():
+            try:
+                kept, rejected = execute(self.state, txs, self.genesis, height,
+                                         proposer.address, time, strict=False)
+                root = self.state.state_root()
+            finally:
+                self.state.rollback(mark)
         header = Header(height, self.head_hash, root, tx_root(kept), time, proposer.address)
         return Block(sign_header(header, proposer, self.genesis.chain_id), tuple(kept)), rejected
+
+    def check_block(self, block: Block) -> None:
+        """Dry run: raise ``InvalidBlock`` unless ``block`` applies on the head (the state
+        is left as it was; signatures found good are remembered for ``apply_block``)."""
+        with self.sigs.active():
+            apply_block(self.state, block, self.genesis, self.head_hash)
 
     def apply_block(self, block: Block) -> None:
         """Validate and apply ``block``, then persist it atomically; raises ``InvalidBlock``
         (state and store unchanged) if anything is wrong."""
         mark = self.state.checkpoint()
-        apply_block_in_place(self.state, block, self.genesis, self.head_hash)
+        with self.sigs.active():
+            apply_block_in_place(self.state, block, self.genesis, self.head_hash)
         upserts, deletes = self.state.take_dirty()
         try:
             self.store.commit_block(block, upserts, deletes)

@@ -37,6 +37,7 @@ class Genesis:
     # L5: blocks an unstaked amount stays bonded — and slashable — before it is paid out;
     # also how old double-signing evidence may be (one week of 10 s blocks)
     unbonding_blocks: int = 60_480
+    max_block_txs: int = 1_000  # txs per block (issue #16); the ledger caps it at 20,000
 
     def __post_init__(self) -> None:
         for a in (self.operator, self.bridge, *self.balances, *self.authorities):
@@ -48,6 +49,8 @@ class Genesis:
             raise ValueError("tempo, block_time and voting_period must be >= 1")
         if not is_int(self.unbonding_blocks):
             raise ValueError("unbonding_blocks must be a non-negative int")
+        if not is_int(self.max_block_txs, 1, 20_000):
+            raise ValueError("max_block_txs must be an int in 1..20000")
 
     @property
     def stake_lock_blocks(self) -> int:
@@ -69,6 +72,7 @@ class Genesis:
             "min_fee": self.min_fee,
             "authorities": list(self.authorities),
             "unbonding_blocks": self.unbonding_blocks,
+            "max_block_txs": self.max_block_txs,
         }
 
     @classmethod

@@ -495,8 +495,8 @@ def check_header(state: State, block: Block, g: Genesis, parent_hash: str) -> No
         raise InvalidBlock("proposer is not an authority")
     if not h.verify_signature(g.chain_id):
         raise InvalidBlock("bad proposer signature")
-    if len(block.txs) > MAX_BLOCK_TXS:
-        raise InvalidBlock(f"more than {MAX_BLOCK_TXS} txs")
+    if len(block.txs) > min(MAX_BLOCK_TXS, g.max_block_txs):
+        raise InvalidBlock(f"more than {min(MAX_BLOCK_TXS, g.max_block_txs)} txs")
     if h.tx_root != tx_root(block.txs):
         raise InvalidBlock("tx root mismatch")
 

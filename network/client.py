@@ -97,6 +97,15 @@ class NodeClient:
             raise
         return None if reply.accepted else reply.reason
 
+    def submit_many(self, txs: list[Tx]) -> list[str | None]:
+        """Send up to 1,000 txs in one call (``SubmitTxs``); per tx, None if admitted,
+        else the reason. The node judges them in order, so a sender's consecutive nonces
+        can go in one batch."""
+        reply = self.stub.SubmitTxs(
+            node_pb2.TxsRequest(txs=[canonical(tx.to_dict()) for tx in txs]),
+            timeout=max(self.timeout, 30.0))
+        return [None if r.accepted else r.reason for r in reply.replies]
+
     # ---- waiting -----------------------------------------------------------------------
     def wait_until(self, predicate: Callable[[dict[str, Any]], bool], timeout: float,
                    interval: float = 0.25) -> dict[str, Any]:

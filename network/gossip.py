@@ -37,7 +37,11 @@ log = logging.getLogger("cerberus.network")
 T = TypeVar("T")
 
 MAX_MESSAGE = 4 * 1024 * 1024  # gRPC refuses anything larger (RESOURCE_EXHAUSTED)
-PAYLOAD_LIMITS = {"tx": 16 * 1024, "vote": 1024, "announce": 2048, "block": 3 * 1024 * 1024}
+# "txs": a batch of txs (issue #16), the node's own way to gossip them: one message per
+# tick instead of one per tx, which the per-peer rate limit could never carry at 1,000 tx/s
+PAYLOAD_LIMITS = {"tx": 16 * 1024, "txs": 2 * 1024 * 1024, "vote": 1024, "announce": 2048,
+                  "block": 3 * 1024 * 1024}
+MAX_TX_BATCH = 1_000  # txs per "txs" envelope and per SubmitTxs call
 SEEN_CAP = 50_000  # dedup set size (oldest forgotten first)
 MAX_BUCKETS = 1024
 PEER_RE = re.compile(r"^[A-Za-z0-9.\-]{1,253}:[0-9]{1,5}$")
@@ -65,13 +69,18 @@ class Rejected(ValueError):
     """A peer's message that is malformed, oversized or badly signed (INVALID_ARGUMENT)."""
 
 
-def parse_payload(payload: bytes, kind: str) -> Any:
-    """Parse a peer's JSON payload with its kind's size limit, or raise ``Rejected``."""
+def check_size(payload: bytes, kind: str) -> None:
+    """Refuse an unknown kind or a payload over its kind's limit (``Rejected``)."""
     limit = PAYLOAD_LIMITS.get(kind)
     if limit is None:
         raise Rejected(f"unknown envelope kind {kind!r}")
     if len(payload) > limit:
         raise Rejected(f"{kind} payload of {len(payload)} bytes exceeds {limit}")
+
+
+def parse_payload(payload: bytes, kind: str) -> Any:
+    """Parse a peer's JSON payload with its kind's size limit, or raise ``Rejected``."""
+    check_size(payload, kind)
     try:
         return json.loads(payload)
     except (ValueError, RecursionError, UnicodeDecodeError) as e:
@@ -102,6 +111,21 @@ def parse_tx(obj: Any, chain_id: str) -> Tx:
                   (TxFormatError, TypeError, AttributeError))
 
 
+def parse_txs(obj: Any, chain_id: str) -> list[Tx]:
+    """A peer's "txs" batch: a non-empty list of at most ``MAX_TX_BATCH`` txs, every one's
+    format and signature checked, or ``Rejected`` at the first bad one (an honest node
+    only forwards txs it checked, so one bad tx marks the whole batch as hostile)."""
+    if not isinstance(obj, list) or not 0 < len(obj) <= MAX_TX_BATCH:
+        raise Rejected(f"txs must be a list of 1..{MAX_TX_BATCH} txs")
+    return [parse_tx(o, chain_id) for o in obj]
+
+
+def batch_payload(payloads: list[bytes]) -> bytes:
+    """The canonical JSON list of canonical tx payloads (what ``canonical`` would give for
+    the list of their dicts, without re-encoding each)."""
+    return b"[" + b",".join(payloads) + b"]"
+
+
 def seen_key(kind: str, payload: bytes) -> bytes:
     """What the dedup set remembers of a gossiped message."""
     return hashlib.sha256(kind.encode() + b"\0" + payload).digest()
@@ -116,12 +140,12 @@ class TokenBucket:
         self.tokens = burst
         self.stamp = clock.monotonic()
 
-    def take(self) -> bool:
+    def take(self, cost: float = 1.0) -> bool:
         now = self.clock.monotonic()
         self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
         self.stamp = now
-        if self.tokens >= 1.0:
-            self.tokens -= 1.0
+        if self.tokens >= cost:
+            self.tokens -= cost
             return True
         return False
 
@@ -138,14 +162,14 @@ class RateLimiter:
         self.clock, self.lock, self.counters = clock, lock, counters
         self.buckets: OrderedDict[str, TokenBucket] = OrderedDict()
 
-    def take(self, peer: str) -> bool:
-        """One message from ``peer`` (gRPC's ``ipv4:HOST:PORT``); False when its connection
-        or its address is over budget."""
+    def take(self, peer: str, cost: float = 1.0) -> bool:
+        """One message from ``peer`` (gRPC's ``ipv4:HOST:PORT``), worth ``cost`` tokens (a
+        batch costs more); False when its connection or its address is over budget."""
         address = peer.rsplit(":", 1)[0]
         with self.lock:
-            ok = all([self._bucket(peer, self.rate, self.burst).take(),
+            ok = all([self._bucket(peer, self.rate, self.burst).take(cost),
                       self._bucket(f"addr:{address}", self.rate * self.per_address,
-                                   self.burst * self.per_address).take()])
+                                   self.burst * self.per_address).take(cost)])
             if not ok:
                 self.counters["rate_limited"] += 1
             return ok

@@ -61,7 +61,7 @@ class Mempool:
             pending += 1
         return pending
 
-    def admit(self, tx: Tx) -> str | None:
+    def admit(self, tx: Tx, tx_hash: bytes | None = None) -> str | None:
         """Mempool admission (format and signature already checked); the reason if not.
 
         Why so strict (issue #15): whatever is admitted is also gossiped and re-gossiped,
@@ -71,8 +71,9 @@ class Mempool:
         ``MAX_PENDING_PER_SENDER`` long; and the run with ``tx`` in it must apply in order
         on the head's state (``Chain.validate_txs``, the pending-state overlay), so the
         balance covers every pending amount and fee and a tx ahead of the account's nonce
-        passes its rule before it is admitted or gossiped."""
-        h = tx.tx_hash()
+        passes its rule before it is admitted or gossiped. (``tx_hash``: the caller's
+        ``tx.tx_hash()``, when it has it, saves computing it again.)"""
+        h = tx_hash if tx_hash is not None else tx.tx_hash()
         if h in self.entries:
             return None
         current = self.chain.nonce(tx.sender)

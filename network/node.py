@@ -38,7 +38,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent import futures
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,12 +56,17 @@ from network.finality import PRECOMMIT, PREVOTE, Announcement, Vote
 from network.gossip import (
     CHANNEL_OPTIONS,
     MAX_MESSAGE,
+    MAX_TX_BATCH,
+    PAYLOAD_LIMITS,
     Gossip,
     Peer,
     RateLimiter,
     Rejected,
+    batch_payload,
+    check_size,
     parse_payload,
     parse_tx,
+    parse_txs,
     signed,
 )
 from network.mempool import Mempool
@@ -77,6 +82,9 @@ log = logging.getLogger("cerberus.network")
 T = TypeVar("T")
 
 MAX_REGOSSIP = 64  # pending mempool txs re-sent per announce_interval
+TXS_PER_TOKEN = 16  # a SubmitTxs call costs one rate-limit token per this many txs
+MAX_OUTBOX = 4 * MAX_TX_BATCH  # admitted txs waiting for the next batch (more: dropped,
+# counted; the mempool's re-gossip sends them later)
 
 
 @dataclass
@@ -102,8 +110,8 @@ class NodeConfig:
     # … and per source address, over all its connections: a flooder gains nothing by
     # opening more (honest peers sharing an address, as in local tests, fit under it)
     per_address: float = 8.0
-    max_mempool: int = 5_000
-    max_block_txs: int = 1_000
+    max_mempool: int | None = None  # None = max(5,000, 4 blocks' worth)
+    max_block_txs: int | None = None  # None = genesis.max_block_txs (never more)
     mempool_ttl: float = 300.0
     workers: int = 16
 
@@ -150,9 +158,11 @@ class Node:
                              counters=self.counters)
         self.limiter = RateLimiter(config.rate, config.burst, config.per_address, clock,
                                    self._lock, self.counters)
-        self.mempool = Mempool(self.chain, max_size=config.max_mempool,
-                               max_block_txs=config.max_block_txs, ttl=config.mempool_ttl,
-                               clock=clock)
+        block_txs = min(config.max_block_txs or config.genesis.max_block_txs,
+                        config.genesis.max_block_txs)
+        self.mempool = Mempool(self.chain, max_size=config.max_mempool or max(5_000,
+                                                                             4 * block_txs),
+                               max_block_txs=block_txs, ttl=config.mempool_ttl, clock=clock)
         self.rounds = Rounds(chain=self.chain, store=self.store, mempool=self.mempool,
                              genesis=config.genesis, wallet=self.wallet,
                              interval=self.interval, timing=config,
@@ -166,6 +176,10 @@ class Node:
         self._last_announce = 0.0
         self._last_hello = 0.0
         self._last_regossip = 0.0
+        # admitted txs not yet gossiped, by the peer they came from ("" = a client), sent
+        # as "txs" batches each tick (never back to that peer)
+        self._outbox: dict[str, list[bytes]] = {}
+        self._outbox_len = 0
         self._server: grpc.Server | None = None
         self._threads: list[threading.Thread] = []
 
@@ -261,17 +275,75 @@ class Node:
 
     def submit(self, tx: Tx) -> str | None:
         """Admit ``tx`` to the mempool and gossip it; returns the reason if rejected."""
-        try:
-            tx.check_format()
-        except TxFormatError as e:
-            return str(e)
-        if not tx.verify_signature(self.chain_id):
-            return "bad tx signature"
+        return self.submit_many([tx])[0]
+
+    def submit_many(self, txs: Sequence[Tx]) -> list[str | None]:
+        """Admit a client's ``txs`` in order (each judged after the ones before it) and
+        gossip the admitted ones with the next batch; per tx, None or the reason.
+
+        Signatures are checked in order through the chain's cache, and the first bad one
+        ends the checking: the txs after it are refused unchecked, so a batch of forged
+        signatures costs this node one check, not a thousand."""
+        reasons: list[str | None] = []
+        forged = False
+        with self.chain.sigs.active():
+            for tx in txs:
+                if forged:
+                    reasons.append("not checked: an earlier tx of this batch has a bad "
+                                   "signature")
+                    continue
+                try:
+                    tx.check_format()
+                except TxFormatError as e:
+                    reasons.append(str(e))
+                    continue
+                forged = not tx.verify_signature(self.chain_id)
+                reasons.append("bad tx signature" if forged else None)
+        ok = [(i, tx) for i, tx in enumerate(txs) if reasons[i] is None]
+        for i, reason in self._admit([tx for _, tx in ok], ""):
+            reasons[ok[i][0]] = reason
+        return reasons
+
+    def _admit(self, txs: Sequence[Tx], origin: str) -> list[tuple[int, str | None]]:
+        """Mempool admission of checked txs (format and signature) from ``origin`` (a
+        peer's listen address, "" for a client); the new ones join the gossip outbox.
+        Returns (index, reason) per tx."""
+        out: list[tuple[int, str | None]] = []
+        with self._lock, self.chain.sigs.active():
+            for i, tx in enumerate(txs):
+                h = tx.tx_hash()
+                new = h not in self.mempool
+                reason = self.mempool.admit(tx, h)
+                out.append((i, reason))
+                if reason is None and new:
+                    if self._outbox_len >= MAX_OUTBOX:
+                        self.counters["dropped_out"] += 1
+                        continue
+                    self._outbox.setdefault(origin, []).append(canonical(tx.to_dict()))
+                    self._outbox_len += 1
+        return out
+
+    def flush_txs(self) -> None:
+        """Gossip the admitted txs waiting in the outbox as "txs" batches (each at most
+        ``MAX_TX_BATCH`` txs and within the kind's payload limit), never back to the peer
+        they came from (the loop calls it every tick)."""
         with self._lock:
-            reason = self.mempool.admit(tx)
-        if reason is None:
-            self.gossip.publish("tx", canonical(tx.to_dict()))
-        return reason
+            outbox, self._outbox, self._outbox_len = self._outbox, {}, 0
+        limit = PAYLOAD_LIMITS["txs"] - 2
+        for origin, payloads in outbox.items():
+            batch: list[bytes] = []
+            size = 0
+            for item in [*payloads, None]:
+                if batch and (item is None or len(batch) >= MAX_TX_BATCH
+                              or size + len(item) + 1 > limit):
+                    payload = batch_payload(batch)
+                    self.gossip.mark_seen("txs", payload)
+                    self.gossip.broadcast(node_pb2.Envelope(kind="txs", payload=payload),
+                                          exclude=origin)
+                    batch, size = [], 0
+                if item is not None:
+                    batch.append(item)
+                    size += len(item) + 1
 
     def status(self) -> dict[str, Any]:
         """Height, finalized height, state root, head hash, peers, address, evidence."""
@@ -366,8 +438,8 @@ class Node:
         are sent again (peers that have them drop the identical bytes as duplicates)."""
         with self._lock:
             old = self.mempool.older_than(self.config.announce_interval, MAX_REGOSSIP)
-        for tx in old:
-            self._send("tx", canonical(tx.to_dict()))
+        if old:
+            self._send("txs", batch_payload([canonical(tx.to_dict()) for tx in old]))
 
     def _hello_all(self) -> None:
         with self._lock:
@@ -394,6 +466,7 @@ class Node:
                 if now - self._last_regossip >= self.config.announce_interval:
                     self._last_regossip = now
                     self._regossip_mempool()
+                self.flush_txs()
                 self.tick()
             except Exception:  # the loop must survive anything a bad state throws at it
                 log.exception("node loop step failed")
@@ -407,22 +480,28 @@ class Node:
             self.rounds.resend_if_stuck()
 
     # ---- inbound -----------------------------------------------------------------------
-    def take_token(self, peer: str) -> bool:
+    def take_token(self, peer: str, cost: float = 1.0) -> bool:
         """Rate limit per connection and per source address (``peer`` is gRPC's
         ``ipv4:HOST:PORT``); False when either is over its budget."""
-        return self.limiter.take(peer)
+        return self.limiter.take(peer, cost)
 
     def handle_envelope(self, env: node_pb2.Envelope) -> bool:
         """Process one gossiped envelope; True if fresh. Raises ``Rejected`` on bad input."""
         kind, payload = env.kind, bytes(env.payload)
-        obj = parse_payload(payload, kind)  # size limit + JSON first: cheap rejections
+        check_size(payload, kind)  # cheap rejections first, then the seen-set, then JSON
         if self.gossip.is_seen(kind, payload):
             return False
+        obj = parse_payload(payload, kind)
         fresh: bool | None = False
-        if kind == "tx":
-            tx = parse_tx(obj, self.chain_id)
-            with self._lock:
-                fresh = self.mempool.admit(tx) is None
+        if kind in ("tx", "txs"):
+            with self.chain.sigs.active():
+                txs = [parse_tx(obj, self.chain_id)] if kind == "tx" \
+                    else parse_txs(obj, self.chain_id)
+            admitted = self._admit(txs, env.origin)
+            fresh = any(reason is None for _, reason in admitted)
+            if kind == "txs":  # its new txs are in the outbox: the batch is not re-sent
+                self.gossip.mark_seen(kind, payload)
+                return fresh
         elif kind == "block":
             block = signed("block", Block.from_dict,
                            lambda b: b.header.verify_signature(self.chain_id), obj,
@@ -492,8 +571,8 @@ class _Servicer(node_pb2_grpc.NodeServicer):
     def __init__(self, node: Node) -> None:
         self.node = node
 
-    def _guard(self, context: grpc.ServicerContext) -> None:
-        if not self.node.take_token(context.peer()):
+    def _guard(self, context: grpc.ServicerContext, cost: float = 1.0) -> None:
+        if not self.node.take_token(context.peer(), cost):
             context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "rate limit exceeded")
 
     def _reject(self, context: grpc.ServicerContext, e: Exception) -> None:
@@ -534,13 +613,45 @@ class _Servicer(node_pb2_grpc.NodeServicer):
                  ) -> node_pb2.SubmitReply:
         self._guard(context)
         try:
-            tx = parse_tx(parse_payload(bytes(request.tx), "tx"), self.node.chain_id)
+            with self.node.chain.sigs.active():  # checked here once, found in submit
+                tx = parse_tx(parse_payload(bytes(request.tx), "tx"), self.node.chain_id)
             reason = self.node.submit(tx)
         except Exception as e:  # any failure on a client's tx is a rejection (#15)
             self._reject(context, e)
             raise
         return node_pb2.SubmitReply(accepted=reason is None, reason=reason or "",
                                     tx_hash=tx.tx_hash().hex())
+
+    def SubmitTxs(self, request: node_pb2.TxsRequest, context: grpc.ServicerContext
+                  ) -> node_pb2.SubmitTxsReply:
+        n = len(request.txs)
+        self._guard(context, max(1.0, -(-n // TXS_PER_TOKEN)))
+        if not 0 < n <= MAX_TX_BATCH:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                          f"a batch holds 1..{MAX_TX_BATCH} txs, not {n}")
+        txs: list[Tx | None] = []
+        reasons: list[str | None] = []
+        for raw in request.txs:  # a malformed tx is refused alone, the rest still judged
+            try:
+                obj = parse_payload(bytes(raw), "tx")
+                tx = Tx.from_dict(obj)
+                txs.append(tx)
+                reasons.append(None)
+            except (Rejected, TxFormatError) as e:
+                txs.append(None)
+                reasons.append(str(e)[:500])
+        try:
+            ok = [(i, tx) for i, tx in enumerate(txs) if tx is not None]
+            for (i, _), reason in zip(ok, self.node.submit_many([tx for _, tx in ok]),
+                                      strict=True):
+                reasons[i] = reason
+        except Exception as e:  # any failure on a client's txs is a rejection (#15)
+            self._reject(context, e)
+            raise
+        return node_pb2.SubmitTxsReply(replies=[
+            node_pb2.SubmitReply(accepted=reason is None, reason=reason or "",
+                                 tx_hash=tx.tx_hash().hex() if tx is not None else "")
+            for tx, reason in zip(txs, reasons, strict=True)])
 
     def Account(self, request: node_pb2.AccountRequest, context: grpc.ServicerContext
                 ) -> node_pb2.JsonReply:

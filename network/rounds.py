@@ -87,7 +87,6 @@ from ledger.chain import Chain, InvalidBlock
 from ledger.encoding import canonical
 from ledger.genesis import Genesis
 from ledger.keys import Wallet
-from ledger.rules import apply_block as dry_run_block
 from ledger.tx import make_tx
 from network.finality import (
     MAX_ROUND,
@@ -285,7 +284,7 @@ class Rounds:
             reason = "block time is in the future"
         else:
             try:
-                dry_run_block(self.chain.state, block, self.genesis, self.chain.head_hash)
+                self.chain.check_block(block)
             except InvalidBlock as e:
                 reason = str(e)
             except Exception as e:  # a peer's block must never stop this node voting

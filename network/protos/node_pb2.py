@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19network/protos/node.proto\x12\x13\x63\x65rberus.network.v1\"\x07\n\x05\x45mpty\"U\n\x0cHelloRequest\x12\x14\n\x0cgenesis_hash\x18\x01 \x01(\t\x12\x0e\n\x06listen\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\x12\x0e\n\x06height\x18\x04 \x01(\x04\"R\n\nHelloReply\x12\x14\n\x0cgenesis_hash\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x0e\n\x06height\x18\x03 \x01(\x04\x12\r\n\x05peers\x18\x04 \x03(\t\"9\n\x08\x45nvelope\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0f\n\x07payload\x18\x02 \x01(\x0c\x12\x0e\n\x06origin\x18\x03 \x01(\t\"\x1c\n\x0bGossipReply\x12\r\n\x05\x66resh\x18\x01 \x01(\x08\"7\n\rBlocksRequest\x12\x13\n\x0b\x66rom_height\x18\x01 \x01(\x04\x12\x11\n\tto_height\x18\x02 \x01(\x04\".\n\x0e\x42lockWithVotes\x12\r\n\x05\x62lock\x18\x01 \x01(\x0c\x12\r\n\x05votes\x18\x02 \x01(\x0c\"\x17\n\tTxRequest\x12\n\n\x02tx\x18\x01 \x01(\x0c\"@\n\x0bSubmitReply\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x0f\n\x07tx_hash\x18\x03 \x01(\t\"!\n\x0e\x41\x63\x63ountRequest\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\"\x1d\n\x0c\x42rainRequest\x12\r\n\x05\x62rain\x18\x01 \x01(\r\"\x19\n\tJsonReply\x12\x0c\n\x04json\x18\x01 \x01(\t2\xf6\x04\n\x04Node\x12K\n\x05Hello\x12!.cerberus.network.v1.HelloRequest\x1a\x1f.cerberus.network.v1.HelloReply\x12I\n\x06Gossip\x12\x1d.cerberus.network.v1.Envelope\x1a .cerberus.network.v1.GossipReply\x12V\n\tGetBlocks\x12\".cerberus.network.v1.BlocksRequest\x1a#.cerberus.network.v1.BlockWithVotes0\x01\x12\x44\n\x06Status\x12\x1a.cerberus.network.v1.Empty\x1a\x1e.cerberus.network.v1.JsonReply\x12L\n\x08SubmitTx\x12\x1e.cerberus.network.v1.TxRequest\x1a .cerberus.network.v1.SubmitReply\x12N\n\x07\x41\x63\x63ount\x12#.cerberus.network.v1.AccountRequest\x1a\x1e.cerberus.network.v1.JsonReply\x12J\n\x05\x42rain\x12!.cerberus.network.v1.BrainRequest\x1a\x1e.cerberus.network.v1.JsonReply\x12N\n\tDirectory\x12!.cerberus.network.v1.BrainRequest\x1a\x1e.cerberus.network.v1.JsonReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19network/protos/node.proto\x12\x13\x63\x65rberus.network.v1\"\x07\n\x05\x45mpty\"U\n\x0cHelloRequest\x12\x14\n\x0cgenesis_hash\x18\x01 \x01(\t\x12\x0e\n\x06listen\x18\x02 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x03 \x01(\t\x12\x0e\n\x06height\x18\x04 \x01(\x04\"R\n\nHelloReply\x12\x14\n\x0cgenesis_hash\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x0e\n\x06height\x18\x03 \x01(\x04\x12\r\n\x05peers\x18\x04 \x03(\t\"9\n\x08\x45nvelope\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0f\n\x07payload\x18\x02 \x01(\x0c\x12\x0e\n\x06origin\x18\x03 \x01(\t\"\x1c\n\x0bGossipReply\x12\r\n\x05\x66resh\x18\x01 \x01(\x08\"7\n\rBlocksRequest\x12\x13\n\x0b\x66rom_height\x18\x01 \x01(\x04\x12\x11\n\tto_height\x18\x02 \x01(\x04\".\n\x0e\x42lockWithVotes\x12\r\n\x05\x62lock\x18\x01 \x01(\x0c\x12\r\n\x05votes\x18\x02 \x01(\x0c\"\x17\n\tTxRequest\x12\n\n\x02tx\x18\x01 \x01(\x0c\"@\n\x0bSubmitReply\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x0f\n\x07tx_hash\x18\x03 \x01(\t\"\x19\n\nTxsRequest\x12\x0b\n\x03txs\x18\x01 \x03(\x0c\"C\n\x0eSubmitTxsReply\x12\x31\n\x07replies\x18\x01 \x03(\x0b\x32 .cerberus.network.v1.SubmitReply\"!\n\x0e\x41\x63\x63ountRequest\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\"\x1d\n\x0c\x42rainRequest\x12\r\n\x05\x62rain\x18\x01 \x01(\r\"\x19\n\tJsonReply\x12\x0c\n\x04json\x18\x01 \x01(\t2\xc9\x05\n\x04Node\x12K\n\x05Hello\x12!.cerberus.network.v1.HelloRequest\x1a\x1f.cerberus.network.v1.HelloReply\x12I\n\x06Gossip\x12\x1d.cerberus.network.v1.Envelope\x1a .cerberus.network.v1.GossipReply\x12V\n\tGetBlocks\x12\".cerberus.network.v1.BlocksRequest\x1a#.cerberus.network.v1.BlockWithVotes0\x01\x12\x44\n\x06Status\x12\x1a.cerberus.network.v1.Empty\x1a\x1e.cerberus.network.v1.JsonReply\x12L\n\x08SubmitTx\x12\x1e.cerberus.network.v1.TxRequest\x1a .cerberus.network.v1.SubmitReply\x12Q\n\tSubmitTxs\x12\x1f.cerberus.network.v1.TxsRequest\x1a#.cerberus.network.v1.SubmitTxsReply\x12N\n\x07\x41\x63\x63ount\x12#.cerberus.network.v1.AccountRequest\x1a\x1e.cerberus.network.v1.JsonReply\x12J\n\x05\x42rain\x12!.cerberus.network.v1.BrainRequest\x1a\x1e.cerberus.network.v1.JsonReply\x12N\n\tDirectory\x12!.cerberus.network.v1.BrainRequest\x1a\x1e.cerberus.network.v1.JsonReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -49,12 +49,16 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TXREQUEST']._serialized_end=447
   _globals['_SUBMITREPLY']._serialized_start=449
   _globals['_SUBMITREPLY']._serialized_end=513
-  _globals['_ACCOUNTREQUEST']._serialized_start=515
-  _globals['_ACCOUNTREQUEST']._serialized_end=548
-  _globals['_BRAINREQUEST']._serialized_start=550
-  _globals['_BRAINREQUEST']._serialized_end=579
-  _globals['_JSONREPLY']._serialized_start=581
-  _globals['_JSONREPLY']._serialized_end=606
-  _globals['_NODE']._serialized_start=609
-  _globals['_NODE']._serialized_end=1239
+  _globals['_TXSREQUEST']._serialized_start=515
+  _globals['_TXSREQUEST']._serialized_end=540
+  _globals['_SUBMITTXSREPLY']._serialized_start=542
+  _globals['_SUBMITTXSREPLY']._serialized_end=609
+  _globals['_ACCOUNTREQUEST']._serialized_start=611
+  _globals['_ACCOUNTREQUEST']._serialized_end=644
+  _globals['_BRAINREQUEST']._serialized_start=646
+  _globals['_BRAINREQUEST']._serialized_end=675
+  _globals['_JSONREPLY']._serialized_start=677
+  _globals['_JSONREPLY']._serialized_end=702
+  _globals['_NODE']._serialized_start=705
+  _globals['_NODE']._serialized_end=1418
 # @@protoc_insertion_point(module_scope)

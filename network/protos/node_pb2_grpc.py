@@ -59,6 +59,11 @@ class NodeStub:
                 request_serializer=network_dot_protos_dot_node__pb2.TxRequest.SerializeToString,
                 response_deserializer=network_dot_protos_dot_node__pb2.SubmitReply.FromString,
                 _registered_method=True)
+        self.SubmitTxs = channel.unary_unary(
+                '/cerberus.network.v1.Node/SubmitTxs',
+                request_serializer=network_dot_protos_dot_node__pb2.TxsRequest.SerializeToString,
+                response_deserializer=network_dot_protos_dot_node__pb2.SubmitTxsReply.FromString,
+                _registered_method=True)
         self.Account = channel.unary_unary(
                 '/cerberus.network.v1.Node/Account',
                 request_serializer=network_dot_protos_dot_node__pb2.AccountRequest.SerializeToString,
@@ -120,6 +125,16 @@ class NodeServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SubmitTxs(self, request, context):
+        """Mempool admission of up to 1,000 txs in one call (issue #16), one reply per tx in
+        order; costs one rate-limit token per 16 txs. Signatures are checked in order and
+        the first bad one ends the checking (the rest are refused unchecked); more than
+        1,000 txs: INVALID_ARGUMENT. Admitted txs are gossiped in batches.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Account(self, request, context):
         """Reads at the node's head.
         """
@@ -166,6 +181,11 @@ def add_NodeServicer_to_server(servicer, server):
                     servicer.SubmitTx,
                     request_deserializer=network_dot_protos_dot_node__pb2.TxRequest.FromString,
                     response_serializer=network_dot_protos_dot_node__pb2.SubmitReply.SerializeToString,
+            ),
+            'SubmitTxs': grpc.unary_unary_rpc_method_handler(
+                    servicer.SubmitTxs,
+                    request_deserializer=network_dot_protos_dot_node__pb2.TxsRequest.FromString,
+                    response_serializer=network_dot_protos_dot_node__pb2.SubmitTxsReply.SerializeToString,
             ),
             'Account': grpc.unary_unary_rpc_method_handler(
                     servicer.Account,
@@ -318,6 +338,33 @@ class Node:
             '/cerberus.network.v1.Node/SubmitTx',
             network_dot_protos_dot_node__pb2.TxRequest.SerializeToString,
             network_dot_protos_dot_node__pb2.SubmitReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SubmitTxs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/cerberus.network.v1.Node/SubmitTxs',
+            network_dot_protos_dot_node__pb2.TxsRequest.SerializeToString,
+            network_dot_protos_dot_node__pb2.SubmitTxsReply.FromString,
             options,
             channel_credentials,
             insecure,
