@@ -76,6 +76,11 @@ def beta_schedule(height: int, blocks_per_year: int = BLOCKS_PER_YEAR) -> float:
         raise ValueError("height must be non-negative")
     if blocks_per_year <= 0:
         raise ValueError("blocks_per_year must be positive")
+    if start is None:
+        start = 2 * blocks_per_year
+    if start < 0:
+        raise ValueError("start must be non-negative")
+    ramp = 2 * blocks_per_year
     # Compare in integers so that the year boundaries are exact.
     if height <= 2 * blocks_per_year:
         return 0.0

@@ -18,7 +18,7 @@ from ledger.block import Block, InvalidBlock, tx_root
 from ledger.encoding import is_hex64
 from ledger.epoch import run_epoch
 from ledger.evidence import double_sign_problem
-from ledger.genesis import Genesis, new_brain
+from ledger.genesis import Genesis, new_brain, param_bounds
 from ledger.keys import is_address
 from ledger.state import Proposal, Registration, State
 from ledger.tx import Tx, TxFormatError
@@ -316,7 +316,8 @@ def _bridge(s: State, tx: Tx, ctx: Ctx, method: str) -> None:
                  f"stake acquisition needs {PEPECOIN_STAKE_AMOUNT} Pepecoin")
     bid = _free_brain_id(s)
     _require(bid is not None, "all 1024 Brains are issued")
-    s.put("brain", bid, new_brain(bid, owner, method, ctx.height, pepe if method == "stake" else 0))
+    s.put("brain", bid, new_brain(bid, owner, method, ctx.height, s.param("registration_fee"),
+                                  pepe if method == "stake" else 0))
     s.put("eth", ref, method)
     if method == "burn":
         s.put("meta", "brains_burned", s.meta("brains_burned") + 1)
@@ -336,6 +337,7 @@ def _propose(s: State, tx: Tx, ctx: Ctx) -> None:
     title = tx.payload["title"]
     _require(0 < len(title) <= 200 and title.isprintable(), "title: 1-200 printable chars")
     pid = s.meta("next_proposal")
+    closes = ctx.height + ctx.genesis.voting_period
     s.put("meta", "next_proposal", pid + 1)
     s.put("prop", pid, Proposal(pid, tx.sender, title, tx.payload["body_sha256"], ctx.height,
                                 ctx.height + ctx.genesis.voting_period))
@@ -359,23 +361,18 @@ TFT_BRAIN = 2  # whitepaper 2.4.5: Brain #2 houses the TFT Enforcer model
 def _tft_report(s: State, tx: Tx, ctx: Ctx) -> None:
     """Accuracy(TFT) per miner, reported by the owner of Brain #2 (L7, L9).
 
-    The TFT itself (torch) runs off-chain in ``ledger.tft``; only its integer output enters
-    the state, so every node computes the same epoch without running a neural network.
+    The TFT itself (torch) runs off-chain in ``ledger.tft``; every node recomputes the
+    report's integer rule (accuracy = skill × verified share, ``ledger.tft_report``) and
+    stores only the accuracies, so every node computes the same epoch without running a
+    neural network.
     """
-    brain_id, uids, acc = (tx.payload[k] for k in ("brain", "uids", "accuracy_bps"))
-    tft_brain = s.brain(TFT_BRAIN)
-    _require(tft_brain is not None and tft_brain.owner == tx.sender,
-             "only the owner of Brain #2 (TFT Enforcer) reports Accuracy(TFT)")
-    b = _brain(s, brain_id)
-    _require(len(uids) == len(acc), "uids and accuracy_bps differ in length")
-    _require(len(set(uids)) == len(uids), "duplicate uid")
-    _require(all(u < len(b.miners) and b.miners[u] is not None for u in uids),
-             "uid is not a registered miner")
-    _require(all(a <= BPS for a in acc), "accuracy_bps must be <= 10000")
+    problem = report_problem(s, tx.sender, tx.payload, ctx.height)
+    _require(problem is None, str(problem))
+    b = _brain(s, tx.payload["brain"])
     row = [0] * len(b.miners)
-    for u, a in zip(uids, acc, strict=True):
+    for u, a in zip(tx.payload["uids"], tx.payload["accuracy_bps"], strict=True):
         row[u] = a
-    s.put("tft", brain_id, (ctx.height, tuple(row)))
+    s.put("tft", b.id, (ctx.height, tuple(row)))
 
 
 RULES: dict[str, Callable[[State, Tx, Ctx], None]] = {
@@ -392,6 +389,7 @@ RULES: dict[str, Callable[[State, Tx, Ctx], None]] = {
     "bridge_burn": lambda s, t, c: _bridge(s, t, c, "burn"),
     "bridge_lock": lambda s, t, c: _bridge(s, t, c, "stake"),
     "propose": _propose,
+    "propose_param": _propose_param,
     "vote": _vote,
     "tft_report": _tft_report,
     "evidence": _evidence,
@@ -446,19 +444,32 @@ def _emit(s: State, height: int) -> None:
     s.put("meta", "issued", s.meta("issued") + reward)
 
 
-def _resolve_proposals(s: State, g: Genesis, height: int) -> None:
-    """Close proposals whose period ends now (L8). Only current GigaBrains' votes count.
+def proposal_passes(yes: int, no: int, eligible: int, first_year: bool,
+                    quorum_bps: int) -> bool:
+    """The L8 rule, over the votes of the ``eligible`` Brains that are GigaBrains at closing.
 
-    First year after genesis: a proposal passes unless a majority of GigaBrains vote it
-    down. Afterwards it passes only if a majority of GigaBrains approve.
+    First year (proposal created before ``blocks_per_year``): it passes unless a majority
+    of the GigaBrains vote it down (no > eligible / 2). Afterwards: a quorum — at least
+    ``quorum_bps`` of the GigaBrains voted — and more yes than no votes.
     """
-    due = [p for p in s.tables["prop"].values() if p.status == "open" and p.closes == height]
+    if first_year:
+        return 2 * no <= eligible
+    return (yes + no) * BPS >= quorum_bps * eligible and yes > no
+
+
+def _resolve_proposals(s: State, g: Genesis, height: int) -> None:
+    """Decide the proposals whose window closes now (L8); only the votes of Brains that are
+    GigaBrains now count. A passed parameter change goes on the agenda of height
+    + ``execution_delay`` (``pexec``)."""
+    due = s.get("pclose", height, ())
     if not due:
         return
-    giga = set(gigabrains(s))
-    for p in due:
-        votes = {b: v for (pid, b), v in s.tables["vote"].items() if pid == p.id and b in giga}
-        yes = sum(1 for v in votes.values() if v)
+    s.delete("pclose", height)
+    giga = gigabrains(s)
+    for pid in due:
+        p = s.get("prop", pid)
+        votes = [v for v in (s.get("vote", (pid, b)) for b in giga) if v is not None]
+        yes = sum(1 for v in votes if v)
         no = len(votes) - yes
         if p.created < g.blocks_per_year:
             passed = 2 * no <= len(giga)
@@ -477,6 +488,7 @@ def end_block(state: State, g: Genesis, height: int) -> None:
         if (height + b) % g.tempo == 0:
             run_epoch(state, g, b, height, matured=stake_matured(state.brain(b), height, g))
     _resolve_proposals(state, g, height)
+    _execute_proposals(state, height)
 
 
 def check_header(state: State, block: Block, g: Genesis, parent_hash: str) -> None:

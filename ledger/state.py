@@ -59,7 +59,11 @@ class Registration:
 
 @dataclass(frozen=True)
 class Proposal:
-    """A governance proposal (L8). ``status``: "open" | "passed" | "rejected"."""
+    """A governance proposal (L8). ``status``: "open" | "passed" | "rejected" | "executed".
+
+    A text proposal has ``body_sha256`` and ``param == ""``; a parameter change has
+    ``param``/``value`` (and ``body_sha256 == ""``): once passed, ``executes`` is the height
+    at whose end the value is written, after which its status is "executed"."""
 
     id: int
     proposer: str
@@ -71,6 +75,9 @@ class Proposal:
     votes_for: int = 0
     votes_against: int = 0
     eligible: int = 0
+    param: str = ""
+    value: int = 0
+    executes: int = 0
 
 
 def _ro(a: np.ndarray) -> np.ndarray:
@@ -136,6 +143,10 @@ TABLES: dict[str, tuple[tuple[type, ...], Any, Any]] = {
     "eth": ((str,), _enc_json, json.loads),  # bridge attestation ref -> kind (replay guard)
     "prop": ((int,), _enc_dc, _dec_dc(Proposal)),
     "vote": ((int, int), _enc_json, json.loads),  # (proposal, brain) -> approve
+    # governance agenda, so a block touches only the proposals due at its height:
+    "pclose": ((int,), _enc_json, _dec_json_tuple),  # closing height -> proposal ids
+    "pexec": ((int,), _enc_json, _dec_json_tuple),  # execution height -> proposal ids
+    "param": ((str,), _enc_json, json.loads),  # governable parameter -> live value (L8)
     "unlock": ((int, int), _enc_json, _dec_json_tuple),  # (brain, height) -> (owner, pepecoin)
     "tft": ((int,), _enc_json, _dec_json_tuple),  # brain -> (set_at, (accuracy bps per slot))
     # (release height, brain, delegate, staker) -> amount unstaked, bonded until then (L5)
@@ -315,6 +326,18 @@ class State:
     @property
     def height(self) -> int:
         return int(self.meta("height"))
+
+    def param(self, name: str) -> int:
+        """The live value of a governable chain parameter (``genesis.param_bounds``): its
+        genesis value until a passed proposal executes. Rules read this, never ``Genesis``."""
+        value = self.tables["param"].get(name)
+        if value is None:
+            raise KeyError(f"unknown chain parameter {name!r}")
+        return int(value)
+
+    def params(self) -> dict[str, int]:
+        """Every governable parameter's live value, by name."""
+        return dict(sorted(self.tables["param"].items()))
 
     def balance(self, addr: str) -> int:
         return self.tables["acct"].get(addr, (0, 0))[0]

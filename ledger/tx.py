@@ -31,10 +31,14 @@ PAYLOAD_SCHEMAS: dict[str, dict[str, str]] = {
     "brain_deactivate": {"brain": "int"},
     "bridge_burn": {"eth_ref": "str", "owner": "addr", "pepecoin": "int"},  # bridge key only
     "bridge_lock": {"eth_ref": "str", "owner": "addr", "pepecoin": "int"},  # bridge key only
-    "propose": {"title": "str", "body_sha256": "hex32"},
+    "propose": {"title": "str", "body_sha256": "hex32"},  # a text proposal (L8)
+    # change a governable chain parameter (genesis.param_bounds) if it passes (issue #16)
+    "propose_param": {"title": "str", "param": "str", "value": "int"},
     "vote": {"proposal": "int", "brain": "int", "approve": "bool"},
-    # Accuracy(TFT) per miner of a Brain, in bps, from the owner of Brain #2 (the TFT Brain)
-    "tft_report": {"brain": "int", "uids": "ints", "accuracy_bps": "ints"},
+    # Accuracy(TFT) per miner of a Brain, in bps, from the owner of Brain #2 (the TFT Brain):
+    # accuracy = skill × verified share, checked by every node (ledger.tft_report)
+    "tft_report": {"brain": "int", "uids": "ints", "accuracy_bps": "ints", "skill_bps": "ints",
+                   "checkpoint": "hex32", "data_height": "int"},
     # two conflicting votes signed by one validator (SPEC N1): anyone may report them; the
     # ledger checks the signatures itself and slashes (rules._evidence)
     "evidence": {"first": "vote", "second": "vote"},
