@@ -8,7 +8,9 @@ prompt, a token or an activation.
 Operational shape:
 
 * a bounded worker pool and a bounded number of concurrent RPCs: beyond it gRPC answers
-  RESOURCE_EXHAUSTED at once instead of queueing without limit;
+  RESOURCE_EXHAUSTED at once instead of queueing without limit; and per source address
+  (over all its connections) a cap on RPCs in flight and on calls per second
+  (``runtime.limits``), so one address cannot hold every worker;
 * evaluation keys in an LRU cache bounded in bytes (``runtime.keycache``); an upload is
   capped per program by that program's own key sizes, so a stream cannot buffer more;
 * message size limits derived from the programs' ciphertext sizes, and per program a cap
@@ -75,6 +77,7 @@ from cerberus.artefact import (
 from cerberus.errors import CerberusError
 from cerberus.hashing import digest_of_files, folder_digests
 from runtime.keycache import KeyCache, KeySet
+from runtime.limits import PerAddressLimiter, peer_ip
 from runtime.metrics import Metrics
 from runtime.protos import miner_pb2 as pb
 from runtime.protos import miner_pb2_grpc as pb_grpc
@@ -105,12 +108,6 @@ def parse_misbehave(text: str) -> tuple[str, str]:
     if kind not in ("honest-to", "other") and arg:
         raise CerberusError(f"--misbehave {kind} takes no argument")
     return kind, arg
-
-
-def peer_ip(peer: str) -> str:
-    """``ipv4:127.0.0.5:4242`` / ``ipv6:[::1]:4242`` → the address alone."""
-    rest = peer.split(":", 1)[1] if ":" in peer else peer
-    return rest.rsplit(":", 1)[0].strip("[]")
 
 
 def key_id(artefact_sha256: str, keys: dict[str, bytes]) -> str:
@@ -160,6 +157,14 @@ def _rpc(method: Callable) -> Callable:
             self.metrics.in_flight += 1
         return rid, time.perf_counter()
 
+    def admit(self: MinerService, context: grpc.ServicerContext) -> str:
+        """The caller's address, once the per-address limits admit the call."""
+        address = peer_ip(context.peer())
+        refused = self.per_address.enter(address)
+        if refused is not None:
+            raise Abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"rate limited: {refused}")
+        return address
+
     def check_protocol(context: grpc.ServicerContext) -> None:
         spoken = dict(context.invocation_metadata() or ()).get(PROTOCOL_HEADER)
         if spoken != str(PROTOCOL):
@@ -193,8 +198,9 @@ def _rpc(method: Callable) -> Callable:
         def stream_wrapper(self: MinerService, request: Any, context: grpc.ServicerContext):
             rid, t0 = begin(self, context)
             extra: dict[str, Any] = {}
-            error = None
+            error = address = None
             try:
+                address = admit(self, context)
                 check_protocol(context)
                 yield from method(self, request, context, extra)
             except GeneratorExit:  # the client went away mid-stream: count it, then close
@@ -203,6 +209,9 @@ def _rpc(method: Callable) -> Callable:
                 raise
             except Exception as e:  # noqa: BLE001 - mapped to a status in end()
                 error = e
+            finally:
+                if address is not None:
+                    self.per_address.leave(address)
             end(self, context, rid, t0, error, extra)
         return stream_wrapper
 
@@ -210,12 +219,16 @@ def _rpc(method: Callable) -> Callable:
     def wrapper(self: MinerService, request: Any, context: grpc.ServicerContext):
         rid, t0 = begin(self, context)
         extra: dict[str, Any] = {}
-        error = result = None
+        error = result = address = None
         try:
+            address = admit(self, context)
             check_protocol(context)
             result = method(self, request, context, extra)
         except Exception as e:  # noqa: BLE001 - mapped to a status in end()
             error = e
+        finally:
+            if address is not None:
+                self.per_address.leave(address)
         end(self, context, rid, t0, error, extra)
         return result
     return wrapper
@@ -225,7 +238,8 @@ class MinerService(pb_grpc.MinerServicer):
     """The RPC handlers over one artefact's FHE programs and a key cache."""
 
     def __init__(self, artefact: Path, *, key_cache_bytes: int = 4 << 30,
-                 record: Path | None = None, misbehave: str | None = None) -> None:
+                 record: Path | None = None, misbehave: str | None = None,
+                 per_address: PerAddressLimiter | None = None) -> None:
         from cerberus.fhe.backends import MinerPrograms
 
         self.misbehave, self._misbehave_arg = (parse_misbehave(misbehave)
@@ -258,6 +272,8 @@ class MinerService(pb_grpc.MinerServicer):
         self.max_message_bytes = max(msgs * (max(i, o) + SLACK)
                                      for msgs, i, o in self.limits.values()) + SLACK
         self.cache = KeyCache(key_cache_bytes)
+        # one address cannot hold every worker by opening more connections (issue #15)
+        self.per_address = per_address if per_address is not None else PerAddressLimiter()
         self.metrics = Metrics()
         self.lock = threading.Lock()
         self.draining = False
@@ -507,6 +523,7 @@ class MinerService(pb_grpc.MinerServicer):
             "cerberus_key_cache_limit_bytes": self.cache.limit_bytes,
             "cerberus_key_cache_entries": len(self.cache),
             "cerberus_key_cache_evictions_total": self.cache.evictions,
+            "cerberus_rate_limited_total": self.per_address.refused,
         }))
 
     def close(self) -> None:

@@ -42,7 +42,9 @@ class Target:
 
     def __init__(self, art: Artefact, tmp: Path) -> None:
         self.art = art
-        self.miner = Miner(art.path, tmp)
+        # the per-address rate limit is tested in test_limits.py; here it is raised so
+        # that every message reaches the handlers
+        self.miner = Miner(art.path, tmp, "--per-ip-rate", "1000000")
         self.channel = grpc.insecure_channel(self.miner.address, options=[
             ("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)])
         self.stub = pb_grpc.MinerStub(self.channel)
