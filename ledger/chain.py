@@ -91,6 +91,12 @@ class Chain:
         """The nonce the account's next tx must carry."""
         return self.state.nonce(address)
 
+    def params(self) -> dict[str, int]:
+        """The governable chain parameters' live values at the head (``min_fee``, ``tempo``,
+        ``registration_fee``, ``beta_start``; SPEC L8): they start at the genesis values
+        and change only when a passed proposal executes, so read these, not ``genesis``."""
+        return self.state.params()
+
     def validator_set(self) -> dict[str, int]:
         """The network's voting set (SPEC N1 by L7's rule): address → the stake delegated to
         it in each Brain where it is an *active* validator, summed over Brains.

@@ -65,12 +65,16 @@ BOND_ALPHA = 0.1
 ACTIVE_PERCENTILE = 70
 
 
-def beta_schedule(height: int, blocks_per_year: int = BLOCKS_PER_YEAR) -> float:
+def beta_schedule(height: int, blocks_per_year: int = BLOCKS_PER_YEAR,
+                  start: int | None = None) -> float:
     """Weight β(t) of the TFT Enforcer's accuracy in the incentive (whitepaper §3.4.2).
 
     ``t = height / blocks_per_year``. β = 0 for t ≤ 2 (the TFT has no say while it learns),
     rises linearly from 0 to 0.9 over 2 < t ≤ 4, and is 1 after year 4. The jump from 0.9 to 1
     at t = 4 is in the paper; we keep it rather than smoothing it.
+
+    ``start``: the height where the ramp begins, default two years; governance may move it
+    (chain parameter ``beta_start``, issue #16). The ramp always lasts two years.
     """
     if height < 0:
         raise ValueError("height must be non-negative")
@@ -82,10 +86,10 @@ def beta_schedule(height: int, blocks_per_year: int = BLOCKS_PER_YEAR) -> float:
         raise ValueError("start must be non-negative")
     ramp = 2 * blocks_per_year
     # Compare in integers so that the year boundaries are exact.
-    if height <= 2 * blocks_per_year:
+    if height <= start:
         return 0.0
-    if height <= 4 * blocks_per_year:
-        return 0.9 * (height - 2 * blocks_per_year) / (2 * blocks_per_year)
+    if height <= start + ramp:
+        return 0.9 * (height - start) / ramp
     return 1.0
 
 

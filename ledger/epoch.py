@@ -115,8 +115,8 @@ def run_epoch(s: State, g: Genesis, brain_id: int, height: int, matured: bool = 
     vs, ms, W, S, B = consensus_inputs(s, brain_id)
     perf = 0
     if vs and ms:
-        res = yuma_epoch(W, S, B, beta=beta_schedule(height, g.blocks_per_year),
-                         tft_accuracy=tft_accuracy(s, brain_id, ms))
+        beta = beta_schedule(height, g.blocks_per_year, s.param("beta_start"))  # live (L8)
+        res = yuma_epoch(W, S, B, beta=beta, tft_accuracy=tft_accuracy(s, brain_id, ms))
         new_bonds = np.zeros((len(b.validators), len(b.miners)), dtype=np.uint16)
         new_bonds[np.ix_(vs, ms)] = np.clip(np.rint(res.bonds * U16), 0, U16).astype(np.uint16)
         new_bonds.setflags(write=False)

@@ -2,6 +2,11 @@
 
 Every chain parameter a node must agree on lives here, and the genesis hash covers all of
 them, so two nodes with different parameters can never accept each other's blocks.
+
+Governable parameters (SPEC L8, issue #16) only *start* here: ``genesis_state`` copies them
+into the state table ``param``, which every rule reads (``State.param``) and which a passed
+``propose_param`` changes within ``param_bounds``. Reading ``Genesis.tempo`` or
+``Genesis.min_fee`` after genesis gives the starting value, not the live one.
 """
 
 from __future__ import annotations

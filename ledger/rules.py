@@ -329,7 +329,10 @@ def gigabrains(s: State) -> list[int]:
             if econ.is_gigabrain(s.brain_stake.get(b, 0), s.total_stake)]
 
 
-def _propose(s: State, tx: Tx, ctx: Ctx) -> None:
+def _new_proposal(s: State, tx: Tx, ctx: Ctx, body_sha256: str = "", param: str = "",
+                  value: int = 0) -> None:
+    """Open a proposal (L8): its window is ``created`` ≤ height < ``closes`` = created +
+    ``voting_period``; it goes on the agenda of its closing height (``pclose``)."""
     giga = set(gigabrains(s))
     owns_giga = any(s.brain(b).owner == tx.sender for b in giga)
     _require(tx.sender == ctx.genesis.operator or owns_giga,
@@ -339,8 +342,26 @@ def _propose(s: State, tx: Tx, ctx: Ctx) -> None:
     pid = s.meta("next_proposal")
     closes = ctx.height + ctx.genesis.voting_period
     s.put("meta", "next_proposal", pid + 1)
-    s.put("prop", pid, Proposal(pid, tx.sender, title, tx.payload["body_sha256"], ctx.height,
-                                ctx.height + ctx.genesis.voting_period))
+    s.put("prop", pid, Proposal(pid, tx.sender, title, body_sha256, ctx.height, closes,
+                                param=param, value=value))
+    s.put("pclose", closes, (*s.get("pclose", closes, ()), pid))
+
+
+def _propose(s: State, tx: Tx, ctx: Ctx) -> None:
+    """A text proposal: the outcome is recorded, nothing executes."""
+    _new_proposal(s, tx, ctx, body_sha256=tx.payload["body_sha256"])
+
+
+def _propose_param(s: State, tx: Tx, ctx: Ctx) -> None:
+    """A parameter change (issue #16): refused now, not at execution, if the parameter is
+    not governable or the value is outside its bounds (``genesis.param_bounds``)."""
+    param, value = tx.payload["param"], tx.payload["value"]
+    bounds = param_bounds(ctx.genesis)
+    _require(param in bounds,
+             f"unknown parameter {param!r}; governable: {', '.join(sorted(bounds))}")
+    lo, hi = bounds[param]
+    _require(lo <= value <= hi, f"{param} must be in [{lo}, {hi}], got {value}")
+    _new_proposal(s, tx, ctx, param=param, value=value)
 
 
 def _vote(s: State, tx: Tx, ctx: Ctx) -> None:
@@ -361,18 +382,23 @@ TFT_BRAIN = 2  # whitepaper 2.4.5: Brain #2 houses the TFT Enforcer model
 def _tft_report(s: State, tx: Tx, ctx: Ctx) -> None:
     """Accuracy(TFT) per miner, reported by the owner of Brain #2 (L7, L9).
 
-    The TFT itself (torch) runs off-chain in ``ledger.tft``; every node recomputes the
-    report's integer rule (accuracy = skill × verified share, ``ledger.tft_report``) and
-    stores only the accuracies, so every node computes the same epoch without running a
-    neural network.
+    The TFT itself (torch) runs off-chain in ``ledger.tft``; only its integer output enters
+    the state, so every node computes the same epoch without running a neural network.
     """
-    problem = report_problem(s, tx.sender, tx.payload, ctx.height)
-    _require(problem is None, str(problem))
-    b = _brain(s, tx.payload["brain"])
+    brain_id, uids, acc = (tx.payload[k] for k in ("brain", "uids", "accuracy_bps"))
+    tft_brain = s.brain(TFT_BRAIN)
+    _require(tft_brain is not None and tft_brain.owner == tx.sender,
+             "only the owner of Brain #2 (TFT Enforcer) reports Accuracy(TFT)")
+    b = _brain(s, brain_id)
+    _require(len(uids) == len(acc), "uids and accuracy_bps differ in length")
+    _require(len(set(uids)) == len(uids), "duplicate uid")
+    _require(all(u < len(b.miners) and b.miners[u] is not None for u in uids),
+             "uid is not a registered miner")
+    _require(all(a <= BPS for a in acc), "accuracy_bps must be <= 10000")
     row = [0] * len(b.miners)
-    for u, a in zip(tx.payload["uids"], tx.payload["accuracy_bps"], strict=True):
+    for u, a in zip(uids, acc, strict=True):
         row[u] = a
-    s.put("tft", b.id, (ctx.height, tuple(row)))
+    s.put("tft", brain_id, (ctx.height, tuple(row)))
 
 
 RULES: dict[str, Callable[[State, Tx, Ctx], None]] = {
@@ -411,8 +437,9 @@ def apply_tx(state: State, tx: Tx, ctx: Ctx) -> None:
     expected = state.nonce(tx.sender)
     if tx.nonce != expected:
         raise TxRejected(f"bad nonce: expected {expected}, got {tx.nonce}")
-    if tx.fee < ctx.genesis.min_fee:
-        raise TxRejected(f"fee below minimum {ctx.genesis.min_fee}")
+    min_fee = state.param("min_fee")  # live: governance may change it (L8)
+    if tx.fee < min_fee:
+        raise TxRejected(f"fee below minimum {min_fee}")
     mark = state.checkpoint()
     try:
         bal = state.balance(tx.sender)
@@ -471,21 +498,40 @@ def _resolve_proposals(s: State, g: Genesis, height: int) -> None:
         votes = [v for v in (s.get("vote", (pid, b)) for b in giga) if v is not None]
         yes = sum(1 for v in votes if v)
         no = len(votes) - yes
-        if p.created < g.blocks_per_year:
-            passed = 2 * no <= len(giga)
-        else:
-            passed = 2 * yes > len(giga)
-        s.put("prop", p.id, replace(p, status="passed" if passed else "rejected",
-                                    votes_for=yes, votes_against=no, eligible=len(giga)))
+        passed = proposal_passes(yes, no, len(giga), p.created < g.blocks_per_year,
+                                 g.quorum_bps)
+        executes = 0
+        if passed and p.param:
+            executes = height + g.execution_delay
+            s.put("pexec", executes, (*s.get("pexec", executes, ()), pid))
+        s.put("prop", pid, replace(p, status="passed" if passed else "rejected",
+                                   votes_for=yes, votes_against=no, eligible=len(giga),
+                                   executes=executes))
+
+
+def _execute_proposals(s: State, height: int) -> None:
+    """Write the parameter changes due at this height, in proposal order (a later change of
+    the same parameter wins). Their bounds were checked when proposed and do not change."""
+    due = s.get("pexec", height, ())
+    if not due:
+        return
+    s.delete("pexec", height)
+    for pid in due:
+        p = s.get("prop", pid)
+        s.put("param", p.param, p.value)
+        s.put("prop", pid, replace(p, status="executed"))
 
 
 def end_block(state: State, g: Genesis, height: int) -> None:
     """Unbonded stake paid out, emission, then the epochs due at this height, then
-    governance."""
+    governance: proposals closing now are decided, then the changes due now are written —
+    last, so a whole block runs under one set of parameters and the new values govern
+    from the next block on."""
     _release_unbonded(state, height)
     _emit(state, height)
+    tempo = state.param("tempo")
     for b in sorted(state.tables["brain"]):
-        if (height + b) % g.tempo == 0:
+        if (height + b) % tempo == 0:
             run_epoch(state, g, b, height, matured=stake_matured(state.brain(b), height, g))
     _resolve_proposals(state, g, height)
     _execute_proposals(state, height)
