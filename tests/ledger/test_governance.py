@@ -12,6 +12,8 @@ after it. Every node computes this inside ``apply_block``, so the state root cov
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from ledger_helpers import (
     BRIDGE,
@@ -294,3 +296,32 @@ def test_beta_start_change_feeds_the_epoch_incentive() -> None:
     moved = run(16)
     assert abs(moved[2] - miners * 0.225 / 1.225) < 16  # 2⁻³² quantisation of shares
     assert sum(moved) == miners
+
+
+def test_zero_delay_executes_at_the_end_of_the_closing_block() -> None:
+    chain = _giga_chain(brains=(3,), execution_delay=0)
+    pid = _propose(chain, "min_fee", 2)
+    closes = chain.state.get("prop", pid).closes
+    _run_to(chain, closes - 1)
+    assert chain.params()["min_fee"] == 0
+    next_block(chain)
+    assert chain.params()["min_fee"] == 2
+    assert chain.state.get("prop", pid).executes == closes
+
+
+def test_live_values_survive_a_reopened_database(tmp_path: Path) -> None:
+    path = tmp_path / "chain.db"
+    chain = Chain.open_sqlite(path, genesis(voting_period=WINDOW, execution_delay=DELAY))
+    sg = Signer(chain)
+    apply_ok(chain, sg.tx(OPERATOR, "stake", brain=3, delegate="", amount=1_000 * BASED))
+    pid = _propose(chain, "tempo", 400)
+    _run_to(chain, chain.state.get("prop", pid).closes + DELAY)
+    root, params = chain.state_root(), chain.params()
+    chain.close()
+    reopened = Chain.open_sqlite(path)  # recomputes the root and checks it against the head
+    try:
+        assert reopened.state_root() == root
+        assert reopened.params() == params and params["tempo"] == 400
+        assert reopened.state.get("prop", pid).status == "executed"
+    finally:
+        reopened.close()
