@@ -21,6 +21,7 @@ from ledger.evidence import double_sign_problem
 from ledger.genesis import Genesis, new_brain, param_bounds
 from ledger.keys import is_address
 from ledger.state import Proposal, Registration, State
+from ledger.tft_report import report_problem
 from ledger.tx import Tx, TxFormatError
 from ledger.units import (
     BPS,
@@ -382,23 +383,18 @@ TFT_BRAIN = 2  # whitepaper 2.4.5: Brain #2 houses the TFT Enforcer model
 def _tft_report(s: State, tx: Tx, ctx: Ctx) -> None:
     """Accuracy(TFT) per miner, reported by the owner of Brain #2 (L7, L9).
 
-    The TFT itself (torch) runs off-chain in ``ledger.tft``; only its integer output enters
-    the state, so every node computes the same epoch without running a neural network.
+    The TFT itself (torch) runs off-chain in ``ledger.tft``; every node recomputes the
+    report's integer rule (accuracy = skill × verified share, ``ledger.tft_report``) and
+    stores only the accuracies, so every node computes the same epoch without running a
+    neural network.
     """
-    brain_id, uids, acc = (tx.payload[k] for k in ("brain", "uids", "accuracy_bps"))
-    tft_brain = s.brain(TFT_BRAIN)
-    _require(tft_brain is not None and tft_brain.owner == tx.sender,
-             "only the owner of Brain #2 (TFT Enforcer) reports Accuracy(TFT)")
-    b = _brain(s, brain_id)
-    _require(len(uids) == len(acc), "uids and accuracy_bps differ in length")
-    _require(len(set(uids)) == len(uids), "duplicate uid")
-    _require(all(u < len(b.miners) and b.miners[u] is not None for u in uids),
-             "uid is not a registered miner")
-    _require(all(a <= BPS for a in acc), "accuracy_bps must be <= 10000")
+    problem = report_problem(s, tx.sender, tx.payload, ctx.height)
+    _require(problem is None, str(problem))
+    b = _brain(s, tx.payload["brain"])
     row = [0] * len(b.miners)
-    for u, a in zip(uids, acc, strict=True):
+    for u, a in zip(tx.payload["uids"], tx.payload["accuracy_bps"], strict=True):
         row[u] = a
-    s.put("tft", brain_id, (ctx.height, tuple(row)))
+    s.put("tft", b.id, (ctx.height, tuple(row)))
 
 
 RULES: dict[str, Callable[[State, Tx, Ctx], None]] = {

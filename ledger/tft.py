@@ -54,7 +54,9 @@ Accuracy definitions (both in [0, 1]):
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
+import json
 import math
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -63,6 +65,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ledger.tft_report import Recipe
 
 SERIES_FEATURES = ("txs", "block_time", "bytes", "active_addresses", "emission")
 QUANTILES = (0.1, 0.5, 0.9)
@@ -323,6 +327,21 @@ class TFTEnforcer:
         )
         return dict(zip(names, weights.mean(dim=(0, 1)).tolist(), strict=True))
 
+    def checkpoint_hash(self) -> str:
+        """sha256 (hex) of config, weights and standardisation in a fixed byte layout.
+
+        Not the hash of :meth:`to_bytes`: a ``torch.save`` archive's framing may change with
+        the torch version, while this covers exactly the numbers that make the forecasts, so
+        two nodes that trained the same model publish the same hash in a ``tft_report``.
+        """
+        h = hashlib.sha256(json.dumps(asdict(self.config), sort_keys=True).encode())
+        for name, tensor in sorted(self.model.state_dict().items()):
+            h.update(name.encode() + b"\0")
+            h.update(tensor.detach().contiguous().numpy().astype("<f4").tobytes())
+        h.update(np.asarray(self.mean, dtype="<f8").tobytes())
+        h.update(np.asarray(self.std, dtype="<f8").tobytes())
+        return h.hexdigest()
+
     def to_bytes(self) -> bytes:
         """Serialise config, weights and standardisation so a node can persist the Enforcer."""
         buf = io.BytesIO()
@@ -487,3 +506,25 @@ def miner_accuracy(
     acc = np.divide((covered * varies).sum(axis=1), counted, out=np.zeros(n_miners),
                     where=counted > 0)
     return np.round(np.clip(acc, 0.0, 1.0) * U16_MAX) / U16_MAX
+
+
+def enforcer_skill(chain_series: np.ndarray, per_miner_series: np.ndarray,
+                   recipe: Recipe) -> tuple[str, list[int]]:
+    """The float part of a ``tft_report`` (see :mod:`ledger.tft_report`): retrain, then score.
+
+    Trains the Enforcer from ``recipe.seed`` on the chain's series (:data:`SERIES_FEATURES`
+    over the report's public blocks) and scores each miner's on-chain series (five columns,
+    ``ledger.series.MINER_COLUMNS``) with :func:`miner_accuracy`. Returns the checkpoint's
+    hash and each miner's skill in bps (from the u16 grid value ``k``: ``k·10000 // 65535``,
+    integers from there on). Deterministic for equal inputs on one machine: seeded, one
+    thread, fixed batch shapes.
+    """
+    model = train_tft(chain_series, seed=recipe.seed, window=recipe.window,
+                      steps=recipe.steps, hidden=recipe.hidden, heads=recipe.heads,
+                      batch_size=recipe.batch_size)
+    per_miner = np.asarray(per_miner_series, dtype=np.float64)
+    if per_miner.shape[0] == 0:
+        return model.checkpoint_hash(), []
+    acc = miner_accuracy(model, per_miner, max_windows=recipe.max_windows)
+    grid = np.rint(acc * U16_MAX).astype(np.int64)
+    return model.checkpoint_hash(), [int(k) * 10_000 // U16_MAX for k in grid]

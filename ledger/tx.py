@@ -35,8 +35,10 @@ PAYLOAD_SCHEMAS: dict[str, dict[str, str]] = {
     # change a governable chain parameter (genesis.param_bounds) if it passes (issue #16)
     "propose_param": {"title": "str", "param": "str", "value": "int"},
     "vote": {"proposal": "int", "brain": "int", "approve": "bool"},
-    # Accuracy(TFT) per miner of a Brain, in bps, from the owner of Brain #2 (the TFT Brain)
-    "tft_report": {"brain": "int", "uids": "ints", "accuracy_bps": "ints"},
+    # Accuracy(TFT) per miner of a Brain, in bps, from the owner of Brain #2 (the TFT Brain):
+    # accuracy = skill × verified share, checked by every node (ledger.tft_report)
+    "tft_report": {"brain": "int", "uids": "ints", "accuracy_bps": "ints", "skill_bps": "ints",
+                   "checkpoint": "hex32", "data_height": "int"},
     # two conflicting votes signed by one validator (SPEC N1): anyone may report them; the
     # ledger checks the signatures itself and slashes (rules._evidence)
     "evidence": {"first": "vote", "second": "vote"},
