@@ -7,7 +7,9 @@
    restart is harmless;
 3. a miner serves the Brain's artefact (its sha256 must be the Brain's task) over gRPC and
    announces its endpoint through the network; a validator checks the Brain's miners once
-   per epoch (``network.validator``) and sets weights. A validator needs both halves of
+   per epoch (``network.validator``) and sets weights; an enforcer (the owner of Brain #2,
+   who registers nothing) posts the TFT Enforcer's signed ``tft_report`` for the Brain once
+   per epoch (``network.enforcer``). A validator needs both halves of
    the Brain's artefact: ``--artefact``, or, without it, a folder whose id is the Brain's
    task found under ``--artefacts`` / next to the data folder / the cache
    (``locate_artefact``) — checked after syncing and *before* registering, so a validator
@@ -97,7 +99,7 @@ class JoinOptions:
     """What ``cerberus join`` was asked to do."""
 
     brain: int
-    role: str  # "miner" | "validator"
+    role: str  # "miner" | "validator" | "enforcer"
     genesis: Path
     data: Path
     wallet: Path
@@ -160,8 +162,8 @@ class Participant:
     """A running node plus its role; ``run`` blocks until ``stop`` is set."""
 
     def __init__(self, opts: JoinOptions, say: Callable[[str], None] = print) -> None:
-        if opts.role not in ("miner", "validator"):
-            raise CerberusError(f"--role must be miner or validator, not {opts.role!r}")
+        if opts.role not in ("miner", "validator", "enforcer"):
+            raise CerberusError(f"--role must be miner, validator or enforcer, not {opts.role!r}")
         if not opts.genesis.is_file():
             raise CerberusError(f"no genesis file at {opts.genesis}")
         self.opts = opts
@@ -175,6 +177,7 @@ class Participant:
         self.joined_balance = 0
         self.artefact_path: Path | None = None
         self.epochs_done: list[dict[str, Any]] = []
+        self.enforcer: Any = None
 
     # -- steps --------------------------------------------------------------------------
     def start_node(self) -> None:
@@ -347,6 +350,21 @@ class Participant:
                  f"token(s) a challenge, spread over {spread:g} s"
                  + (f", from {', '.join(sources)}" if sources else "") + ")")
 
+    def start_enforcer(self) -> None:
+        """The TFT Enforcer loop (``network.enforcer``); only Brain #2's owner may report."""
+        from ledger.tft_report import TFT_BRAIN
+        from network.enforcer import Enforcer, NodeEnforcerView
+
+        node = self.node
+        assert node is not None
+        owner = (node.brain_info(TFT_BRAIN) or {}).get("owner")
+        if owner != self.wallet.address:
+            raise CerberusError(f"--role enforcer needs the wallet of Brain #{TFT_BRAIN}'s "
+                                f"owner ({str(owner)[:16]}), not {self.wallet.address[:16]}")
+        self.enforcer = Enforcer(self.wallet, self.opts.brain, self.genesis,
+                                 NodeEnforcerView(node), say=self.say)
+        self.say(f"enforcer reporting Accuracy(TFT) for Brain {self.opts.brain} each epoch")
+
     # -- the main loop ------------------------------------------------------------------
     def epoch_of(self, height: int) -> int:
         """Brain b's epochs end at heights h with (h + b) % tempo == 0."""
@@ -375,11 +393,14 @@ class Participant:
         try:
             self.start_node()
             self.sync()
-            self.prepare()  # before paying the fee: a participant that cannot work stops
-            self.register()
+            if self.opts.role == "enforcer":
+                self.start_enforcer()
+            else:
+                self.prepare()  # before paying the fee: a participant that cannot work stops
+                self.register()
             if self.opts.role == "miner":
                 self.start_miner()
-            else:
+            elif self.opts.role == "validator":
                 self.start_validator()
             last_epoch = -1
             last_note = 0.0
@@ -401,6 +422,8 @@ class Participant:
                             if not r.correct:
                                 self.say(f"epoch {epoch}: uid {uid} wrong: "
                                          f"{(r.error or '?').splitlines()[0][:160]}")
+                if self.enforcer is not None:
+                    self.enforcer.step()
                 if time.monotonic() - last_note >= self.opts.progress_every:
                     self.say(self.progress())
                     last_note = time.monotonic()

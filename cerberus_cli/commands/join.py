@@ -12,7 +12,8 @@ from cerberus.errors import CLIError
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--brain", type=int, required=True, help="Brain id to join")
-    p.add_argument("--role", choices=("miner", "validator"), required=True)
+    p.add_argument("--role", choices=("miner", "validator", "enforcer"), required=True,
+                   help="enforcer: Brain #2's owner posting the TFT Enforcer's reports")
     p.add_argument("--stake", default="0", help="$BASED to stake (validators: on themselves)")
     p.add_argument("--bootstrap", nargs="*", default=[], metavar="HOST:PORT",
                    help="peers to sync from (none: this is the first node)")
