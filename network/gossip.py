@@ -157,9 +157,12 @@ class RateLimiter:
     ``MAX_BUCKETS``."""
 
     def __init__(self, rate: float, burst: float, per_address: float, clock: Clock,
-                 lock: threading.RLock, counters: dict[str, int]) -> None:
+                 counters: dict[str, int]) -> None:
         self.rate, self.burst, self.per_address = rate, burst, per_address
-        self.clock, self.lock, self.counters = clock, lock, counters
+        self.clock, self.counters = clock, counters
+        # its own lock, not the node's: every RPC takes a token first, and waiting behind
+        # a block being applied just to be counted stalled all of them (issue #16)
+        self.lock = threading.Lock()
         self.buckets: OrderedDict[str, TokenBucket] = OrderedDict()
 
     def take(self, peer: str, cost: float = 1.0) -> bool:

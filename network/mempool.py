@@ -13,6 +13,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Protocol
 
+from ledger.chain import Overlay
 from ledger.tx import Tx
 from network.gossip import Clock
 
@@ -22,9 +23,13 @@ MAX_PENDING_PER_SENDER = 64  # one key cannot fill the mempool (issue #15)
 class PoolChain(Protocol):
     """What the mempool needs from the chain (``ledger.chain.Chain`` implements it)."""
 
+    @property
+    def head_hash(self) -> str: ...
+
     def nonce(self, address: str) -> int: ...
 
-    def validate_txs(self, txs: Sequence[Tx]) -> tuple[int, str] | None: ...
+    def dry_run(self, txs: Sequence[Tx], overlay: Overlay | None = None
+                ) -> tuple[tuple[int, str] | None, Overlay]: ...
 
 
 class Mempool:
@@ -37,6 +42,10 @@ class Mempool:
         self.clock = clock
         self.entries: OrderedDict[bytes, tuple[Tx, float]] = OrderedDict()
         self.by_sender: dict[str, dict[int, bytes]] = {}  # sender → nonce → entry key
+        # sender → (head hash, hash of its last pending tx, the state entries its pending
+        # run leaves on that head): a tx appended to the run is judged on this overlay
+        # instead of replaying the run (issue #16); dropped when the run or head changes
+        self.overlays: dict[str, tuple[str, bytes, Overlay]] = {}
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -69,10 +78,11 @@ class Mempool:
         nonce) — another at a pending nonce only *replaces* it, and only with a higher
         fee; a sender's pending txs are a run of nonces from its account nonce, at most
         ``MAX_PENDING_PER_SENDER`` long; and the run with ``tx`` in it must apply in order
-        on the head's state (``Chain.validate_txs``, the pending-state overlay), so the
-        balance covers every pending amount and fee and a tx ahead of the account's nonce
-        passes its rule before it is admitted or gossiped. (``tx_hash``: the caller's
-        ``tx.tx_hash()``, when it has it, saves computing it again.)"""
+        on the head's state (``Chain.dry_run``, the pending-state overlay; a tx appended to
+        the run is judged on the entries the run leaves, ``overlays``, not by replaying
+        it), so the balance covers every pending amount and fee and a tx ahead of the
+        account's nonce passes its rule before it is admitted or gossiped. (``tx_hash``:
+        the caller's ``tx.tx_hash()``, when it has it, saves computing it again.)"""
         h = tx_hash if tx_hash is not None else tx.tx_hash()
         if h in self.entries:
             return None
@@ -94,7 +104,15 @@ class Mempool:
                    f"{MAX_PENDING_PER_SENDER})"
         if old is None and len(self.entries) >= self.max_size:
             return "mempool full"
-        bad = self.chain.validate_txs([*run[:i], tx, *run[i + 1:]])
+        head = self.chain.head_hash
+        memo = self.overlays.get(tx.sender)
+        if i == len(run) and (i == 0 or (memo is not None and memo[0] == head
+                                         and memo[1] == pending[current + i - 1])):
+            bad, after = self.chain.dry_run([tx], memo[2] if i and memo else None)
+            if bad is not None:
+                return bad[1]
+        else:
+            bad, after = self.chain.dry_run([*run[:i], tx, *run[i + 1:]])
         if bad is not None:
             j, reason = bad
             if j < i:  # an older pending tx no longer applies (the head moved): drop it on
@@ -105,15 +123,20 @@ class Mempool:
         if old is not None:
             self.remove(old)
         self.entries[h] = (tx, self.clock.monotonic())
-        self.by_sender.setdefault(tx.sender, {})[tx.nonce] = h
+        by_nonce = self.by_sender.setdefault(tx.sender, {})
+        by_nonce[tx.nonce] = h
+        last = current + max(len(run), i + 1) - 1  # the new run's last nonce
+        self.overlays[tx.sender] = (head, by_nonce[last], after)
         return None
 
     def remove(self, tx: Tx) -> None:
         """Drop ``tx`` from the mempool and its sender index."""
-        self.entries.pop(tx.tx_hash(), None)
+        h = tx.tx_hash()
+        self.entries.pop(h, None)
         by_nonce = self.by_sender.get(tx.sender, {})
-        if by_nonce.get(tx.nonce) == tx.tx_hash():
+        if by_nonce.get(tx.nonce) == h:
             del by_nonce[tx.nonce]
+            self.overlays.pop(tx.sender, None)
             if not by_nonce:
                 del self.by_sender[tx.sender]
 
@@ -130,6 +153,7 @@ class Mempool:
         """Drop used nonces and expired txs, and a sender's txs after a gap (they can no
         longer apply), so each sender's pending txs stay a run from its account nonce."""
         now = self.clock.monotonic()
+        self.overlays.clear()  # made on the previous head
         for sender, by_nonce in list(self.by_sender.items()):
             expect = self.chain.nonce(sender)
             for nonce in sorted(by_nonce):

@@ -157,7 +157,7 @@ class Node:
                              lock=self._lock, stop=self._stop, clock=clock,
                              counters=self.counters)
         self.limiter = RateLimiter(config.rate, config.burst, config.per_address, clock,
-                                   self._lock, self.counters)
+                                   self.counters)
         block_txs = min(config.max_block_txs or config.genesis.max_block_txs,
                         config.genesis.max_block_txs)
         self.mempool = Mempool(self.chain, max_size=config.max_mempool or max(5_000,

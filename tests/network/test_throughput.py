@@ -307,3 +307,37 @@ def test_hundreds_of_txs_through_three_validator_processes(tmp_path: Path) -> No
         for p in procs:
             p.kill()
 
+
+
+def test_a_tx_judged_on_the_run_overlay_as_if_the_run_were_replayed() -> None:
+    """The mempool judges a tx appended to a sender's run on the state entries the run
+    leaves (``Chain.dry_run``'s overlay) instead of replaying the run: for random runs of
+    transfers, burns and stakes near the balance, both give the same verdict and the same
+    overlay after."""
+    import random
+
+    rng = random.Random(16)
+    w = SENDERS[0]
+    g = replace(genesis(), balances={**genesis().balances, w.address: 10_000})
+    chain = Chain(g)
+    for _ in range(150):
+        run: list[Tx] = []
+        for n in range(rng.randint(1, 6)):
+            kind = rng.choice(["transfer", "burn", "stake"])
+            amount = rng.randint(1, 4_000)
+            payload = {"transfer": {"to": USER.address, "amount": amount},
+                       "burn": {"amount": amount},
+                       "stake": {"brain": 1, "delegate": "", "amount": amount}}[kind]
+            run.append(make_tx(w, kind, n, CHAIN_ID, **payload))
+        *head, last = run
+        bad, overlay = chain.dry_run(head)
+        if bad is not None:
+            continue
+        whole = chain.dry_run(run)
+        appended = chain.dry_run([last], overlay)
+        assert (whole[0] is None) == (appended[0] is None)
+        if whole[0] is not None:
+            assert whole[0][1] == appended[0][1]  # the same reason
+        else:
+            assert whole[1] == {**overlay, **appended[1]}
+    assert chain.height == 0 and chain.state.balance(w.address) == 10_000
