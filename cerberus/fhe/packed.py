@@ -41,18 +41,52 @@ margin of ``2^(k−b−1) = 2^9`` keeps decryption exact; ``PackedClient.noise_b
 is used (≤ 2^5.5 at every tested shape, extreme inputs included). Inputs use SEAL's seeded
 symmetric encryption (``c1`` is a seed) and its compressed serialization.
 
-Where it falls short: at one row (a generated token) each output ciphertext carries all
-``N`` coefficients of ``c1`` for a few outputs (~140 B per output value) and each input
-ciphertext a few dozen inputs; packing the outputs into dense ciphertexts (LWE→RLWE,
-Chen–Dai–Kim–Song 2020) needs Galois keys and key switching, which N=2048 with one prime
-cannot do in SEAL.
+**Packing the replies** (``pack=True``; Chen–Dai–Kim–Song, *Efficient homomorphic
+conversion between (ring) LWE ciphertexts*, ACNS 2021, Algorithm 2 "PackLWEs"). Unpacked, at
+one row (a generated token) each output ciphertext carries all ``N`` coefficients of ``c1``
+for a few outputs (~140 B per output value) and each input ciphertext a few dozen inputs.
+With packing, ``n_w`` is a power of two and the weights are encoded times ``X^−(n_w−1)``,
+so the outputs sit on the multiples of ``n_w`` and every other multiple is clean (zero).
+``n_w`` such ciphertexts merge into one dense ciphertext, ciphertext ``j`` at offset ``j``,
+with ``n_w − 1`` automorphisms — one per output ciphertext, whatever it holds::
 
-What integration needs (not done here): an artefact field naming the backend and these
-parameters per miner program; a protocol message carrying these bytes instead of concrete's
-``fhe.Value`` (and no evaluation keys to cache); ``--linear-backend lwe|packed|auto`` with the
-cost model pricing both; the miner's memory for weights (``r_w·8`` bytes per weight in NTT
-form for the cut it serves). The simulator is unchanged: the packed path is bit-exact with
-``x @ W``.
+    Pack(a_0..a_(d−1), l) = (E + X^s·O) + σ(E − X^s·O),   s = 2^l,  σ: X → X^(N/s + 1)
+
+(E, O: the even and odd halves packed at level ``l + 1``; σ fixes ``X^(2s)`` and negates
+``X^s``, so the sum keeps what sits on multiples of ``2s`` twice and cancels the rest). The
+result is ``n_w·Σ_j X^j·(outputs of a_j)``: SEAL's plaintext modulus is ``t = 2^(b + log2
+n_w)`` so that the accumulators read back exactly mod ``2^b`` after the factor ``n_w``. The
+inputs then hold up to ``n_w`` values per row (up to N) and the reply is dense: all of
+``c1`` at ``k1 = b + 10`` bits and ``c0`` at its outputs at ``k0 = b + 3`` bits
+(~2b + 13 bits per output). Each merge is a key switch (SEAL's ``apply_galois``, ~2 ms at
+N = 4096 here), so the cost model weighs bytes against it per width.
+
+Parameters for packing: ``N = 4096`` and SEAL primes of 32, 32 and 45 bits, 109 in all: the
+most the same table allows at N = 4096 (``log q ≤ 109``; SEAL refuses more). Ciphertexts
+live mod the two 32-bit primes (q = 64 bits); the 45-bit one is SEAL's special prime for
+key switching. The Galois keys (for ``g = N/2^l + 1``, ``l < log2 n_w``; ~128 KB each,
+seeded) are the client's only evaluation keys: uploaded once, cached by the miner's key
+cache, checked against these parameters when they arrive; every reply names the keys it
+was packed with, so a client never decrypts a reply packed with another client's keys.
+
+**Noise bound of the packing** (``PackedParams.noise_bound``, failure ≤ 2^−64 per
+coefficient): SEAL's fresh noise is a centred binomial (sub-Gaussian, variance proxy 21),
+so one output's noise after the products is ``E ≤ √21·‖w‖₂·9.5 + ‖w‖₁/2`` over its
+``n_in·m_w`` weights (the second term: BFV's rounding of ``q/t·m``). A merge's key switch
+adds ``K ≤ √21·2^32·√(2N)·9.5/p + 2^8.25 + 1`` (decomposition per 32-bit prime, division by
+the special prime ``p``, its rounding against the ternary secret). Packing multiplies the
+products' noise by ``n_w`` (the merged ciphertexts land on disjoint offsets, so their noises
+never add) and a level-``l`` key switch's by at most ``2^l``: the dense noise is below
+``n_w·(E + K)``. Decryption of the switched reply is exact while the c1 rounding against
+``s`` (``2^8.25``), c0's rounding (``2^(k1−k0−1)``), ½ and ``noise·2^k1/q`` stay below
+``2^(k1−b−1)``; ``PackedParams`` refuses a shape whose bound does not fit, and the tests
+measure both (``dense_noise_bits``, ``noise_bits``) at random and extreme inputs.
+
+What integration needs (done by ``cerberus.fhe.backends``, ``cerberus.fhe.pricing`` and the
+runtime): the manifest's ``packed`` entry names the parameter set; ``UploadKeys`` carries the
+Galois keys of packing programs (capped by ``PackedParams.key_bytes``); the miner holds the
+weights in NTT form (``r_w·8`` bytes per weight at N=2048, ``r_w·16`` at N=4096). The
+simulator is unchanged: both paths are bit-exact with ``x @ W``.
 """
 
 from __future__ import annotations
@@ -90,6 +124,26 @@ ROW_PACKS = (1, 4)
 # and a header; the bound a miner checks before it parses one.
 CT_SLACK = 512
 IN_MAGIC, OUT_MAGIC, VERSION = b"CPKX", b"CPKY", 1
+# The packing parameter set (``pack=True``): N = 4096 with SEAL primes of 32, 32 and 45 bits,
+# 109 bits in all, the most the HE Security Standard (2018, §5.4, ternary secret, classical
+# 128 bits) allows at N = 4096 (SEAL_HE_STD_PARMS_128_TC, ``CoeffModulus.MaxBitCount(4096)``;
+# SEALContext refuses more). The ciphertexts live mod q = the two 32-bit primes (64 bits);
+# the 45-bit prime is SEAL's special prime, used only inside key switching.
+PACK_POLY_DEGREE = 4096
+PACK_PRIME_BITS = (32, 32, 45)
+# A packed reply's c1 is rounded to k1 = b + PACK_C1_MARGIN bits, its c0 to k0 = b + PACK_C0_MARGIN
+# (see the module docstring for the budget).
+PACK_C1_MARGIN, PACK_C0_MARGIN = 10, 3
+PACK_VERSION = 2
+# SEAL's encryption noise is a centred binomial, a sum of 21 terms in [−1, 1]: sub-Gaussian
+# with variance proxy 21 (Hoeffding's lemma). Tails are taken at 2^−64 per coefficient:
+# a sub-Gaussian sum passes σ·TAIL with probability ≤ 2^−64.
+NOISE_PROXY = 21.0
+TAIL = math.sqrt(2 * math.log(2.0 ** 65))
+# Packed reply: magic, version, fingerprint, digest of the Galois keys used, rows, n_out, r_w,
+# n_w, m_w, packed ciphertext count; then every c1 (N coefficients, k1 bits each), then every
+# c0's output-bearing coefficients (k0 bits each), bit-packed.
+_PACK_OUT_HEADER = struct.Struct("<4sB8s8s6I")
 # Input: magic, version, fingerprint, rows, n_in, n_out, r_w, n_w, m_w, ciphertext count; then
 # per ciphertext its length (u32) and SEAL's seeded, compressed serialization.
 _IN_HEADER = struct.Struct("<4sB8s7I")
@@ -123,29 +177,113 @@ class PackedParams:
     weight_bits: int = 8
     poly_degree: int = POLY_DEGREE
     row_packs: tuple[int, ...] = ROW_PACKS  # the r_w the miner has weights encoded for
+    # False: N = 2048, one prime, no keys, sparse replies; True: N = 4096, replies packed
+    # dense with the client's Galois keys (the parameter set above)
+    pack: bool = False
+    # packing's n_w, a power of two (0: the input's width rounded up, at most N); fixed per
+    # linear because SEAL's plaintext modulus depends on it
+    width: int = 0
     coeff_modulus: tuple[int, ...] = field(init=False)
 
     def __post_init__(self) -> None:
         if self.n_in < 1 or self.n_out < 1:
             raise CompileError(f"packed linear: shape {self.n_in}×{self.n_out} is empty")
         object.__setattr__(self, "row_packs", tuple(sorted({1, *map(int, self.row_packs)})))
+        if self.pack:
+            object.__setattr__(self, "poly_degree", PACK_POLY_DEGREE)
+            width = self.width or min(1 << (self.n_in - 1).bit_length(), self.poly_degree)
+            if width & (width - 1) or not 1 <= width <= self.poly_degree:
+                raise CompileError(f"packed linear: width {width} is not a power of two in "
+                                   f"1..{self.poly_degree}")
+            object.__setattr__(self, "width", width)
+        elif self.width:
+            raise CompileError("packed linear: a width is a packing parameter (pack=True)")
         if not all(1 <= r <= self.poly_degree for r in self.row_packs):
             raise CompileError(f"packed linear: row packs {self.row_packs} outside "
                                f"1..{self.poly_degree}")
-        primes = seal.CoeffModulus.BFVDefault(self.poly_degree, SECURITY)
+        primes = (seal.CoeffModulus.Create(self.poly_degree, list(PACK_PRIME_BITS)) if self.pack
+                  else seal.CoeffModulus.BFVDefault(self.poly_degree, SECURITY))
         object.__setattr__(self, "coeff_modulus", tuple(p.value() for p in primes))
-        if len(self.coeff_modulus) != 1:
+        if not self.pack and len(self.coeff_modulus) != 1:
             raise CompileError("packed linear: the client decrypts with one prime; "
                                f"N={self.poly_degree} has {len(self.coeff_modulus)}")
-        if self.q_bits - self.t_bits < MIN_NOISE_BITS:
+        if self.q_bits - self.plain_bits < MIN_NOISE_BITS or (
+                self.pack and self.noise_margin_bits() <= 0):
             raise CompileError(
-                f"packed linear {self.n_in}×{self.n_out}: its accumulator needs a {self.t_bits}"
-                f"-bit plaintext modulus, too wide for a {self.q_bits}-bit q at N="
-                f"{self.poly_degree} (split the input dimension)")
+                f"packed linear {self.n_in}×{self.n_out}: its accumulator needs a "
+                f"{self.plain_bits}-bit plaintext modulus, too wide for a {self.q_bits}-bit q at "
+                f"N={self.poly_degree} (split the input dimension)")
+
+    @property
+    def data_primes(self) -> tuple[int, ...]:
+        """The primes ciphertexts live under (packing: all but SEAL's special prime)."""
+        return self.coeff_modulus[:-1] if self.pack else self.coeff_modulus
 
     @property
     def q(self) -> int:
-        return self.coeff_modulus[0]
+        return math.prod(self.data_primes)
+
+    @property
+    def pack_width(self) -> int:
+        """n_w when packing: a power of two, since the packing gathers the outputs that sit
+        on its multiples."""
+        if not self.pack:
+            raise CerberusError("packed linear: pack_width of an unpacked parameter set")
+        return self.width
+
+    @property
+    def plain_bits(self) -> int:
+        """log2 of SEAL's plaintext modulus: the accumulator's bits, plus log2(n_w) when
+        packing (the packing multiplies every message by n_w)."""
+        if not self.pack:
+            return self.t_bits
+        return self.t_bits + self.pack_width.bit_length() - 1
+
+    def rounding_tail(self) -> float:
+        """|Σ ε_i·s_i| for roundings |ε_i| ≤ 1/2 against the ternary secret, at 2^−64
+        (Hoeffding: N terms of range 1)."""
+        return math.sqrt(self.poly_degree / 2 * math.log(2.0 ** 65))
+
+    def noise_bound(self) -> float:
+        """A bound (failure ≤ 2^−64 per coefficient) of a dense ciphertext's BFV noise,
+        ``n_w·(E + K)``: packing multiplies the products' noise E by n_w (the merges put
+        the ciphertexts on disjoint offsets) and each level's key switch K by at most
+        2^level. E ≤ √21·‖w‖₂·TAIL + ‖w‖₁/2 (fresh noise and BFV's rounding of q/t·m
+        against one output's weights: n_in·m_w of them); K ≤ √21·2^32·√(2N)·TAIL/p + the
+        switch's rounding (SEAL decomposes mod each 32-bit prime, then divides by the
+        special prime p)."""
+        if not self.pack:
+            raise CerberusError("packed linear: noise_bound is the packing's")
+        terms = self.n_in * min(self.n_out, self.poly_degree // self.width)
+        top = 2.0 ** (self.weight_bits - 1)
+        e = math.sqrt(NOISE_PROXY) * top * math.sqrt(terms) * TAIL + top * terms / 2
+        digits = math.sqrt(NOISE_PROXY) * 2.0 ** 32 * math.sqrt(2 * self.poly_degree) * TAIL
+        k = digits / self.coeff_modulus[-1] + self.rounding_tail() + 1
+        return self.width * (e + k)
+
+    def noise_margin_bits(self) -> float:
+        """log2(room / use) of a packed reply's decryption: the client's phase is off a
+        multiple of 2^(k1−b) by at most its c1's rounding against s, its c0's rounding
+        (2^(k1−k0−1)), and the noise switched down (noise·2^k1/q); exact while that stays
+        under half a step, 2^(k1−b−1). Positive: exact (failure ≤ 2^−64 per output)."""
+        k1, k0 = self.out_bits, self.c0_bits
+        used = (self.rounding_tail() + 2.0 ** (k1 - k0 - 1) + 0.5
+                + self.noise_bound() * 2.0 ** k1 / self.q)
+        return (k1 - self.t_bits - 1) - math.log2(used)
+
+    def galois_elements(self) -> list[int]:
+        """The automorphisms X → X^g the packing applies: g = N/2^l + 1, l < log2(n_w)."""
+        if not self.pack:
+            return []
+        return [self.poly_degree // (1 << level) + 1
+                for level in range(self.pack_width.bit_length() - 1)]
+
+    def key_bytes(self) -> int:
+        """An upper bound of the client's serialized Galois keys (what a miner accepts): per
+        element one key-switching key per data prime, 2 polynomials over every prime."""
+        n, primes = self.poly_degree, len(self.coeff_modulus)
+        per = len(self.data_primes) * (2 * primes * n * 8 + CT_SLACK)
+        return len(self.galois_elements()) * per + (CT_SLACK if self.pack else 0)
 
     @property
     def q_bits(self) -> int:
@@ -163,21 +301,42 @@ class PackedParams:
 
     @property
     def t(self) -> int:
-        return 1 << self.t_bits
+        return 1 << self.plain_bits
 
     @property
     def out_bits(self) -> int:
-        """Bits per output coefficient after the switch down from q."""
-        return self.t_bits + OUTPUT_MARGIN_BITS
+        """Bits per output coefficient after the switch down from q (packing: c1's)."""
+        return self.t_bits + (PACK_C1_MARGIN if self.pack else OUTPUT_MARGIN_BITS)
+
+    @property
+    def c0_bits(self) -> int:
+        """Bits per output-bearing coefficient of c0 (packing; unpacked: ``out_bits``)."""
+        return self.t_bits + PACK_C0_MARGIN if self.pack else self.out_bits
+
+    @property
+    def noise_limit_bits(self) -> float:
+        """Decryption is exact while ``noise_bits`` stays below this."""
+        return float(self.out_bits - self.t_bits - 1)
 
     def fingerprint(self) -> bytes:
         """Names the cryptographic parameters; the shape is checked on its own."""
         text = f"bfv-coeff/N={self.poly_degree}/q={self.q}/t={self.t}/k={self.out_bits}"
+        if self.pack:
+            text += f"/pack/primes={self.coeff_modulus}/n_w={self.pack_width}/k0={self.c0_bits}"
         return hashlib.sha256(text.encode()).digest()[:8]
 
     def partition(self, rows: int) -> Partition:
+        if self.pack:  # n_w is fixed (one t per linear); as many rows per ciphertext as fit
+            n_w = self.pack_width
+            r_w = max(r for r in self.row_packs if r <= max(rows, 1)
+                      and r * n_w <= self.poly_degree or r == 1)
+            return Partition(r_w, n_w, min(self.n_out, self.poly_degree // (r_w * n_w)))
         return _best_partition(rows, self.n_in, self.n_out, self.poly_degree, self.q_bits,
                                self.out_bits, self.row_packs)
+
+    def packed_count(self, rows: int) -> int:
+        """Dense ciphertexts in a packed reply: n_w output ciphertexts go into each."""
+        return -(-self.counts(rows)[1] // self.pack_width)
 
     def counts(self, rows: int) -> tuple[int, int]:
         """(input ciphertexts, output ciphertexts) of a call on ``rows`` rows."""
@@ -187,25 +346,35 @@ class PackedParams:
 
     def input_bytes(self, rows: int) -> int:
         """An upper bound of the client's message for ``rows`` rows (what a miner accepts)."""
-        return _IN_HEADER.size + self.counts(rows)[0] * (4 + 8 * self.poly_degree + CT_SLACK)
+        per = 4 + 8 * self.poly_degree * len(self.data_primes) + CT_SLACK
+        return _IN_HEADER.size + self.counts(rows)[0] * per
 
     def output_bytes(self, rows: int) -> int:
         """The exact size of the miner's reply for ``rows`` rows."""
         part, count = self.partition(rows), self.counts(rows)[1]
+        if self.pack:
+            return (_PACK_OUT_HEADER.size
+                    + math.ceil(self.packed_count(rows) * self.poly_degree * self.out_bits / 8)
+                    + math.ceil(count * part.r_w * part.m_w * self.c0_bits / 8))
         bits = count * (self.poly_degree + part.r_w * part.m_w) * self.out_bits
         return _OUT_HEADER.size + math.ceil(bits / 8)
 
     def to_dict(self) -> dict[str, object]:
         """What the manifest records (the client rebuilds the parameters from it)."""
-        return {"n_in": self.n_in, "n_out": self.n_out, "bits": self.bits,
-                "weight_bits": self.weight_bits, "poly_degree": self.poly_degree,
-                "row_packs": list(self.row_packs), "q_bits": self.q_bits,
-                "t_bits": self.t_bits, "out_bits": self.out_bits}
+        d = {"n_in": self.n_in, "n_out": self.n_out, "bits": self.bits,
+             "weight_bits": self.weight_bits, "poly_degree": self.poly_degree,
+             "row_packs": list(self.row_packs), "q_bits": self.q_bits,
+             "t_bits": self.t_bits, "out_bits": self.out_bits}
+        if self.pack:  # absent in artefacts from before packing: they load unpacked
+            d.update(pack=True, width=self.width, c0_bits=self.c0_bits,
+                     galois_elements=self.galois_elements(), key_bytes=self.key_bytes())
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> PackedParams:
         return cls(int(d["n_in"]), int(d["n_out"]), int(d["bits"]), int(d["weight_bits"]),
-                   int(d["poly_degree"]), tuple(int(r) for r in d["row_packs"]))
+                   int(d["poly_degree"]), tuple(int(r) for r in d["row_packs"]),
+                   bool(d.get("pack", False)), int(d.get("width", 0)))
 
 
 @lru_cache(maxsize=256)
@@ -233,11 +402,12 @@ def _best_partition(rows: int, n_in: int, n_out: int, n: int, q_bits: int,
     return best[1]
 
 
-@lru_cache(maxsize=8)
-def _context(poly_degree: int, t: int) -> seal.SEALContext:
+@lru_cache(maxsize=16)
+def _context(poly_degree: int, t: int, pack: bool = False) -> seal.SEALContext:
     parms = seal.EncryptionParameters(seal.SCHEME_TYPE.BFV)
     parms.set_poly_modulus_degree(poly_degree)
-    parms.set_coeff_modulus(seal.CoeffModulus.BFVDefault(poly_degree, SECURITY))
+    parms.set_coeff_modulus(seal.CoeffModulus.Create(poly_degree, list(PACK_PRIME_BITS)) if pack
+                            else seal.CoeffModulus.BFVDefault(poly_degree, SECURITY))
     parms.set_plain_modulus(seal.Modulus(t))
     context = seal.SEALContext(parms, True, SECURITY)
     if not context.parameters_set():
@@ -286,6 +456,74 @@ class _Scratch:
         finally:
             path.unlink(missing_ok=True)
         return ct
+
+    def load_galois(self, context: seal.SEALContext, data: bytes) -> seal.GaloisKeys:
+        path = self._path()
+        path.write_bytes(data)
+        keys = seal.GaloisKeys()
+        try:
+            keys.load(context, str(path))
+        except Exception as e:  # SEAL: other parameters (another t, N or primes), truncated
+            raise CerberusError(f"packed linear: not Galois keys of these parameters ({e})") \
+                from None
+        finally:
+            path.unlink(missing_ok=True)
+        return keys
+
+
+@dataclass(frozen=True)
+class PackedKeys:
+    """A client's Galois keys for one packed program, loaded; ``digest`` names the bytes
+    they came from, and goes back in every reply so a client can tell its own keys were used."""
+
+    galois: seal.GaloisKeys
+    digest: bytes
+
+
+@lru_cache(maxsize=32)
+def _monomial(power: int) -> seal.Plaintext:
+    """X^power as a plaintext: SEAL multiplies by a one-term plaintext without NTTs."""
+    return seal.Plaintext(f"1x^{power}")
+
+
+def _bitrev(c: int, bits: int) -> int:
+    return int(format(c, f"0{bits}b")[::-1], 2) if bits else 0
+
+
+def _words(ct: seal.Ciphertext) -> np.ndarray:
+    """A ciphertext's RNS words, ``[polys, primes, N]`` (not NTT form)."""
+    flat = ct.dyn_array()
+    shape = (ct.size(), ct.coeff_modulus_size(), ct.poly_modulus_degree())
+    return np.array([flat.at(i) for i in range(math.prod(shape))],
+                    dtype=np.uint64).reshape(shape)
+
+
+def _switch_down(words: np.ndarray, primes: tuple[int, int], k: int) -> np.ndarray:
+    """``round(c·2^k/q) mod 2^k`` for ``c`` given by its residues mod two primes ``[..., 2, N]``
+    (q = their product < 2^64). CRT in uint64 is exact; the float64 scaling adds < 2^(k−53)."""
+    q1, q2 = (np.uint64(p) for p in primes)
+    r1, r2 = words[..., 0, :], words[..., 1, :]
+    inv = np.uint64(pow(int(q1), -1, int(q2)))
+    u = ((r2 + q2 - r1 % q2) % q2) * inv % q2
+    c = r1 + q1 * u
+    scaled = np.rint(c.astype(np.float64) * (2.0 ** k / (float(q1) * float(q2))))
+    return scaled.astype(np.uint64) % np.uint64(1 << k)
+
+
+def negacyclic_mod(a: np.ndarray, s: np.ndarray, k: int) -> np.ndarray:
+    """``a·s mod (X^N + 1, 2^k)`` for rows ``a [..., N]`` of ``k``-bit words (k ≤ 60) and a
+    ternary ``s``, exact: 12-bit limbs through a twisted float FFT (every product sum is
+    below 2^12·N ≤ 2^25, far inside float64's 2^53)."""
+    n = s.size
+    twist = np.exp(1j * np.pi * np.arange(n) / n)
+    fs = np.fft.fft(s * twist)
+    out = np.zeros(a.shape, dtype=np.uint64)
+    for shift in range(0, k, 12):
+        limb = ((a >> np.uint64(shift)) & np.uint64(0xFFF)).astype(np.float64)
+        prod = np.fft.ifft(np.fft.fft(limb * twist, axis=-1) * fs, axis=-1) * np.conj(twist)
+        v = np.rint(prod.real).astype(np.int64) % (1 << k)
+        out = (out + (v.astype(np.uint64) << np.uint64(shift))) % np.uint64(1 << k)
+    return out
 
 
 def _pack_bits(values: np.ndarray, k: int) -> bytes:
@@ -355,23 +593,31 @@ class PackedClient:
 
     def __init__(self, params: PackedParams) -> None:
         self.params = params
-        self.context = _context(params.poly_degree, params.t)
+        self.context = _context(params.poly_degree, params.t, params.pack)
         self._scratch = _Scratch()
         self._secret: np.ndarray | None = None
         self._encryptor: seal.Encryptor | None = None
         self._decryptor: seal.Decryptor | None = None
+        self._galois = b""
 
     def keygen(self) -> None:
-        """A fresh secret key (SEAL draws it from the OS's randomness)."""
-        sk = seal.KeyGenerator(self.context).secret_key()
+        """A fresh secret key (SEAL draws it from the OS's randomness), and when packing the
+        Galois keys for exactly the automorphisms the packing applies."""
+        generator = seal.KeyGenerator(self.context)
+        sk = generator.secret_key()
         self._encryptor = seal.Encryptor(self.context, sk)
         self._decryptor = seal.Decryptor(self.context, sk)
-        self._secret = _secret_coefficients(sk, self.params.q, self.params.poly_degree)
+        self._secret = _secret_coefficients(sk, self.params.coeff_modulus[0],
+                                            self.params.poly_degree)
+        elements = self.params.galois_elements()
+        # seeded: half of each key is a PRNG seed (SEAL's Serializable form)
+        self._galois = self._scratch.save(generator.create_galois_keys(elements)) \
+            if elements else b""
 
     def evaluation_keys(self) -> bytes:
-        """None: coefficient encoding never rotates or relinearizes. Empty bytes keep the
-        runtime's "upload keys once" step the same for every backend."""
-        return b""
+        """The Galois keys (packing), uploaded once per client; empty without packing, where
+        coefficient encoding never rotates or relinearizes."""
+        return self._galois
 
     def encrypt_rows(self, x: np.ndarray) -> bytes:
         """``x [rows, n_in]`` (signed, ``bits`` wide) → the bytes the miner receives."""
@@ -432,10 +678,11 @@ class PackedClient:
 
     def decrypt(self, data: bytes, rows: int, out: int) -> np.ndarray:
         """The miner's reply → the exact accumulator ``x @ W`` as int64 ``[rows, out]``."""
-        phase, part = self._phase(data, rows, out)
+        phase, part = (self._packed_phase if self.params.pack else self._phase)(data, rows, out)
         p, shift = self.params, self.params.out_bits - self.params.t_bits
-        m = ((phase + (1 << (shift - 1))) >> shift) % p.t
-        m = np.where(m >= p.t // 2, m - p.t, m)
+        t = 1 << p.t_bits  # packed: the packing's factor n_w left t/n_w = 2^t_bits
+        m = ((phase + (1 << (shift - 1))) >> shift) % t
+        m = np.where(m >= t // 2, m - t, m)
         groups, blocks = -(-rows // part.r_w), -(-out // part.m_w)
         y = m.reshape(groups, blocks, part.r_w, part.m_w).transpose(0, 2, 1, 3)
         return y.reshape(groups * part.r_w, blocks * part.m_w)[:rows, :out].copy()
@@ -444,7 +691,7 @@ class PackedClient:
         """log2 of the largest distance of an output's phase from its nearest multiple of
         ``2^(k−b)``: decryption is exact while this stays below ``k − b − 1``
         (``OUTPUT_MARGIN_BITS − 1``); the tests and the benchmark report the margin left."""
-        phase, _ = self._phase(data, rows, out)
+        phase, _ = (self._packed_phase if self.params.pack else self._phase)(data, rows, out)
         shift = self.params.out_bits - self.params.t_bits
         err = phase - (((phase + (1 << (shift - 1))) >> shift) << shift)
         return float(np.log2(max(int(np.abs(err).max()), 1)))
@@ -466,6 +713,50 @@ class PackedClient:
         j = np.arange(n)[:, None]
         matrix = self._secret[(u[None, :] - j) % n] * np.where(j <= u[None, :], 1, -1)
         return (c0 + np.rint(c1 @ matrix.astype(np.float64)).astype(np.int64)) % (1 << k), part
+
+    def _packed_phase(self, data: bytes, rows: int, out: int) -> tuple[np.ndarray, Partition]:
+        """A packed reply's ``c0 + c1·s mod 2^k1`` at every output, ``[count, r_w·m_w]`` in
+        the order of the unpacked output ciphertexts."""
+        if self._secret is None:
+            raise CerberusError("packed linear: keygen() before decrypting")
+        p = self.params
+        part, packed, count = _read_packed_header(data, p, rows, out, self._digest())
+        n, k1, k0 = p.poly_degree, p.out_bits, p.c0_bits
+        useful, bits = part.r_w * part.m_w, part.n_w.bit_length() - 1
+        c1_bytes = math.ceil(packed * n * k1 / 8)
+        body = data[_PACK_OUT_HEADER.size:]
+        c1 = _unpack_bits(body[:c1_bytes], packed * n, k1).reshape(packed, n)
+        c0 = _unpack_bits(body[c1_bytes:], count * useful, k0).reshape(count, useful)
+        c1s = negacyclic_mod(c1, self._secret, k1)
+        base = (np.arange(part.r_w)[:, None] * part.m_w
+                + np.arange(part.m_w)[None, :]).ravel() * part.n_w  # slot 0's positions
+        idx = np.arange(count)
+        pos = base[None, :] + np.array([_bitrev(c % part.n_w, bits) for c in idx])[:, None]
+        phase = (c0 << np.uint64(k1 - k0)) + c1s[(idx // part.n_w)[:, None], pos]
+        return (phase % np.uint64(1 << k1)).astype(np.int64), part
+
+    def dense_noise_bits(self, ct: seal.Ciphertext) -> float:
+        """log2 of a dense ciphertext's BFV noise (before the switch down): the largest
+        distance of its phase mod q from a multiple of q/2^b (valid below q/2^(b+1)). The
+        tests hold it to ``PackedParams.noise_bound``, the key switches' share included."""
+        if self._secret is None:
+            raise CerberusError("packed linear: keygen() before measuring noise")
+        p = self.params
+        words = _words(ct)  # [2 polys, primes, N]
+        # c1·s exactly (|c1_i·s| < 2^32·N < 2^46), then mod each prime; CRT to mod q
+        q, phase = p.q, [0] * p.poly_degree
+        for i, prime in enumerate(p.data_primes):
+            prod = negacyclic_mod(words[1, i], self._secret, 48).astype(np.int64)
+            prod = np.where(prod >= 1 << 47, prod - (1 << 48), prod)
+            residue = (words[0, i].astype(object) + prod.astype(object)) % prime
+            lift = q // prime * pow(q // prime, -1, prime)
+            phase = [(a + int(r) * lift) % q for a, r in zip(phase, residue, strict=True)]
+        step = 1 << p.t_bits
+        worst = max(abs(v * step - (v * step + q // 2) // q * q) for v in phase) // step
+        return math.log2(max(worst, 1))
+
+    def _digest(self) -> bytes:
+        return hashlib.sha256(self._galois).digest()[:8]
 
 
 def _read_header(data: bytes, fmt: struct.Struct, magic: bytes) -> tuple:
@@ -494,6 +785,33 @@ def _read_out_header(data: bytes, p: PackedParams, rows: int, out: int) -> Parti
     return part
 
 
+def _read_packed_header(data: bytes, p: PackedParams, rows: int, out: int,
+                        digest: bytes) -> tuple[Partition, int, int]:
+    """A packed reply's cut, dense ciphertext count and output ciphertext count, checked."""
+    if len(data) < _PACK_OUT_HEADER.size:
+        raise CerberusError("packed linear: truncated message (no header)")
+    magic, version, fp, keys, h_rows, h_out, r_w, n_w, m_w, packed = \
+        _PACK_OUT_HEADER.unpack_from(data)
+    if magic != OUT_MAGIC or version != PACK_VERSION:
+        raise CerberusError(f"packed linear: not a packed {OUT_MAGIC.decode()} "
+                            f"v{PACK_VERSION} message")
+    if rows < 1 or (h_rows, h_out) != (rows, out):
+        raise CerberusError(f"packed linear: reply for {h_rows}×{h_out} outputs, expected "
+                            f"{rows}×{out}")
+    if fp != p.fingerprint():
+        raise CerberusError("packed linear: reply made with other parameters than this key's")
+    if keys != digest:
+        raise CerberusError("packed linear: reply computed with other Galois keys than this "
+                            "client's (another client's key id?)")
+    part = Partition(r_w, n_w, m_w)
+    if part != p.partition(rows) or packed != p.packed_count(rows):
+        raise CerberusError(f"packed linear: reply cut as {part}, expected {p.partition(rows)}")
+    if len(data) != p.output_bytes(rows):
+        raise CerberusError(f"packed linear: reply of {len(data)} bytes, expected "
+                            f"{p.output_bytes(rows)}")
+    return part, packed, p.counts(rows)[1]
+
+
 class PackedLinear:
     """The miner's side of ``x @ W``: weights encoded once per cut, no secret key, no
     evaluation key."""
@@ -513,7 +831,7 @@ class PackedLinear:
             self.w = _check_range(w, self.params.weight_bits, "weights")
         except CerberusError as e:
             raise CompileError(str(e)) from None
-        self.context = _context(self.params.poly_degree, self.params.t)
+        self.context = _context(self.params.poly_degree, self.params.t, self.params.pack)
         self.evaluator = seal.Evaluator(self.context)
         self._scratch = _Scratch()
         self._encoded: dict[Partition, list[list[seal.Plaintext | None]]] = {}
@@ -537,6 +855,12 @@ class PackedLinear:
             padded[:p.n_in, :p.n_out] = self.w
             k, j = np.meshgrid(np.arange(part.m_w), np.arange(part.n_w), indexing="ij")
             pos = (k * part.n_w + part.n_w - 1 - j).ravel()  # [m_w·n_w], k-major
+            # packing wants the outputs on multiples of n_w: ŵ·X^−(n_w−1), X^−e = −X^(N−e)
+            sign = np.ones(pos.size, dtype=np.int64)
+            if p.pack:
+                pos = pos - (part.n_w - 1)
+                sign = np.where(pos < 0, -1, 1)
+                pos = pos % p.poly_degree
             table = []
             for b in range(blocks_in):
                 row = []
@@ -547,7 +871,7 @@ class PackedLinear:
                         row.append(None)
                         continue
                     coeffs = np.zeros(p.poly_degree, dtype=np.int64)
-                    coeffs[pos] = block.T.ravel()
+                    coeffs[pos] = sign * block.T.ravel()
                     plain = _plaintext(coeffs % p.t)
                     self.evaluator.transform_to_ntt_inplace(plain, parms_id)
                     row.append(plain)
@@ -562,17 +886,75 @@ class PackedLinear:
                          for row in table for p in row)
         return blocks * self.params.poly_degree * 8
 
+    def load_keys(self, data: bytes) -> PackedKeys:
+        """A client's uploaded Galois keys, parsed and checked against these parameters (SEAL
+        refuses keys of another N, q or t) and the automorphisms the packing needs."""
+        p = self.params
+        if not p.pack:
+            raise CerberusError("packed linear: coefficient encoding takes no evaluation keys "
+                                "(these belong to another backend)")
+        if len(data) > p.key_bytes():
+            raise CerberusError(f"packed linear: {len(data)} bytes of Galois keys, at most "
+                                f"{p.key_bytes()} for these parameters")
+        keys = self._scratch.load_galois(self.context, data)
+        missing = [g for g in p.galois_elements() if not keys.has_key(g)]
+        if missing:
+            raise CerberusError(f"packed linear: the Galois keys lack elements {missing}")
+        return PackedKeys(keys, hashlib.sha256(data).digest()[:8])
+
     def rows_of(self, ciphertext: bytes) -> int:
         """The rows a client's message claims (its header), before any parsing of
         ciphertexts: what a miner checks against its cap."""
         return int(_read_header(ciphertext, _IN_HEADER, IN_MAGIC)[3])
 
-    def run(self, ciphertext: bytes, eval_keys: bytes = b"") -> bytes:
+    def run(self, ciphertext: bytes, eval_keys: bytes | PackedKeys | None = b"") -> bytes:
         """The client's encrypted rows → the encrypted ``x @ W``, switched down to
-        ``out_bits`` per coefficient, only the output-bearing coefficients of ``c0``."""
+        ``out_bits`` per coefficient; unpacked, only the output-bearing coefficients of
+        ``c0``; packed (``eval_keys``: the client's Galois keys), dense ciphertexts."""
+        p = self.params
+        if p.pack:
+            keys = self._keys(eval_keys)
+            rows, part, cts = self._parse(ciphertext)
+            return self._packed_reply(self._dense(rows, part, cts, keys), rows, part, keys)
         if eval_keys:
             raise CerberusError("packed linear: coefficient encoding takes no evaluation keys "
                                 "(these belong to another backend)")
+        rows, part, cts = self._parse(ciphertext)
+        n, u = p.poly_degree, part.useful().tolist()
+        words = []
+        for acc in self._products(cts, self._weights(part), -(-rows // part.r_w)):
+            if acc is None:  # every block of W is zero: the output is 0, known to all
+                words.append(np.zeros(n + len(u), dtype=np.float64))
+                continue
+            flat = acc.dyn_array()  # [c0 | c1], N words each (one prime)
+            words.append(np.array([flat.at(n + i) for i in range(n)]
+                                  + [flat.at(i) for i in u], dtype=np.float64))
+        # round(c·2^k/q): float64 adds < 2^(k−52) to the rounding, well inside the margin.
+        k = p.out_bits
+        switched = np.rint(np.concatenate(words) * (2.0 ** k / p.q)).astype(np.uint64)
+        switched %= np.uint64(1 << k)
+        header = _OUT_HEADER.pack(OUT_MAGIC, VERSION, p.fingerprint(), rows, p.n_out,
+                                  part.r_w, part.n_w, part.m_w, len(words))
+        return header + _pack_bits(switched, k)
+
+    def dense(self, ciphertext: bytes, eval_keys: bytes | PackedKeys) -> list[seal.Ciphertext]:
+        """The packed ciphertexts of a reply before the switch down (``None`` for all-zero
+        weights): what ``noise_budget`` tests measure against the derived bound."""
+        keys = self._keys(eval_keys)
+        rows, part, cts = self._parse(ciphertext)
+        return [ct for ct, _ in self._dense(rows, part, cts, keys)]
+
+    def _keys(self, eval_keys: bytes | PackedKeys | None) -> PackedKeys:
+        if not self.params.pack:
+            raise CerberusError("packed linear: only packing takes Galois keys")
+        if not eval_keys:
+            raise CerberusError("packed linear: no Galois keys to pack the reply with "
+                                "(upload this client's evaluation keys first)")
+        return eval_keys if isinstance(eval_keys, PackedKeys) else self.load_keys(eval_keys)
+
+    def _parse(self, ciphertext: bytes) -> tuple[int, Partition, list[seal.Ciphertext]]:
+        """A client's message, checked (shape, parameters, cut, counts, framing), as its rows,
+        its cut and its ciphertexts in NTT form."""
         p = self.params
         fields = _read_header(ciphertext, _IN_HEADER, IN_MAGIC)
         _, _, fp, rows, n_in, n_out, r_w, n_w, m_w, count = fields
@@ -605,9 +987,13 @@ class PackedLinear:
             offset += 4 + size
         if offset != len(ciphertext):
             raise CerberusError("packed linear: trailing bytes after the ciphertexts")
-        weights = self._weights(part)
-        n, u = p.poly_degree, part.useful().tolist()
-        words = []
+        return rows, part, cts
+
+    def _products(self, cts: list[seal.Ciphertext], weights: list[list[seal.Plaintext | None]],
+                  groups: int) -> list[seal.Ciphertext | None]:
+        """Σ_b x̂_(g,b)·ŵ_(b,c) for every (row group g, output block c), out of NTT form;
+        ``None`` where every block of W is zero."""
+        blocks_in, out = len(weights), []
         for g in range(groups):
             for c in range(len(weights[0])):
                 acc = None
@@ -621,17 +1007,77 @@ class PackedLinear:
                         acc = term
                     else:
                         self.evaluator.add_inplace(acc, term)
-                if acc is None:  # every block of W is zero: the output is 0, known to all
-                    words.append(np.zeros(n + len(u), dtype=np.float64))
-                    continue
-                self.evaluator.transform_from_ntt_inplace(acc)
-                flat = acc.dyn_array()  # [c0 | c1], N words each (one prime)
-                words.append(np.array([flat.at(n + i) for i in range(n)]
-                                      + [flat.at(i) for i in u], dtype=np.float64))
-        # round(c·2^k/q): float64 adds < 2^(k−52) to the rounding, well inside the margin.
-        k = p.out_bits
-        switched = np.rint(np.concatenate(words) * (2.0 ** k / p.q)).astype(np.uint64)
-        switched %= np.uint64(1 << k)
-        header = _OUT_HEADER.pack(OUT_MAGIC, VERSION, p.fingerprint(), rows, n_out, r_w, n_w,
-                                  m_w, len(words))
-        return header + _pack_bits(switched, k)
+                if acc is not None:
+                    self.evaluator.transform_from_ntt_inplace(acc)
+                out.append(acc)
+        return out
+
+    def _pack(self, items: list[seal.Ciphertext | None], level: int,
+              keys: PackedKeys) -> seal.Ciphertext | None:
+        """Chen–Dai–Kim–Song's PackLWEs, for ciphertexts whose outputs sit on multiples of
+        ``len(items)·2^level``: item ``j`` moves to offset ``j·2^level``, times ``len(items)``,
+        and everything off those multiples cancels. One merge, one automorphism:
+        ``(E + X^s·O) + σ(E − X^s·O)``, ``s = 2^level``, ``σ: X → X^(N/s + 1)`` (fixes
+        X^(2s), negates X^s)."""
+        if len(items) == 1:
+            return items[0]
+        even = self._pack(items[0::2], level + 1, keys)
+        odd = self._pack(items[1::2], level + 1, keys)
+        if even is None and odd is None:
+            return None
+        if odd is not None:
+            shifted = seal.Ciphertext()
+            self.evaluator.multiply_plain(odd, _monomial(1 << level), shifted)
+        minus = seal.Ciphertext()
+        if even is None:
+            plus = shifted
+            self.evaluator.negate(shifted, minus)
+        elif odd is None:
+            plus = minus = even
+        else:
+            plus = seal.Ciphertext()
+            self.evaluator.add(even, shifted, plus)
+            self.evaluator.sub(even, shifted, minus)
+        turned = seal.Ciphertext()
+        self.evaluator.apply_galois(minus, self.params.poly_degree // (1 << level) + 1,
+                                    keys.galois, turned)
+        self.evaluator.add_inplace(plus, turned)
+        return plus
+
+    def _dense(self, rows: int, part: Partition, cts: list[seal.Ciphertext],
+               keys: PackedKeys) -> list[tuple[seal.Ciphertext | None, int]]:
+        """Products, then every n_w output ciphertexts packed into one dense ciphertext
+        (ciphertext ``c`` of a group at offset ``bitrev(c)``, so a partial group is one
+        compact subtree); with each, how many output ciphertexts it holds."""
+        outs = self._products(cts, self._weights(part), -(-rows // part.r_w))
+        bits, dense = part.n_w.bit_length() - 1, []
+        for start in range(0, len(outs), part.n_w):
+            chunk = outs[start:start + part.n_w]
+            slots: list[seal.Ciphertext | None] = [None] * part.n_w
+            for c, ct in enumerate(chunk):
+                slots[_bitrev(c, bits)] = ct
+            dense.append((self._pack(slots, 0, keys), len(chunk)))
+        return dense
+
+    def _packed_reply(self, dense: list[tuple[seal.Ciphertext | None, int]], rows: int,
+                      part: Partition, keys: PackedKeys) -> bytes:
+        """The dense ciphertexts switched down: all of c1 at k1 bits, c0 at its outputs at
+        k0 bits."""
+        p, n = self.params, self.params.poly_degree
+        bits = part.n_w.bit_length() - 1
+        base = (np.arange(part.r_w)[:, None] * part.m_w
+                + np.arange(part.m_w)[None, :]).ravel() * part.n_w
+        c1s, c0s = [], []
+        for packed, held in dense:
+            if packed is None:  # every block of W is zero: the outputs are 0, known to all
+                c1s.append(np.zeros(n, dtype=np.uint64))
+                c0s.extend(np.zeros(base.size, dtype=np.uint64) for _ in range(held))
+                continue
+            words = _words(packed)  # [2 polys, 2 primes, N]
+            c1s.append(_switch_down(words[1], p.data_primes, p.out_bits))
+            c0 = _switch_down(words[0], p.data_primes, p.c0_bits)
+            c0s.extend(c0[base + _bitrev(c, bits)] for c in range(held))
+        header = _PACK_OUT_HEADER.pack(OUT_MAGIC, PACK_VERSION, p.fingerprint(), keys.digest,
+                                       rows, p.n_out, part.r_w, part.n_w, part.m_w, len(c1s))
+        return (header + _pack_bits(np.concatenate(c1s), p.out_bits)
+                + _pack_bits(np.concatenate(c0s), p.c0_bits))

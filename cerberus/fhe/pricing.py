@@ -6,7 +6,11 @@ A hybrid linear ``y = x @ W`` (``rows × n_in`` encrypted, ``n_in × n_out`` cle
 * ``lwe``: one concrete-python LWE ciphertext per value: fast on the miner, but every
   output is a full 11.5–13 KB ciphertext;
 * ``packed``: coefficient-encoded BFV (``cerberus.fhe.packed``): many values per RLWE
-  ciphertext, exact, no evaluation keys;
+  ciphertext, exact; two parameter sets, priced each: N = 2048 with no evaluation keys
+  and sparse replies, or N = 4096 with replies packed dense by the client's Galois keys
+  (uploaded once, not in a call's price) at one of several widths n_w (few bytes but one
+  key switch per output ciphertext, or more input ciphertexts and fewer key switches);
+  the cheapest is the one compiled (``packed_params``);
 * ``glwe``: concrete-ml-extensions' GLWE path (concrete-ml's HybridFHEModel): the fewest
   bytes, but ~19 ms per output of packing keyswitch and inexact for wide accumulators.
   Priced here so the manifest shows why it loses; Cerberus does not serve it (its wheel
@@ -27,7 +31,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from cerberus.errors import CompileError
-from cerberus.fhe.packed import PackedParams
+from cerberus.fhe.packed import PACK_POLY_DEGREE, PackedParams
 
 BACKENDS = ("lwe", "packed")  # what a miner serves
 PRICED = ("lwe", "packed", "glwe")  # what the cost model compares
@@ -48,6 +52,16 @@ GLWE_IN_BYTES, GLWE_OUT_BYTES, GLWE_MS_PER_OUTPUT = 13.2, 29.6, 19.1
 PACKED_IN_BYTES_PER_COEFF = 7.62
 PACKED_MS_PER_PRODUCT = 0.095
 PACKED_CLIENT_MS_PER_CT = 0.45
+# packed and packing (N=4096, q = two 32-bit primes): SEAL's seeded, compressed c0 per
+# coefficient; per plaintext product; per output ciphertext out of NTT form and merged
+# (a monomial product, an add, a sub and one apply_galois key switch); per dense ciphertext
+# read and switched down; client: per input ciphertext encrypted, per dense one decrypted
+PACK_IN_BYTES_PER_COEFF = 8.33
+PACK_MS_PER_PRODUCT = 0.07
+PACK_MS_PER_OUTPUT_CT = 2.4
+PACK_MS_PER_DENSE = 25.0
+PACK_CLIENT_MS_PER_CT = 3.0
+PACK_MIN_WIDTH = 16  # narrower: input ciphertexts nearly empty, never the cheapest
 
 
 @dataclass(frozen=True)
@@ -75,6 +89,7 @@ class Price:
     client_s: float
     seconds: float  # miner + client + bytes at the link's bandwidth + one round trip
     exact: bool
+    variant: str = ""  # packed: the parameter set priced
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -84,8 +99,9 @@ class Price:
 
 
 def price(backend: str, n_in: int, n_out: int, rows: int, link: Link, *, bits: int = 8,
-          weight_bits: int = 8) -> Price:
-    """The predicted cost of ``[rows, n_in] @ [n_in, n_out]`` on ``backend``."""
+          weight_bits: int = 8, params: PackedParams | None = None) -> Price:
+    """The predicted cost of ``[rows, n_in] @ [n_in, n_out]`` on ``backend`` (packed: on
+    ``params``, or on the cheapest of its parameter sets)."""
     if backend == "lwe":
         up, down = rows * n_in * LWE_IN_BYTES, rows * n_out * LWE_OUT_BYTES
         a, b = LWE_MS_PER_OUTPUT
@@ -95,19 +111,69 @@ def price(backend: str, n_in: int, n_out: int, rows: int, link: Link, *, bits: i
         up, down = rows * n_in * GLWE_IN_BYTES, rows * n_out * GLWE_OUT_BYTES
         miner, client = rows * n_out * GLWE_MS_PER_OUTPUT / 1e3, 0.0
     elif backend == "packed":
-        p = PackedParams(n_in, n_out, bits, weight_bits)
-        cts_in, cts_out = p.counts(rows)
-        part = p.partition(rows)
-        up = cts_in * p.poly_degree * PACKED_IN_BYTES_PER_COEFF
-        down = p.output_bytes(rows)
-        products = cts_in * -(-n_out // part.m_w)
-        miner = products * PACKED_MS_PER_PRODUCT / 1e3
-        client = (cts_in + cts_out) * PACKED_CLIENT_MS_PER_CT / 1e3
+        if params is None:
+            params = packed_params(n_in, n_out, rows, link, bits=bits, weight_bits=weight_bits)
+        return _packed_price(params, rows, link)
     else:
         raise CompileError(f"unknown linear backend {backend!r}; known: {', '.join(PRICED)}")
     wire = (up + down) * 8 / (link.mbps * 1e6)
     return Price(backend, rows, int(up), int(down), miner, client,
                  miner + client + wire + link.rtt_ms / 1e3, EXACT[backend])
+
+
+def _packed_price(p: PackedParams, rows: int, link: Link) -> Price:
+    cts_in, cts_out = p.counts(rows)
+    part = p.partition(rows)
+    products = cts_in * -(-p.n_out // part.m_w)
+    down = p.output_bytes(rows)
+    if p.pack:
+        up = cts_in * p.poly_degree * PACK_IN_BYTES_PER_COEFF
+        dense = p.packed_count(rows)
+        miner = (products * PACK_MS_PER_PRODUCT + cts_out * PACK_MS_PER_OUTPUT_CT
+                 + dense * PACK_MS_PER_DENSE) / 1e3
+        client = (cts_in + dense) * PACK_CLIENT_MS_PER_CT / 1e3
+        variant = f"N={p.poly_degree} packed, n_w={p.width}"
+    else:
+        up = cts_in * p.poly_degree * PACKED_IN_BYTES_PER_COEFF
+        miner = products * PACKED_MS_PER_PRODUCT / 1e3
+        client = (cts_in + cts_out) * PACKED_CLIENT_MS_PER_CT / 1e3
+        variant = f"N={p.poly_degree}"
+    up = int(up)
+    wire = (up + down) * 8 / (link.mbps * 1e6)
+    return Price("packed", rows, up, down, miner, client,
+                 miner + client + wire + link.rtt_ms / 1e3, True, variant)
+
+
+def packed_variants(n_in: int, n_out: int, *, bits: int = 8,
+                    weight_bits: int = 8) -> list[PackedParams]:
+    """Every packed parameter set this linear fits: N = 2048 unpacked, and N = 4096 packed
+    at each power-of-two width from PACK_MIN_WIDTH to the input's width (whose noise bound
+    holds). Raises the unpacked set's error when none fits."""
+    out, first_error = [], None
+    try:
+        out.append(PackedParams(n_in, n_out, bits, weight_bits))
+    except CompileError as e:
+        first_error = e
+    width = min(1 << (n_in - 1).bit_length(), PACK_POLY_DEGREE)
+    while width >= min(PACK_MIN_WIDTH, width):
+        try:
+            out.append(PackedParams(n_in, n_out, bits, weight_bits, pack=True, width=width))
+        except CompileError as e:
+            first_error = first_error or e
+        if width == 1:
+            break
+        width //= 2
+    if not out:
+        assert first_error is not None
+        raise first_error
+    return out
+
+
+def packed_params(n_in: int, n_out: int, rows: int, link: Link, *, bits: int = 8,
+                  weight_bits: int = 8) -> PackedParams:
+    """The packed parameter set with the cheapest call of ``rows`` rows on ``link``."""
+    variants = packed_variants(n_in, n_out, bits=bits, weight_bits=weight_bits)
+    return min(variants, key=lambda p: _packed_price(p, rows, link).seconds)
 
 
 def choose(requested: str, n_in: int, n_out: int, rows: int, link: Link, *, bits: int = 8,

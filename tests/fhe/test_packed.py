@@ -3,6 +3,7 @@ and refuses what is not its own (issue #14; SPEC C6, R1)."""
 
 from __future__ import annotations
 
+import math
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -12,8 +13,10 @@ from cerberus.errors import CerberusError, CompileError
 from cerberus.fhe.packed import (
     OUTPUT_MARGIN_BITS,
     PackedClient,
+    PackedKeys,
     PackedLinear,
     PackedParams,
+    negacyclic_mod,
 )
 
 LO, HI = -128, 127
@@ -183,3 +186,134 @@ def test_benchmark_designs_are_exact_and_its_sums_add_up() -> None:
     assert cost["compute_s"] == 1.5 and cost["round_trips"] == 4
     link = (cost["bytes_up"] + cost["bytes_down"]) * 8 / 100e6
     assert cost["seconds"] == pytest.approx(1.5 + link + 4 * 0.020)
+
+
+# -- packing: N = 4096, replies packed dense with the client's Galois keys ---------------
+
+def packing(n_in: int, n_out: int, rows: int, **kw: int) -> tuple[PackedClient, PackedLinear,
+                                                                   np.ndarray, PackedKeys]:
+    rng = np.random.default_rng(n_in * 5 + n_out + rows)
+    w = rng.integers(LO, HI + 1, (n_in, n_out))
+    w[:, 0] = LO  # the widest possible column: |acc| reaches 128·128·n_in
+    params = PackedParams(n_in, n_out, pack=True, **kw)
+    linear = PackedLinear(w, params, rows=(rows,))
+    client = PackedClient(params)
+    client.keygen()
+    return client, linear, w, linear.load_keys(client.evaluation_keys())
+
+
+def check_packing(n_in: int, n_out: int, rows: int, **kw: int) -> None:
+    """Exact on random and extreme inputs; the noise inside its derived bounds: the client's
+    phase (``noise_bits``) below the exact-decryption limit, and the dense ciphertexts'
+    noise before the switch (``dense_noise_bits``) within ``noise_bound``."""
+    client, linear, w, keys = packing(n_in, n_out, rows, **kw)
+    p = linear.params
+    rng = np.random.default_rng(rows)
+    for x in [rng.integers(LO, HI + 1, (rows, n_in)), *extremes(w, rows)]:
+        message = client.encrypt_rows(x)
+        reply = linear.run(message, keys)
+        assert len(reply) == p.output_bytes(rows)
+        np.testing.assert_array_equal(client.decrypt(reply, rows, n_out), x @ w)
+        assert client.noise_bits(reply, rows, n_out) < p.noise_limit_bits
+        noise = max(client.dense_noise_bits(ct) for ct in linear.dense(message, keys))
+        assert noise <= math.log2(p.noise_bound()) < math.log2(p.q) - p.t_bits - 1
+
+
+@pytest.mark.parametrize("rows", [1, 4])
+def test_packing_is_exact_at_64x256(rows: int) -> None:
+    check_packing(64, 256, rows)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("n_in", "n_out"), SHAPES[1:])
+@pytest.mark.parametrize("rows", [1, 4])
+def test_packing_is_exact_on_every_shape(n_in: int, n_out: int, rows: int) -> None:
+    check_packing(n_in, n_out, rows)
+
+
+def test_packing_narrow_widths_many_rows_and_zero_blocks_are_exact() -> None:
+    """Several input blocks (n_w < n_in), more rows than a ciphertext holds, a partial last
+    dense ciphertext, and blocks of W that are all zero."""
+    check_packing(64, 256, 1, width=16)
+    rng = np.random.default_rng(5)
+    w = rng.integers(LO, HI + 1, (37, 53))
+    w[:, 10:30] = 0
+    x = rng.integers(LO, HI + 1, (21, 37))
+    for width in (8, 64):
+        params = PackedParams(37, 53, pack=True, width=width)
+        client = PackedClient(params)
+        client.keygen()
+        linear = PackedLinear(w, params)
+        keys = client.evaluation_keys()
+        np.testing.assert_array_equal(
+            client.decrypt(linear.run(client.encrypt_rows(x), keys), 21, 53), x @ w)
+        zero = PackedLinear(np.zeros((37, 53), dtype=np.int64), params)
+        np.testing.assert_array_equal(
+            client.decrypt(zero.run(client.encrypt_rows(x), keys), 21, 53), np.zeros((21, 53)))
+
+
+def test_packing_keys_of_other_parameters_or_another_client_are_refused() -> None:
+    client, linear, _, keys = packing(64, 256, 1)
+    x = np.ones((1, 64), dtype=np.int64)
+    message = client.encrypt_rows(x)
+    with pytest.raises(CerberusError, match="no Galois keys"):
+        linear.run(message)
+    narrow = PackedClient(PackedParams(64, 256, bits=6, pack=True))  # another t
+    narrow.keygen()
+    with pytest.raises(CerberusError, match="not Galois keys of these parameters"):
+        linear.run(message, narrow.evaluation_keys())
+    with pytest.raises(CerberusError, match="not Galois keys of these parameters"):
+        linear.load_keys(client.evaluation_keys()[:-100])
+    few = PackedClient(PackedParams(64, 256, pack=True, width=16))  # fewer automorphisms
+    few.keygen()
+    with pytest.raises(CerberusError, match="not Galois keys|lack elements"):
+        linear.load_keys(few.evaluation_keys())
+    with pytest.raises(CerberusError, match="at most"):
+        linear.load_keys(b"\x00" * (linear.params.key_bytes() + 1))
+    unpacked = PackedLinear(linear.w, PackedParams(64, 256))
+    with pytest.raises(CerberusError, match="takes no evaluation keys"):
+        unpacked.load_keys(client.evaluation_keys())
+    other = PackedClient(linear.params)  # same parameters, another client's keys
+    other.keygen()
+    reply = linear.run(message, other.evaluation_keys())
+    with pytest.raises(CerberusError, match="other Galois keys than this client's"):
+        client.decrypt(reply, 1, 256)
+    good = linear.run(message, keys)
+    np.testing.assert_array_equal(client.decrypt(good, 1, 256), x @ linear.w)
+    with pytest.raises(CerberusError, match="bytes, expected"):
+        client.decrypt(good[:-1], 1, 256)
+    with pytest.raises(CerberusError, match="reply for 1×256 outputs, expected 2×256"):
+        client.decrypt(good, 2, 256)
+    with pytest.raises(CerberusError, match="other parameters"):
+        linear.run(_unpacked_message(x), keys)
+
+
+def _unpacked_message(x: np.ndarray) -> bytes:
+    client = PackedClient(PackedParams(64, 256))
+    client.keygen()
+    return client.encrypt_rows(x)
+
+
+def test_packing_manifest_round_trip_and_old_manifests_load_unpacked() -> None:
+    p = PackedParams(768, 2304, pack=True, width=256)
+    d = p.to_dict()
+    assert PackedParams.from_dict(d) == p and d["galois_elements"] == p.galois_elements()
+    old = PackedParams(768, 2304).to_dict()
+    assert "pack" not in old and not PackedParams.from_dict(old).pack
+    with pytest.raises(CompileError, match="power of two"):
+        PackedParams(64, 256, pack=True, width=48)
+
+
+@pytest.mark.parametrize("k", [20, 35, 47])
+def test_negacyclic_product_matches_schoolbook(k: int) -> None:
+    rng = np.random.default_rng(k)
+    n = 64
+    a = rng.integers(0, 1 << k, (3, n), dtype=np.uint64)
+    s = rng.integers(-1, 2, n)
+    expect = np.zeros((3, n), dtype=object)
+    for i in range(n):
+        for j in range(n):
+            sign = 1 if i + j < n else -1
+            expect[:, (i + j) % n] += sign * a[:, i].astype(object) * int(s[j])
+    expect = np.vectorize(lambda v: v % (1 << k))(expect).astype(np.uint64)
+    np.testing.assert_array_equal(negacyclic_mod(a, s, k), expect)

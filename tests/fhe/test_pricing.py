@@ -9,7 +9,7 @@ import pytest
 
 from cerberus.errors import CompileError
 from cerberus.fhe.packed import PackedClient, PackedLinear, PackedParams
-from cerberus.fhe.pricing import Link, choose, price
+from cerberus.fhe.pricing import Link, choose, packed_params, packed_variants, price
 
 SHAPES = [(64, 192), (64, 256), (256, 64), (384, 1152)]
 
@@ -56,8 +56,43 @@ def test_predicted_packed_bytes_are_the_bytes_sent(rows) -> None:
     client.keygen()
     message = client.encrypt_rows(rng.integers(-128, 128, (rows, 64)))
     reply = PackedLinear(rng.integers(-127, 128, (64, 192)), params).run(message)
-    p = price("packed", 64, 192, rows, Link())
+    p = price("packed", 64, 192, rows, Link(), params=params)
     assert p.bytes_down == len(reply) == params.output_bytes(rows)
     assert len(message) <= params.input_bytes(rows)  # the bound a miner enforces
     # the prediction is SEAL's compressed size per coefficient, measured: within 10 %
     assert p.bytes_up == pytest.approx(len(message), rel=0.1)
+
+
+@pytest.mark.parametrize("rows", [1, 5])
+def test_predicted_packing_bytes_are_the_bytes_sent(rows) -> None:
+    params = PackedParams(64, 192, pack=True, width=32)
+    rng = np.random.default_rng(rows)
+    client = PackedClient(params)
+    client.keygen()
+    message = client.encrypt_rows(rng.integers(-128, 128, (rows, 64)))
+    linear = PackedLinear(rng.integers(-127, 128, (64, 192)), params)
+    reply = linear.run(message, client.evaluation_keys())
+    p = price("packed", 64, 192, rows, Link(), params=params)
+    assert p.bytes_down == len(reply) == params.output_bytes(rows)
+    assert len(message) <= params.input_bytes(rows)
+    assert p.bytes_up == pytest.approx(len(message), rel=0.1)
+    assert len(client.evaluation_keys()) <= params.key_bytes()  # the cap a miner enforces
+
+
+def test_packed_prices_its_parameter_sets_and_takes_the_cheapest() -> None:
+    """A fast link takes the keyless N = 2048 set (no key switches); a slow one packs, and
+    the bytes it then moves are a fraction of the unpacked set's."""
+    shape = (768, 2304)
+    fast, slow = Link(mbps=1000.0), Link(mbps=1.0)
+    variants = packed_variants(*shape)
+    assert {p.pack for p in variants} == {False, True}
+    for link in (fast, slow):
+        best = packed_params(*shape, 1, link)
+        prices = [price("packed", *shape, 1, link, params=p).seconds for p in variants]
+        assert price("packed", *shape, 1, link).seconds == min(prices)
+        assert price("packed", *shape, 1, link, params=best).seconds == min(prices)
+    assert not packed_params(*shape, 1, fast).pack and packed_params(*shape, 1, slow).pack
+    unpacked = price("packed", *shape, 1, slow, params=PackedParams(*shape))
+    packed = price("packed", *shape, 1, slow)
+    assert packed.bytes_up + packed.bytes_down < (unpacked.bytes_up + unpacked.bytes_down) / 4
+    assert packed.variant.startswith("N=4096")
