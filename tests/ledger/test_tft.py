@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -16,6 +17,7 @@ from ledger.tft import (
     U16_MAX,
     TFTConfig,
     TFTEnforcer,
+    enforcer_skill,
     forecast_skill,
     miner_accuracy,
     quantile_loss,
@@ -302,3 +304,67 @@ def test_bad_inputs_are_rejected(trained: TFTEnforcer) -> None:
         tft_accuracy(trained, HELD_OUT[:, :3])
     with pytest.raises(ValueError):
         miner_accuracy(trained, HELD_OUT)  # missing the miner axis
+
+
+# --- the Enforcer's report numbers (issue #16) ------------------------------------------------
+
+
+def test_checkpoint_hash_names_the_numbers_of_the_model(trained: TFTEnforcer) -> None:
+    same = TFTEnforcer.from_bytes(trained.to_bytes())
+    assert same.checkpoint_hash() == trained.checkpoint_hash()
+    assert len(trained.checkpoint_hash()) == 64
+    nudged = copy.deepcopy(trained)
+    with torch.no_grad():
+        nudged.model.head.bias[0] += 1e-6  # one weight, one float32 step or so
+    assert nudged.checkpoint_hash() != trained.checkpoint_hash()
+    moved = copy.deepcopy(trained)
+    moved.mean = moved.mean + 1.0  # the standardisation is part of the forecasts too
+    assert moved.checkpoint_hash() != trained.checkpoint_hash()
+
+
+def test_enforcer_skill_is_deterministic_and_on_the_bps_grid() -> None:
+    from ledger.tft_report import RECIPE
+
+    rng = np.random.default_rng(7)
+    miners = np.stack([0.1 * periodic_chain(60, seed=8),
+                       rng.normal(10, 3, size=(60, len(SERIES_FEATURES))),
+                       np.zeros((60, len(SERIES_FEATURES)))])
+    first = enforcer_skill(SERIES[:60], miners, RECIPE)
+    torch.manual_seed(123)  # the caller's RNG state does not matter
+    assert enforcer_skill(SERIES[:60], miners, RECIPE) == first
+    checkpoint, skill = first
+    model = train_tft(SERIES[:60], seed=RECIPE.seed, window=RECIPE.window, steps=RECIPE.steps,
+                      hidden=RECIPE.hidden, heads=RECIPE.heads, batch_size=RECIPE.batch_size)
+    assert checkpoint == model.checkpoint_hash()
+    k = np.rint(miner_accuracy(model, miners, max_windows=RECIPE.max_windows) * U16_MAX)
+    assert skill == [int(x) * 10_000 // U16_MAX for x in k]
+    assert skill[2] == 0  # an idle miner: nothing varies, nothing to forecast
+    # another seed is another model
+    assert enforcer_skill(SERIES[:60], miners, replace(RECIPE, seed=1))[0] != checkpoint
+
+
+def test_miner_series_reads_only_the_weight_txs() -> None:
+    from ledger.block import Block, Header
+    from ledger.keys import Wallet
+    from ledger.series import MINER_COLUMNS, miner_series
+    from ledger.tx import make_tx
+
+    v1, v2 = Wallet.from_seed("s-v1"), Wallet.from_seed("s-v2")
+
+    def block(h: int, *txs: object) -> Block:
+        return Block(Header(h, "00" * 32, "00" * 32, "00" * 32, h, v1.address), tuple(txs))
+
+    def weights(v: Wallet, brain: int, uids: list[int], w: list[int]) -> object:
+        return make_tx(v, "set_weights", 0, "c", brain=brain, uids=uids, weights=w)
+
+    blocks = [block(1, weights(v1, 1, [0, 1], [65535, 0]),
+                    weights(v2, 7, [0, 1], [1, 1])),  # another Brain: ignored
+              block(2),
+              block(3, weights(v2, 1, [1, 5], [65535, 9]))]  # uid 5 not asked for
+    x = miner_series(blocks, 1, [0, 1])
+    assert x.shape == (2, 3, len(MINER_COLUMNS))
+    assert x[0, :, 0].tolist() == [1, 0, 0] and x[1, :, 0].tolist() == [0, 0, 1]
+    assert x[0, :, 1].tolist() == [0, 1, 2] and x[1, :, 1].tolist() == [0, 1, 0]
+    assert x[0, :, 2].tolist() == [1, 0, 0] and x[1, :, 2].tolist() == [0, 0, 1]
+    assert x[0, :, 3].tolist() == [1, 1, 1] and x[1, :, 3].tolist() == [0, 0, 1]
+    assert x[0, :, 4].tolist() == [1, 1, 1] and x[1, :, 4].tolist() == [0, 0, 1]
