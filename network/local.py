@@ -13,6 +13,11 @@ Everything is a real process talking gRPC on loopback:
 
 ``--misbehave K`` makes the first K miners lazy (``--misbehave replay``): they answer with
 old ciphertexts, which validators catch, so they should earn (almost) nothing.
+
+``enforcer=True`` also starts the TFT Enforcer (``cerberus join --role enforcer`` with the
+operator's wallet: the operator owns Brain #2), which posts a ``tft_report`` for Brain #1
+each epoch (``network.enforcer``); ``blocks_per_year`` compresses the year so that β(t)
+moves within a run (SPEC L7). Both are off by default.
 """
 
 from __future__ import annotations
@@ -118,9 +123,10 @@ def ensure_artefact(root: Path, given: Path | None = None) -> Path:
 
 def start(root: Path, *, validators: int = 3, miners: int = 3, misbehave: int = 0,
           artefact: Path | None = None, tempo: int = 20, tokens: int = 4,
-          start_timeout: float = 180.0, join_cmd: Sequence[str]) -> LocalNetwork:
+          start_timeout: float = 180.0, join_cmd: Sequence[str], enforcer: bool = False,
+          blocks_per_year: int | None = None) -> LocalNetwork:
     """Create wallets and genesis under ``root``, start every participant, wait for all of
-    them to be registered and every miner to be announced.
+    them to be registered and every miner to be announced; then the Enforcer if asked.
 
     ``join_cmd`` is the command line that starts one participant (``cerberus join``: the
     application shell's, e.g. ``[python, "-m", "cerberus_cli", "join"]``). The caller
@@ -145,12 +151,13 @@ def start(root: Path, *, validators: int = 3, miners: int = 3, misbehave: int = 
         genesis = Genesis.from_dict(json.loads(genesis_file.read_text()))
     else:
         vals = [wallets[f"validator-{i}"].address for i in range(validators)]
+        year = {} if blocks_per_year is None else {"blocks_per_year": blocks_per_year}
         genesis = Genesis(chain_id=CHAIN_ID, operator=operator.address,
                           bridge=operator.address,
                           balances={operator.address: 1_000_000 * BASED,
                                     **{w.address: FUNDS for w in wallets.values()}},
                           time=int(time.time()) - 1, block_time=1, tempo=tempo,
-                          authorities=tuple(vals))
+                          authorities=tuple(vals), **year)
         genesis_file.write_text(json.dumps(genesis.to_dict(), indent=1))
     net = LocalNetwork(root, genesis, artefact, operator)
     try:
@@ -180,10 +187,32 @@ def start(root: Path, *, validators: int = 3, miners: int = 3, misbehave: int = 
             if len(net.procs) == 1:
                 _set_task(net, sha)
         _wait_registered(net, validators, miners, start_timeout)
+        if enforcer:
+            _start_enforcer(net, genesis_file, join_cmd, start_timeout)
     except BaseException:
         net.stop()
         raise
     return net
+
+
+def _start_enforcer(net: LocalNetwork, genesis_file: Path, join_cmd: Sequence[str],
+                    timeout: float) -> None:
+    """``cerberus join --role enforcer`` with the operator's key (Brain #2's owner); started
+    after the operator's own txs so that the two never race for a nonce."""
+    name = "enforcer"
+    (net.root / name).mkdir(exist_ok=True)
+    cmd = [*join_cmd, "--brain", str(BRAIN), "--role", "enforcer", "--genesis",
+           str(genesis_file), "--data", str(net.root / name / "data"), "--wallet",
+           str(net.root / "operator.key"), "--block-interval", "1", "--round-timeout", "2",
+           "--progress-every", "5", "--bootstrap", net.procs[0].node]
+    log_path = net.root / name / "join.log"
+    with open(log_path.with_name("join.out"), "w") as out, open(log_path, "ab") as err:
+        popen = subprocess.Popen(cmd, stdout=out, stderr=err, text=True,
+                                 env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    proc = Proc(name, "enforcer", net.operator, popen, log_path)
+    net.procs.append(proc)
+    proc.node = proc.first_line(timeout).rsplit(" ", 1)[1]
+    log.info("enforcer %s: node %s", net.operator.address[:16], proc.node)
 
 
 def _set_task(net: LocalNetwork, sha: str) -> None:
