@@ -49,6 +49,7 @@ refused by the client's check.)
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import inspect
@@ -157,20 +158,23 @@ def _rpc(method: Callable) -> Callable:
             self.metrics.in_flight += 1
         return rid, time.perf_counter()
 
-    def admit(self: MinerService, context: grpc.ServicerContext) -> str:
-        """The caller's address, once the per-address limits admit the call."""
+    @contextlib.contextmanager
+    def admitted(self: MinerService, context: grpc.ServicerContext) -> Iterator[None]:
+        """The call runs once the per-address limits admit it and the protocol matches;
+        its slot is given back however it ends."""
         address = peer_ip(context.peer())
         refused = self.per_address.enter(address)
         if refused is not None:
             raise Abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"rate limited: {refused}")
-        return address
-
-    def check_protocol(context: grpc.ServicerContext) -> None:
-        spoken = dict(context.invocation_metadata() or ()).get(PROTOCOL_HEADER)
-        if spoken != str(PROTOCOL):
-            raise Abort(grpc.StatusCode.FAILED_PRECONDITION,
-                        f"this miner speaks protocol {PROTOCOL}; the client sent "
-                        f"{spoken or 'none'}: use a client of the same Cerberus version")
+        try:
+            spoken = dict(context.invocation_metadata() or ()).get(PROTOCOL_HEADER)
+            if spoken != str(PROTOCOL):
+                raise Abort(grpc.StatusCode.FAILED_PRECONDITION,
+                            f"this miner speaks protocol {PROTOCOL}; the client sent "
+                            f"{spoken or 'none'}: use a client of the same Cerberus version")
+            yield
+        finally:
+            self.per_address.leave(address)
 
     def end(self: MinerService, context: grpc.ServicerContext, rid: str, t0: float,
             error: BaseException | None, extra: dict[str, Any], reply: bool = True) -> None:
@@ -198,20 +202,16 @@ def _rpc(method: Callable) -> Callable:
         def stream_wrapper(self: MinerService, request: Any, context: grpc.ServicerContext):
             rid, t0 = begin(self, context)
             extra: dict[str, Any] = {}
-            error = address = None
+            error = None
             try:
-                address = admit(self, context)
-                check_protocol(context)
-                yield from method(self, request, context, extra)
+                with admitted(self, context):
+                    yield from method(self, request, context, extra)
             except GeneratorExit:  # the client went away mid-stream: count it, then close
                 end(self, context, rid, t0, Abort(grpc.StatusCode.CANCELLED, "client left"),
                     extra, reply=False)
                 raise
             except Exception as e:  # noqa: BLE001 - mapped to a status in end()
                 error = e
-            finally:
-                if address is not None:
-                    self.per_address.leave(address)
             end(self, context, rid, t0, error, extra)
         return stream_wrapper
 
@@ -219,16 +219,12 @@ def _rpc(method: Callable) -> Callable:
     def wrapper(self: MinerService, request: Any, context: grpc.ServicerContext):
         rid, t0 = begin(self, context)
         extra: dict[str, Any] = {}
-        error = result = address = None
+        error = result = None
         try:
-            address = admit(self, context)
-            check_protocol(context)
-            result = method(self, request, context, extra)
+            with admitted(self, context):
+                result = method(self, request, context, extra)
         except Exception as e:  # noqa: BLE001 - mapped to a status in end()
             error = e
-        finally:
-            if address is not None:
-                self.per_address.leave(address)
         end(self, context, rid, t0, error, extra)
         return result
     return wrapper
@@ -381,7 +377,8 @@ class MinerService(pb_grpc.MinerServicer):
         t0 = time.perf_counter()
         try:
             if cheat and program in self._cheat:
-                out = [self._cheat[program].run(request.ciphertexts[0])]
+                out = [self._cheat[program].run(request.ciphertexts[0],
+                                                keys.keys.get(program))]
             else:
                 out = self.fhe.run(program, list(request.ciphertexts), keys.keys)
         except CerberusError as e:  # packed: checked header, parameters, sizes
@@ -464,6 +461,13 @@ class MinerService(pb_grpc.MinerServicer):
         raw = {n: bytes(b) for n, b in parts.items()}
         keys = {}
         for name, data in raw.items():
+            if self.fhe.backend[name] == "packed":  # Galois keys, parsed and checked once
+                try:
+                    keys[name] = self.fhe.load_keys(name, data)
+                except CerberusError as e:
+                    raise Abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                f"evaluation keys for {name}: {e}") from e
+                continue
             try:
                 check_framing(data, f"evaluation keys for {name}")
             except CerberusError as e:
