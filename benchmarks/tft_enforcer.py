@@ -150,7 +150,10 @@ def markdown(doc: dict[str, Any]) -> str:
             f"every report's skills and checkpoint bit for bit: {doc['all_reproduced']} "
             f"({len(doc['reproductions'])} reproductions); state roots agree: "
             f"{doc['state_roots_agree']}; the replaying miner earned "
-            f"{fmt_based(doc['cheat_earned'])} $BASED.", "",
+            f"{fmt_based(doc['cheat_earned'])} $BASED. The honest miners' split moves with "
+            "the validators' speed weights (R) from epoch to epoch, which hides β's share "
+            "here; `tests/network/test_enforcer_live.py` fixes the weights and checks each "
+            "epoch's split against normalise(R + β(t)·A) exactly.", "",
             f"Cost of a report's float part (retrain {doc['recipe']['steps']} steps on "
             f"{doc['recipe']['blocks']} blocks + score, one thread): "
             f"{doc['cost']['report_s_min']} s for this Brain (best of 3); scoring a full "
