@@ -12,6 +12,8 @@ seed 0), checked against the plain integer product ``x @ W``:
   quoted **per output** (every output is its own ciphertext and its own dot product, so
   they scale linearly).
 * ``packed``: ``cerberus.fhe.packed``, coefficient encoding (Cheetah) in BFV, N=2048.
+* ``packing``: the same with its replies packed dense (N=4096, Chen–Dai–Kim–Song's merges
+  with the client's Galois keys), n_w the input's width rounded up to a power of two.
 * ``simd``: the other design weighed, measured on 384×1152 only: BFV batching, rows in
   slots, the Halevi–Shoup diagonal product with baby-step/giant-step rotations (as Gazelle,
   BOLT and BumbleBee do), N=8192 (the product of a batched plaintext grows noise by ~N·t,
@@ -69,34 +71,59 @@ def data(n_in: int, n_out: int, rows: int) -> tuple[np.ndarray, np.ndarray]:
     return rng.integers(LO, HI + 1, (n_in, n_out)), rng.integers(LO, HI + 1, (rows, n_in))
 
 
-def measure_packed(n_in: int, n_out: int, rows: int) -> dict:
+def key_switches(params: PackedParams, rows: int) -> int:
+    """apply_galois calls of one packed reply: the merges of each dense ciphertext's tree
+    with a ciphertext below them, counted as ``PackedLinear._pack`` recurses."""
+    if not params.pack:
+        return 0
+
+    def merges(held: list[bool]) -> tuple[bool, int]:
+        if len(held) == 1:
+            return held[0], 0
+        (even, a), (odd, b) = merges(held[0::2]), merges(held[1::2])
+        return even or odd, a + b + (even or odd)
+
+    count, width = params.counts(rows)[1], params.pack_width
+    bits, total = width.bit_length() - 1, 0
+    for start in range(0, count, width):
+        held = [False] * width
+        for c in range(min(width, count - start)):
+            held[int(format(c, f"0{bits}b")[::-1], 2) if bits else 0] = True
+        total += merges(held)[1]
+    return total
+
+
+def measure_packed(n_in: int, n_out: int, rows: int, pack: bool = False) -> dict:
     w, x = data(n_in, n_out, rows)
-    params = PackedParams(n_in, n_out)
+    params = PackedParams(n_in, n_out, pack=pack)
     t0 = time.perf_counter()
     linear = PackedLinear(w, params, rows=(rows,))
     t1 = time.perf_counter()
     client = PackedClient(params)
     client.keygen()
+    keys = linear.load_keys(client.evaluation_keys()) if pack else b""
     t2 = time.perf_counter()
     ct = client.encrypt_rows(x)
     t3 = time.perf_counter()
-    reply = linear.run(ct, client.evaluation_keys())
+    reply = linear.run(ct, keys)
     t4 = time.perf_counter()
     y = client.decrypt(reply, rows, n_out)
     t5 = time.perf_counter()
     part = params.partition(rows)
-    return {"backend": "packed", "shape": [n_in, n_out], "rows": rows,
+    return {"backend": "packing" if pack else "packed", "shape": [n_in, n_out], "rows": rows,
             "bytes_in": len(ct), "bytes_out": len(reply),
             "in_b_per_value": len(ct) / (rows * n_in),
             "out_b_per_value": len(reply) / (rows * n_out),
             "miner_s": t4 - t3, "miner_ms_per_output": 1e3 * (t4 - t3) / (rows * n_out),
             "client_s": (t3 - t2) + (t5 - t4), "encrypt_s": t3 - t2, "decrypt_s": t5 - t4,
-            "keygen_s": t2 - t1, "weight_encoding_s": t1 - t0, "eval_key_bytes": 0,
+            "keygen_s": t2 - t1, "weight_encoding_s": t1 - t0,
+            "eval_key_bytes": len(client.evaluation_keys()),
+            "key_switches": key_switches(params, rows),
             "max_error": int(np.abs(y - x @ w).max()),
             "noise_bits": client.noise_bits(reply, rows, n_out),
-            "margin_bits": params.out_bits - params.t_bits - 1,
+            "margin_bits": params.noise_limit_bits,
             "params": {"N": params.poly_degree, "log_q": params.q_bits, "log_t": params.t_bits,
-                       "out_bits": params.out_bits,
+                       "out_bits": params.out_bits, "c0_bits": params.c0_bits,
                        "partition": [part.r_w, part.n_w, part.m_w]}}
 
 
@@ -377,6 +404,11 @@ def render(result: dict) -> str:
         extra = f" ({r['measured_outputs']} outputs measured)" if "measured_outputs" in r else ""
         if "version" in r:
             extra = f" (concrete-ml-extensions {r['version']}, {extra[2:]}"
+        if r["backend"] == "packing":
+            extra = (f" (N=4096, n_w={r['params']['partition'][1]}, {r['key_switches']} key "
+                     "switches)")
+        if "earlier" in r:
+            extra += f" _(run at {r['earlier']})_"
         lines.append(
             f"| {n_in}×{n_out} | {r['backend']}{extra} | {r['rows']} | "
             f"{r['in_b_per_value']:.1f} | {r['out_b_per_value']:.1f} | "
@@ -391,7 +423,8 @@ def render(result: dict) -> str:
                   "rel. error vs float | eval keys |", "|---|---|---|---|---|---|---|---|"]
         for r in result["hybrid_model"]:
             keys = mb(r["eval_key_bytes"]) if "eval_key_bytes" in r else "—"
-            lines.append(f"| {r['shape'][0]}×{r['shape'][1]} | {r['path']} | "
+            path = r["path"] + (f" _(run at {r['earlier']})_" if "earlier" in r else "")
+            lines.append(f"| {r['shape'][0]}×{r['shape'][1]} | {path} | "
                          f"{r['measured_outputs']} | {r['ms_per_output']:.4f} | {r['s']:.3f} | "
                          f"{r['compile_s']:.1f} | {r['rel_error_vs_float']:.4f} | {keys} |")
     lines += ["", "**Design comparison** on 384×1152 (coefficient encoding vs SIMD diagonals):", "",
@@ -437,46 +470,71 @@ def main(argv: list[str] | None = None) -> None:
                          "and concrete-ml-extensions 0.1.9; skipped if absent)")
     ap.add_argument("--cmlx-outputs", type=int, default=256,
                     help="columns of W multiplied by concrete-ml-extensions (per-output figures)")
+    ap.add_argument("--earlier", type=Path, default=Path(__file__).resolve().parent / "results"
+                    / f"{KEY}.json",
+                    help="an earlier run's JSON: its rows for the backends not measured now "
+                         "(lwe with --no-lwe, glwe and HybridFHEModel without their venvs) "
+                         "are kept, marked with that run's commit")
     args = ap.parse_args(argv)
     command = "python benchmarks/packed_linear.py" + "".join(
         f" {a}" for a in (argv if argv is not None else sys.argv[1:]))
+    earlier = json.loads(args.earlier.read_text()) if args.earlier.is_file() else {}
+    since = (earlier.get("machine") or {}).get("commit", "?")
     table, cache = [], {}
 
-    def packed(n_in: int, n_out: int, rows: int) -> dict:
-        if (n_in, n_out, rows) not in cache:
-            print(f"packed {n_in}×{n_out}, {rows} rows", flush=True)
-            cache[(n_in, n_out, rows)] = measure_packed(n_in, n_out, rows)
-        return cache[(n_in, n_out, rows)]
+    def kept(backend: str, n_in: int, n_out: int) -> list[dict]:
+        rows = [dict(r, earlier=since) for r in earlier.get("table", [])
+                if r["backend"] == backend and r["shape"] == [n_in, n_out]]
+        if rows:
+            print(f"{backend} {n_in}×{n_out}: kept from the run at commit {since}", flush=True)
+        return rows
+
+    def packed(n_in: int, n_out: int, rows: int, pack: bool = False) -> dict:
+        if (n_in, n_out, rows, pack) not in cache:
+            print(f"{'packing' if pack else 'packed'} {n_in}×{n_out}, {rows} rows", flush=True)
+            cache[(n_in, n_out, rows, pack)] = measure_packed(n_in, n_out, rows, pack)
+        return cache[(n_in, n_out, rows, pack)]
 
     scaled: dict[str, dict[tuple[int, int], dict]] = {"lwe": {}, "glwe": {}}
     hybrid_models: list[dict] = []
     for n_in, n_out in SHAPES:
         if not args.no_lwe:
             print(f"lwe {n_in}×{n_out}", flush=True)
-            r = measure_lwe(n_in, n_out, min(args.lwe_outputs, n_out))
-            scaled["lwe"][(n_in, n_out)] = r
-            table.append(r)
+            lwe = [measure_lwe(n_in, n_out, min(args.lwe_outputs, n_out))]
+        else:
+            lwe = kept("lwe", n_in, n_out)
         if Path(args.cmlx_python).is_file():
             print(f"glwe {n_in}×{n_out}", flush=True)
-            r = measure_cmlx(args.cmlx_python, n_in, n_out, min(args.cmlx_outputs, n_out))
-            scaled["glwe"][(n_in, n_out)] = r
-            table.append(r)
+            glwe = [measure_cmlx(args.cmlx_python, n_in, n_out, min(args.cmlx_outputs, n_out))]
+        else:
+            glwe = kept("glwe", n_in, n_out)
+        for backend, rows in (("lwe", lwe), ("glwe", glwe)):
+            for r in rows:
+                scaled[backend][(n_in, n_out)] = r
+                table.append(r)
         if Path(args.cml_python).is_file():
             print(f"concrete-ml HybridFHEModel {n_in}×{n_out}", flush=True)
             hybrid_models.append(measure_hybrid_model(args.cml_python, n_in, n_out))
-        table += [packed(n_in, n_out, 1), packed(n_in, n_out, 16)]
+        else:
+            hybrid_models += [dict(r, earlier=since) for r in earlier.get("hybrid_model", [])
+                              if r["shape"] == [n_in, n_out]]
+        table += [packed(n_in, n_out, 1), packed(n_in, n_out, 16),
+                  packed(n_in, n_out, 1, True), packed(n_in, n_out, 16, True)]
     print("simd 384×1152", flush=True)
     designs = [packed(384, 1152, 16), measure_simd(384, 1152, 16),
                packed(384, 1152, 1), measure_simd(384, 1152, 1)]
 
     extrapolations: dict[str, dict] = {"minilm": {}, "gpt2": {}}
     for name, model in (("minilm", MINILM), ("gpt2", GPT2)):
-        per = {}
-        for n_in, n_out in model["linears"]:
-            m = dict(packed(n_in, n_out, model["rows"]))
-            m["seconds"] = m["client_s"] + m["miner_s"]
-            per[(n_in, n_out)] = m
-        extrapolations[name]["packed"] = model_cost(model, per)
+        for backend, pack in (("packed", False), ("packing", True)):
+            per = {}
+            for n_in, n_out in model["linears"]:
+                m = dict(packed(n_in, n_out, model["rows"], pack))
+                m["seconds"] = m["client_s"] + m["miner_s"]
+                per[(n_in, n_out)] = m
+            extrapolations[name][backend] = model_cost(model, per)
+            extrapolations[name][backend]["eval_key_bytes"] = model["layers"] * sum(
+                per[shape]["eval_key_bytes"] for shape in model["linears"])
         for backend, measured in scaled.items():
             if measured:
                 per = {shape: scale(backend, measured, *shape, model["rows"])
@@ -485,20 +543,32 @@ def main(argv: list[str] | None = None) -> None:
 
     total = {(r["backend"], r["rows"]): r["bytes_in"] + r["bytes_out"] for r in designs}
     speed = {(r["backend"], r["rows"]): r["miner_ms_per_output"] for r in designs}
-    gpt2 = extrapolations["gpt2"]["packed"]
+    gpt2, dense = extrapolations["gpt2"]["packed"], extrapolations["gpt2"]["packing"]
+    per_token = dense["bytes_up"] + dense["bytes_down"]
     notes = (
         "Chosen design: coefficient encoding (`cerberus/fhe/packed.py`). On 384×1152 it moves "
         f"{mb(total[('packed', 16)])} at 16 rows against SIMD's {mb(total[('simd', 16)])} "
         f"({mb(total[('packed', 1)])} vs {mb(total[('simd', 1)])} at 1 row), its miner is "
         f"{speed[('simd', 16)] / speed[('packed', 16)]:.1f}× faster at 16 rows (no rotations) "
         f"and it needs no evaluation keys (SIMD: {mb(designs[1]['eval_key_bytes'])} of Galois "
-        f"keys). GPT-2 at 1 row: {mb(gpt2['bytes_up'] + gpt2['bytes_down'])} per token, "
-        f"{'over' if gpt2['bytes_up'] + gpt2['bytes_down'] > 2e6 else 'within'} the 2 MB "
-        "target: each output ciphertext's `c1` (N coefficients) is sent for a "
-        "few outputs and each input ciphertext holds a few dozen inputs; packing the outputs "
-        "(LWE→RLWE, Chen–Dai–Kim–Song 2020) with rotation keys is the next step. glwe runs "
-        "with `bits_reserved_for_computation` = accumulator bits + 1: its errors are its "
-        "approximate outputs (low bits stored at 26 bits), not a failure of this run.")
+        "keys). `packed` is its keyless parameter set (N=2048, sparse replies); `packing` "
+        "packs the replies dense (N=4096, n_w = the input's width rounded up to a power of "
+        "two, one key switch per output ciphertext, the client's Galois keys uploaded once). "
+        f"GPT-2 small per generated token: packed {mb(gpt2['bytes_up'] + gpt2['bytes_down'])}"
+        f" in {gpt2['compute_s']:.1f} s of compute; packing {mb(per_token)} "
+        f"({'over' if per_token > 2e6 else 'within'} the 2 MB target) in "
+        f"{dense['compute_s']:.1f} s, with {mb(dense['eval_key_bytes'])} of Galois keys "
+        "per client (each linear has its own plaintext modulus, so its own key). What keeps "
+        "packing above 2 MB: every call still sends at least one N = 4096 input ciphertext "
+        "(64 bits per coefficient) and gets back one dense ciphertext, while GPT-2's 768-wide "
+        "rows fill a fifth of one. The cost model (`cerberus/fhe/pricing.py`) prices both "
+        "sets and every width per linear: at 100 Mbit/s the keyless set wins on seconds, on "
+        "slow links packing does. glwe runs with `bits_reserved_for_computation` = "
+        "accumulator bits + 1: its errors are its approximate outputs (low bits stored at 26 "
+        "bits), not a failure of this run.")
+    if any("earlier" in r for r in table + hybrid_models):
+        notes += (f" Rows marked _(run at {since})_ were kept from the run at commit {since} "
+                  "(their venvs are absent here, or `--no-lwe`), not measured again.")
     result = {"table": table, "designs": designs, "extrapolations": extrapolations,
               "hybrid_model": hybrid_models, "command": command, "notes": notes}
     write_json(KEY, result)
