@@ -131,22 +131,29 @@ def test_no_validators_pays_the_owner() -> None:
 def test_tft_accuracy_enters_incentive_once_beta_is_positive() -> None:
     # blocks_per_year = 2 → at block 17, t = 8.5 "years" > 4, so β(t) = 1.
     chain = _setup(blocks_per_year=2)
-    _run_to(chain, 7)
+    _run_to(chain, 11)  # a report needs Recipe.min_height blocks of public data
     sg = Signer(chain)
-    report = sg.tx(OPERATOR, "tft_report", brain=3, uids=[0, 1, 2], accuracy_bps=[0, 0, 10_000])
-    assert chain.validate_tx(report) is None
-    forged = Signer(chain).tx(V1, "tft_report", brain=3, uids=[2], accuracy_bps=[10_000])
-    assert chain.validate_tx(forged).startswith("only the owner of Brain #2")
-    apply_ok(chain, report)
+    # Accuracy = skill × verified share (ledger.tft_report): miner 0 is verified by V1's
+    # 60 % of the stake, miner 2 only by V2's 40 % (below the κ majority), so skills
+    # (1, 0, 1) give accuracies (.6, 0, 0); a report giving miner 2 any is refused.
+    report = dict(brain=3, uids=[0, 1, 2], skill_bps=[10_000, 0, 10_000],
+                  checkpoint="00" * 32, data_height=11)
+    ok = sg.tx(OPERATOR, "tft_report", accuracy_bps=[6_000, 0, 0], **report)
+    assert chain.validate_tx(ok) is None
+    for wallet, acc in ((OPERATOR, [6_000, 0, 10_000]), (V1, [6_000, 0, 0])):
+        forged = Signer(chain).tx(wallet, "tft_report", accuracy_bps=acc, **report)
+        assert chain.validate_tx(forged).startswith(
+            "accuracy_bps of uid 2" if wallet is OPERATOR else "only the owner of Brain #2")
+    apply_ok(chain, ok)
     _run_to(chain, 16)
     before = {w.address: chain.balance(w.address) for w in [V1, V2, *M]}
     _run_to(chain, 17)
     gain = {a: chain.balance(a) - b for a, b in before.items()}
-    # I = normalise(R + β·normalise(A)) = normalise((.375, .625, 0) + (0, 0, 1))
-    #   = (.1875, .3125, .5) of the 37.5 BASED miners' part.
-    assert [gain[m.address] for m in M] == [7_031_250_000, 11_718_750_000, 18_750_000_000]
-    # dividends = bonds·I = (1·.1875 + .6·.3125, .4·.3125) = (.375, .125) → (.75, .25)
-    assert (gain[V1.address], gain[V2.address]) == (28_125_000_000, 9_375_000_000)
+    # I = normalise(R + β·normalise(A)) = normalise((.375, .625, 0) + (1, 0, 0))
+    #   = (.6875, .3125, 0) of the 37.5 BASED miners' part.
+    assert [gain[m.address] for m in M] == [25_781_250_000, 11_718_750_000, 0]
+    # dividends = bonds·I = (1·.6875 + .6·.3125, .4·.3125) = (.875, .125)
+    assert (gain[V1.address], gain[V2.address]) == (32_812_500_000, 4_687_500_000)
     assert conserved(chain.state)
 
 
