@@ -377,9 +377,6 @@ def _vote(s: State, tx: Tx, ctx: Ctx) -> None:
     s.put("vote", (pid, brain_id), approve)
 
 
-TFT_BRAIN = 2  # whitepaper 2.4.5: Brain #2 houses the TFT Enforcer model
-
-
 def _tft_report(s: State, tx: Tx, ctx: Ctx) -> None:
     """Accuracy(TFT) per miner, reported by the owner of Brain #2 (L7, L9).
 
