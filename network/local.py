@@ -251,10 +251,45 @@ def balances(net: LocalNetwork) -> dict[str, int]:
             "operator": c.balance(net.operator.address)}
 
 
+def wait_scored(net: LocalNetwork, timeout: float) -> int:
+    """Wait until every validator's weights on chain cover every miner of Brain #1; the
+    height where the last of them landed.
+
+    A Brain earns emission only once an epoch found it performing (``ledger.economics``
+    ``brain_scores``: stake × performance), and that epoch pays what accumulated before
+    it — nothing, for a Brain whose miners were never scored. So earnings show from the
+    second epoch boundary after this height; counting epochs from the start instead made
+    a slow start (a loaded machine, cold caches) look like honest miners earning nothing.
+    """
+    validators = {p.wallet.address for p in net.procs if p.role == "validator"}
+    deadline = time.monotonic() + timeout
+    latest: dict[str, set[int]] = {}  # validator → the uids of its latest weights
+    seen = 0
+    with net.client() as c:
+        while True:
+            uids = {int(u) for u in (c.brain(BRAIN) or {"miners": {}})["miners"]}
+            head = int(c.status()["height"])
+            for start in range(seen + 1, head + 1, 128):
+                for block, _ in c.blocks(start, min(head, start + 127)):
+                    for tx in block.txs:
+                        if (tx.kind == "set_weights" and tx.sender in validators
+                                and tx.payload["brain"] == BRAIN):
+                            latest[tx.sender] = set(tx.payload["uids"])
+            seen = max(seen, head)
+            if uids and all(uids <= latest.get(v, set()) for v in validators):
+                return head
+            if time.monotonic() > deadline:
+                raise CerberusError(f"validators had not scored every miner after "
+                                    f"{timeout:.0f} s (height {head})")
+            time.sleep(0.5)
+
+
 def run_epochs(net: LocalNetwork, epochs: int, timeout: float) -> list[dict[str, Any]]:
-    """Wait for ``epochs`` of Brain #1's epoch boundaries; balances at each one."""
+    """Wait until the validators have scored every miner, then for ``epochs`` of Brain
+    #1's epoch boundaries; balances at each one."""
     tempo = net.genesis.tempo
     out = []
+    wait_scored(net, timeout)
     with net.client() as c:
         h = int(c.status()["height"])
         for _ in range(epochs):
