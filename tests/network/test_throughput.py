@@ -341,3 +341,70 @@ def test_a_tx_judged_on_the_run_overlay_as_if_the_run_were_replayed() -> None:
         else:
             assert whole[1] == {**overlay, **appended[1]}
     assert chain.height == 0 and chain.state.balance(w.address) == 10_000
+
+
+def test_apply_after_check_runs_nothing_again_yet_refuses_other_txs(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """``apply_block`` adopts the state ``check_block`` computed for the same block (its
+    txs are not run again), but only for that very block: the same header (so the same
+    hash) with other txs is refused, the state unchanged."""
+    import ledger.chain
+    g = genesis()
+    chain, replay = Chain(g), Chain(g)
+    first = next(w for w in VALIDATORS
+                 if w.address == proposer_ranking(g.genesis_hash(), voting_set({}, g))[0])
+    block, _ = Chain(g).produce_block(transfers(3), first, int(time.time()))
+    chain.check_block(block)
+    other = Block(block.header, block.txs[:-1])
+    root = chain.state_root()
+    with pytest.raises(InvalidBlock, match="tx root"):
+        chain.apply_block(other)
+    assert chain.state_root() == root and chain.height == 0
+    chain.check_block(block)
+    runs: list[int] = []
+    real = ledger.chain.apply_block_in_place
+
+    def counting(state: object, b: Block, *args: object) -> None:
+        runs.append(b.height)
+        real(state, b, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(ledger.chain, "apply_block_in_place", counting)
+    chain.apply_block(block)
+    assert runs == []
+    monkeypatch.undo()
+    replay.apply_block(block)
+    assert chain.state_root() == replay.state_root() == block.header.state_root
+    assert chain.block(1) == block and chain.head_hash == block.block_hash()
+
+
+def test_hostile_txs_batches_are_refused_whole(observer: tuple[Node, NodeClient]) -> None:
+    """A peer's "txs" envelope must be a list of 1..1,000 txs, each well formed and
+    signed; one forged tx refuses the whole batch (an honest node forwards only txs it
+    checked), so nothing of it is admitted. A batch of txs the node already holds is not
+    fresh and is neither checked again nor forwarded."""
+    node, c = observer
+    w = SENDERS[1]
+    good = [make_tx(w, "transfer", n, CHAIN_ID, to=USER.address, amount=1).to_dict()
+            for n in range(3)]
+    forged = {**good[1], "sig": "00" * 64}
+
+    def send(obj: object) -> grpc.StatusCode:
+        with grpc.insecure_channel(node.listen) as ch:
+            try:
+                node_pb2_grpc.NodeStub(ch).Gossip(node_pb2.Envelope(
+                    kind="txs", payload=canonical(obj)), timeout=10)
+            except grpc.RpcError as e:
+                return e.code()
+        return grpc.StatusCode.OK
+
+    for junk in ({}, [], "x", [1, 2], [good[0]] * 1_001, [good[0], forged, good[2]],
+                 [good[0], {**good[1], "fee": -1}]):
+        assert send(junk) == grpc.StatusCode.INVALID_ARGUMENT, junk
+    assert c.status()["mempool"] == 0
+    assert send(good) == grpc.StatusCode.OK
+    assert (c.status()["mempool"], c.pending_nonce(w.address)) == (3, 3)
+    with grpc.insecure_channel(node.listen) as ch:
+        reply = node_pb2_grpc.NodeStub(ch).Gossip(node_pb2.Envelope(
+            kind="txs", payload=canonical(list(reversed(good)))), timeout=10)
+    assert not reply.fresh
+    assert c.status()["rejected"] == 7
