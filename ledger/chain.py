@@ -28,6 +28,7 @@ from ledger.rules import (
     apply_block,
     apply_block_in_place,
     apply_tx,
+    check_header,
     execute,
 )
 from ledger.state import State
@@ -38,6 +39,7 @@ from ledger.tx import Tx
 # ``dry_run`` returns so the next tx of the same sender is judged without replaying the run
 Overlay = dict[tuple[str, Any], Any]
 ABSENT: Any = object()
+MAX_CHECKED = 4  # states after checked or produced blocks kept for apply_block (per head)
 
 
 class Chain:
@@ -47,6 +49,10 @@ class Chain:
         self.genesis = genesis
         self.store: Store = store if store is not None else MemoryStore()
         self.sigs = SigCache()
+        # block hash → (the block, the state after it), from check_block / produce_block on
+        # the head ``_checked_on``: apply_block adopts it instead of running the block again
+        self._checked: dict[str, tuple[Block, State]] = {}
+        self._checked_on = ""
         stored = self.store.genesis()
         if stored is None:
             self.state = genesis_state(genesis)
@@ -89,6 +95,11 @@ class Chain:
 
     def block(self, height: int) -> Block | None:
         return self.store.block(height)
+
+    def block_record(self, height: int) -> tuple[str, bytes] | None:
+        """(hash, stored canonical bytes) of the block at ``height``: what a node serves to
+        a syncing peer without decoding and encoding the block again."""
+        return self.store.block_record(height)
 
     def balance(self, address: str) -> int:
         return self.state.balance(address)
@@ -178,26 +189,55 @@ class Chain:
         height = self.height + 1
         if time <= self.state.meta("time"):
             raise ValueError("block time must be after the parent's")
-        mark = self.state.checkpoint()
+        after = self.state.fork()
         with self.sigs.active():
-            try:
-                kept, rejected = execute(self.state, txs, self.genesis, height,
-                                         proposer.address, time, strict=False)
-                root = self.state.state_root()
-            finally:
-                self.state.rollback(mark)
+            kept, rejected = execute(after, txs, self.genesis, height, proposer.address, time,
+                                     strict=False)
+        root = after.state_root()
+        after.commit()
         header = Header(height, self.head_hash, root, tx_root(kept), time, proposer.address)
-        return Block(sign_header(header, proposer, self.genesis.chain_id), tuple(kept)), rejected
+        block = Block(sign_header(header, proposer, self.genesis.chain_id), tuple(kept))
+        self._keep_checked(block, after)
+        return block, rejected
 
     def check_block(self, block: Block) -> None:
-        """Dry run: raise ``InvalidBlock`` unless ``block`` applies on the head (the state
-        is left as it was; signatures found good are remembered for ``apply_block``)."""
+        """Dry run: raise ``InvalidBlock`` unless ``block`` applies on the head. The head's
+        state is left as it was; the state after the block is kept (a few, per head), so
+        ``apply_block`` of this block, once it is final, needs no second run of its txs."""
         with self.sigs.active():
-            apply_block(self.state, block, self.genesis, self.head_hash)
+            after = apply_block(self.state, block, self.genesis, self.head_hash)
+        self._keep_checked(block, after)
+
+    def _keep_checked(self, block: Block, after: State) -> None:
+        """Remember the state after ``block`` on the current head (bounded)."""
+        if self._checked_on != self.head_hash:
+            self._checked, self._checked_on = {}, self.head_hash
+        self._checked[block.block_hash()] = (block, after)
+        while len(self._checked) > MAX_CHECKED:
+            del self._checked[next(iter(self._checked))]
 
     def apply_block(self, block: Block) -> None:
         """Validate and apply ``block``, then persist it atomically; raises ``InvalidBlock``
-        (state and store unchanged) if anything is wrong."""
+        (state and store unchanged) if anything is wrong.
+
+        A block this chain checked or produced on this head (``check_block``,
+        ``produce_block``) is not run again: its header is checked (cheap: signature,
+        size, tx root, …) and the state after it, computed then by the same rules from the
+        same state, is adopted (issue #16: every node ran each block's txs twice, once to
+        vote and once to apply)."""
+        bh = block.block_hash()
+        checked = self._checked.pop(bh, None) if self._checked_on == self.head_hash else None
+        # the hash covers the header only: the txs must be the very ones checked too
+        if checked is not None and (checked[0] is block or checked[0] == block):
+            after = checked[1]
+            with self.sigs.active():
+                check_header(self.state, block, self.genesis, self.head_hash)
+            upserts, deletes = after.take_dirty()
+            self.store.commit_block(block, upserts, deletes)  # raises: nothing changed
+            # take over its contents, not the object: callers hold ``chain.state``
+            self.state.__dict__.update(after.__dict__)
+            self.head_hash, self._checked = bh, {}
+            return
         mark = self.state.checkpoint()
         with self.sigs.active():
             apply_block_in_place(self.state, block, self.genesis, self.head_hash)
@@ -209,7 +249,7 @@ class Chain:
             self.state.take_dirty()
             raise
         self.state.commit()
-        self.head_hash = block.block_hash()
+        self.head_hash, self._checked = bh, {}
 
     def close(self) -> None:
         close = getattr(self.store, "close", None)

@@ -38,6 +38,9 @@ class Store(Protocol):
     def block(self, height: int) -> Block | None:
         """The block at ``height`` (1-based), or None."""
 
+    def block_record(self, height: int) -> tuple[str, bytes] | None:
+        """(hash, canonical bytes) of the block at ``height``, or None."""
+
     def head(self) -> tuple[int, str] | None:
         """(height, hash) of the last stored block, or None before block 1."""
 
@@ -68,6 +71,10 @@ class MemoryStore:
 
     def block(self, height: int) -> Block | None:
         return self._blocks.get(height)
+
+    def block_record(self, height: int) -> tuple[str, bytes] | None:
+        b = self._blocks.get(height)
+        return None if b is None else (b.block_hash(), b.to_bytes())
 
     def head(self) -> tuple[int, str] | None:
         if not self._blocks:
@@ -120,6 +127,11 @@ class SqliteStore:
     def block(self, height: int) -> Block | None:
         row = self.db.execute("SELECT data FROM blocks WHERE height=?", (height,)).fetchone()
         return None if row is None else Block.from_dict(json.loads(row[0]))
+
+    def block_record(self, height: int) -> tuple[str, bytes] | None:
+        row = self.db.execute("SELECT hash, data FROM blocks WHERE height=?",
+                              (height,)).fetchone()
+        return None if row is None else (str(row[0]), bytes(row[1]))
 
     def head(self) -> tuple[int, str] | None:
         row = self.db.execute("SELECT height, hash FROM blocks ORDER BY height DESC LIMIT 1")

@@ -115,9 +115,15 @@ def parse_txs(obj: Any, chain_id: str) -> list[Tx]:
     """A peer's "txs" batch: a non-empty list of at most ``MAX_TX_BATCH`` txs, every one's
     format and signature checked, or ``Rejected`` at the first bad one (an honest node
     only forwards txs it checked, so one bad tx marks the whole batch as hostile)."""
+    check_batch(obj)
+    return [parse_tx(o, chain_id) for o in obj]
+
+
+def check_batch(obj: Any) -> list[Any]:
+    """``obj`` if it is a list of 1..``MAX_TX_BATCH`` items, else ``Rejected``."""
     if not isinstance(obj, list) or not 0 < len(obj) <= MAX_TX_BATCH:
         raise Rejected(f"txs must be a list of 1..{MAX_TX_BATCH} txs")
-    return [parse_tx(o, chain_id) for o in obj]
+    return obj
 
 
 def batch_payload(payloads: list[bytes]) -> bytes:

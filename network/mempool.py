@@ -57,6 +57,12 @@ class Mempool:
         """Every pending tx, in arrival order."""
         return [t for t, _ in self.entries.values()]
 
+    def holds(self, sender: str, nonce: int, signature_hex: str) -> bool:
+        """Whether the pending tx of ``sender`` at ``nonce`` carries this signature (then a
+        peer's copy is this very tx, or a forgery of it: nothing to check or keep)."""
+        h = self.by_sender.get(sender, {}).get(nonce)
+        return h is not None and self.entries[h][0].signature.hex() == signature_hex
+
     def older_than(self, age: float, limit: int) -> list[Tx]:
         """Up to ``limit`` pending txs admitted at least ``age`` seconds ago."""
         now = self.clock.monotonic()
@@ -129,9 +135,10 @@ class Mempool:
         self.overlays[tx.sender] = (head, by_nonce[last], after)
         return None
 
-    def remove(self, tx: Tx) -> None:
-        """Drop ``tx`` from the mempool and its sender index."""
-        h = tx.tx_hash()
+    def remove(self, tx: Tx, tx_hash: bytes | None = None) -> None:
+        """Drop ``tx`` (whose hash is ``tx_hash``, when the caller has it) from the mempool
+        and its sender index."""
+        h = tx_hash if tx_hash is not None else tx.tx_hash()
         self.entries.pop(h, None)
         by_nonce = self.by_sender.get(tx.sender, {})
         if by_nonce.get(tx.nonce) == h:
@@ -157,8 +164,9 @@ class Mempool:
         for sender, by_nonce in list(self.by_sender.items()):
             expect = self.chain.nonce(sender)
             for nonce in sorted(by_nonce):
-                t, added = self.entries[by_nonce[nonce]]
+                h = by_nonce[nonce]
+                t, added = self.entries[h]
                 if nonce == expect and now - added <= self.ttl:
                     expect += 1
                 else:
-                    self.remove(t)
+                    self.remove(t, h)

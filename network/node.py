@@ -48,7 +48,7 @@ import grpc
 
 from ledger.block import Block
 from ledger.chain import Chain
-from ledger.encoding import canonical
+from ledger.encoding import canonical, is_int
 from ledger.genesis import Genesis
 from ledger.keys import Wallet
 from ledger.tx import Tx, TxFormatError
@@ -63,6 +63,7 @@ from network.gossip import (
     RateLimiter,
     Rejected,
     batch_payload,
+    check_batch,
     check_size,
     parse_payload,
     parse_tx,
@@ -323,6 +324,23 @@ class Node:
                     self._outbox_len += 1
         return out
 
+    def _unknown(self, items: list[Any]) -> list[Any]:
+        """A peer's "txs" batch less the txs this node already has — final (a used nonce)
+        or pending with the same signature — which, in a mesh, is every copy after the
+        first from another peer: they cost a lookup here instead of parsing and hashing.
+        Items too malformed to look up are kept for ``parse_txs`` to refuse."""
+        unknown = []
+        with self._lock:
+            for d in items:
+                if isinstance(d, dict):
+                    sender, nonce, sig = d.get("sender"), d.get("nonce"), d.get("sig")
+                    if isinstance(sender, str) and is_int(nonce) and isinstance(sig, str) \
+                            and (nonce < self.chain.nonce(sender)
+                                 or self.mempool.holds(sender, nonce, sig)):
+                        continue
+                unknown.append(d)
+        return unknown
+
     def flush_txs(self) -> None:
         """Gossip the admitted txs waiting in the outbox as "txs" batches (each at most
         ``MAX_TX_BATCH`` txs and within the kind's payload limit), never back to the peer
@@ -495,8 +513,11 @@ class Node:
         fresh: bool | None = False
         if kind in ("tx", "txs"):
             with self.chain.sigs.active():
-                txs = [parse_tx(obj, self.chain_id)] if kind == "tx" \
-                    else parse_txs(obj, self.chain_id)
+                if kind == "tx":
+                    txs = [parse_tx(obj, self.chain_id)]
+                else:
+                    unknown = self._unknown(check_batch(obj))
+                    txs = parse_txs(unknown, self.chain_id) if unknown else []
             admitted = self._admit(txs, env.origin)
             fresh = any(reason is None for _, reason in admitted)
             if kind == "txs":  # its new txs are in the outbox: the batch is not re-sent
@@ -556,13 +577,12 @@ class Node:
             with self._lock:
                 if h > self.chain.height:
                     return
-                block = self.chain.block(h)
+                record = self.chain.block_record(h)  # the stored canonical bytes
                 cert = self.store.cert(h)
-            if block is None:
+            if record is None:
                 return
-            votes = cert[1] if cert is not None and cert[0] == block.block_hash() else []
-            yield node_pb2.BlockWithVotes(block=canonical(block.to_dict()),
-                                          votes=json.dumps(votes).encode())
+            votes = cert[1] if cert is not None and cert[0] == record[0] else []
+            yield node_pb2.BlockWithVotes(block=record[1], votes=json.dumps(votes).encode())
 
 
 class _Servicer(node_pb2_grpc.NodeServicer):

@@ -25,6 +25,7 @@ def genesis(**overrides: object) -> Genesis:
         "bridge": BRIDGE.address,
         "balances": {u.address: START_BALANCE for u in USERS} | {OPERATOR.address: START_BALANCE},
         "tempo": 1_000_000,  # epochs only where a test asks for them
+        "max_block_txs": 20_000,  # some tests fill every Brain or miner slot in one block
     }
     params.update(overrides)
     return Genesis(**params)  # type: ignore[arg-type]
