@@ -16,7 +16,9 @@ boundary (validators set their weights at the boundary), the Enforcer
 
 Every node checks the report's integer rule while applying the block (``ledger.tft_report``);
 :func:`reproduce` is how any node re-derives the float part (skills and checkpoint) from the
-public blocks, off the block-apply path.
+public blocks, off the block-apply path, and :class:`Auditor` is the loop a validator runs
+for it (``cerberus join --role validator`` audits every report that lands and says whether it
+reproduced).
 """
 
 from __future__ import annotations
@@ -220,3 +222,42 @@ class Enforcer:
                  f"{p['checkpoint'][:16]}, skill {p['skill_bps']}, accuracy "
                  f"{p['accuracy_bps']}")
         return summary
+
+
+class Auditor:
+    """Re-derives every ``tft_report`` that lands after it starts (a validator runs one).
+
+    A mismatch cannot be refused on chain (see ``ledger.tft_report``); the auditor makes it
+    public: each outcome is said and kept. Bounded: each :meth:`step` reads only the blocks
+    since the last one (at most ``max_blocks``) and reproduces at most ``max_reports``.
+    """
+
+    def __init__(self, genesis: Genesis, view: EnforcerView, say: Callable[[str], None] = print,
+                 recipe: Recipe = RECIPE, max_blocks: int = 1024, max_reports: int = 8) -> None:
+        self.genesis, self.view, self.say, self.recipe = genesis, view, say, recipe
+        self.next = view.height() + 1
+        self.max_blocks, self.max_reports = max_blocks, max_reports
+        self.outcomes: list[Reproduction] = []
+
+    def step(self) -> list[Reproduction]:
+        """Audit the reports in the blocks that arrived since the last call."""
+        head = self.view.height()
+        if head < self.next:
+            return []
+        lo = max(self.next, head - self.max_blocks + 1)
+        self.next = head + 1
+        out = []
+        for h, tx in landed_reports(self.view, lo, head)[-self.max_reports:]:
+            try:
+                rep = reproduce(self.view, self.genesis, tx, h, self.recipe)
+            except (KeyError, ValueError) as e:  # blocks missing, data height out of range
+                self.say(f"tft_report at height {h}: not reproducible here: {e}")
+                continue
+            verdict = "reproduced" if rep.ok else (
+                f"MISMATCH: reported skill {rep.reported.skill_bps} checkpoint "
+                f"{rep.reported.checkpoint[:16]}, derived {rep.derived.skill_bps} "
+                f"{rep.derived.checkpoint[:16]}")
+            self.say(f"tft_report at height {h} (data ..{rep.data_height}): {verdict}")
+            out.append(rep)
+        self.outcomes += out
+        return out

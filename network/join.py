@@ -7,7 +7,8 @@
    restart is harmless;
 3. a miner serves the Brain's artefact (its sha256 must be the Brain's task) over gRPC and
    announces its endpoint through the network; a validator checks the Brain's miners once
-   per epoch (``network.validator``) and sets weights; an enforcer (the owner of Brain #2,
+   per epoch (``network.validator``), sets weights and re-derives the TFT reports that
+   landed meanwhile (``network.enforcer.Auditor``, a line each); an enforcer (the owner of Brain #2,
    who registers nothing) posts the TFT Enforcer's signed ``tft_report`` for the Brain once
    per epoch (``network.enforcer``). A validator needs both halves of
    the Brain's artefact: ``--artefact``, or, without it, a folder whose id is the Brain's
@@ -178,6 +179,7 @@ class Participant:
         self.artefact_path: Path | None = None
         self.epochs_done: list[dict[str, Any]] = []
         self.enforcer: Any = None
+        self.auditor: Any = None
 
     # -- steps --------------------------------------------------------------------------
     def start_node(self) -> None:
@@ -345,6 +347,9 @@ class Participant:
         if task and self.validator.artefact.sha256 != task:
             raise CerberusError(f"Brain {o.brain}'s task is artefact {task[:16]}, but "
                                 f"{self.artefact_path} is {self.validator.artefact.sha256[:16]}")
+        from network.enforcer import Auditor, NodeEnforcerView
+
+        self.auditor = Auditor(self.genesis, NodeEnforcerView(node), say=self.say)
         self.say(f"validator checking Brain {o.brain}'s miners each epoch with artefact "
                  f"{self.validator.artefact.sha256[:16]} (every accumulator, up to {o.tokens} "
                  f"token(s) a challenge, spread over {spread:g} s"
@@ -422,6 +427,7 @@ class Participant:
                             if not r.correct:
                                 self.say(f"epoch {epoch}: uid {uid} wrong: "
                                          f"{(r.error or '?').splitlines()[0][:160]}")
+                        self.auditor.step()  # the Enforcer's reports since the last epoch
                 if self.enforcer is not None:
                     self.enforcer.step()
                 if time.monotonic() - last_note >= self.opts.progress_every:

@@ -1,6 +1,7 @@
 """The TFT Enforcer's report rule, on a real in-memory chain (SPEC L7, L9; issue #16).
 
-Fast: no processes. The live network run is ``test_enforcer_live.py`` (slow).
+Fast, except the one test that derives a report in a second interpreter (slow). The live
+network run is ``test_enforcer_live.py`` (slow).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from ledger.keys import Wallet
 from ledger.tft_report import bounded_accuracy, verified_bps
 from ledger.tx import Tx, make_tx
 from ledger.units import BASED, BPS
-from network.enforcer import Enforcer, derive, landed_reports, reproduce
+from network.enforcer import Auditor, Enforcer, derive, landed_reports, reproduce
 
 BRAIN = 1
 OPERATOR = Wallet.from_seed("enf-operator")  # owns the reserved Brains, #2 included
@@ -174,6 +175,52 @@ def test_every_node_reproduces_the_report_from_public_blocks(net: Net) -> None:
     fake = report(net, skill_bps=[BPS, 0, BPS], accuracy_bps=[BPS, 0, 0])
     net.tx(fake)
     assert not reproduce(net.view, net.genesis, fake, net.chain.height).ok
+
+
+def test_the_auditor_says_which_reports_reproduce(net: Net) -> None:
+    said: list[str] = []
+    auditor = Auditor(net.genesis, net.view, say=said.append)
+    assert auditor.step() == []  # nothing landed since it started
+    honest = report(net)
+    net.tx(honest)
+    made_up = report(net, skill_bps=[BPS, 0, 0], accuracy_bps=[BPS, 0, 0])
+    net.tx(made_up)
+    net.tx()
+    outcomes = auditor.step()
+    assert [r.ok for r in outcomes] == [True, False]
+    assert "reproduced" in said[0] and "MISMATCH" in said[1]
+    assert auditor.step() == []  # each report once
+
+
+@pytest.mark.slow  # a second interpreter importing torch: ~10-25 s on 2 cores
+def test_a_report_derived_in_another_process_is_bit_identical(net: Net, tmp_path) -> None:
+    """What two nodes on one machine do: the same blocks, another interpreter, the same
+    checkpoint hash and skills."""
+    import json
+    import subprocess
+    import sys
+
+    uids = sorted(verified_bps(net.chain.state, BRAIN))
+    height = net.chain.height
+    here = derive(net.view, net.genesis, BRAIN, uids, height)
+    (tmp_path / "blocks.json").write_text(json.dumps(
+        [net.chain.block(h).to_dict() for h in range(1, height + 1)]))  # type: ignore[union-attr]
+    (tmp_path / "genesis.json").write_text(json.dumps(net.genesis.to_dict()))
+    code = (
+        "import json, sys\n"
+        "from ledger.block import Block\nfrom ledger.genesis import Genesis\n"
+        "from network.enforcer import derive\n"
+        "d = sys.argv[1]\n"
+        "blocks = [Block.from_dict(b) for b in json.load(open(d + '/blocks.json'))]\n"
+        "class Src:\n"
+        "    def blocks(self, lo, hi):\n"
+        "        return blocks[lo - 1:hi]\n"
+        "g = Genesis.from_dict(json.load(open(d + '/genesis.json')))\n"
+        f"n = derive(Src(), g, {BRAIN}, {uids}, {height})\n"
+        "print(json.dumps([n.checkpoint, n.skill_bps]))\n")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True,
+                         text=True, timeout=300, check=True).stdout
+    assert json.loads(out.strip().splitlines()[-1]) == [here.checkpoint, here.skill_bps]
 
 
 @pytest.mark.parametrize("change, why", [
