@@ -107,6 +107,9 @@ def run(root: Path, *, epochs: int, tempo: int, year: int) -> dict[str, Any]:
                  for p in miners}
     finally:
         net.stop()
+    audits = {p.name: [ln for ln in p.out_path.read_text().splitlines()
+                       if ln.startswith("tft_report at height")]
+              for p in net.procs if p.role == "validator"}
     per_epoch = []
     first = next((h for h in sorted(rows) if rows[h] is not None), head)
     for h in range(tempo - BRAIN, head + 1, tempo):
@@ -123,6 +126,10 @@ def run(root: Path, *, epochs: int, tempo: int, year: int) -> dict[str, Any]:
             "miners": names, "reports": reports, "reproductions": repro,
             "all_reproduced": bool(repro) and all(r["ok"] for r in repro),
             "state_roots_agree": roots["agree"], "per_epoch": per_epoch,
+            "validator_audits": audits,
+            "audits_reproduced": sum(ln.endswith(": reproduced") for v in audits.values()
+                                     for ln in v),
+            "audits_mismatch": sum("MISMATCH" in ln for v in audits.values() for ln in v),
             "cheat_earned": sum(e["earned"][n] for e in paid for n in cheat),
             "honest_earned": {n: sum(e["earned"][n] for e in paid) for n in honest},
             "recipe": {k: getattr(RECIPE, k) for k in RECIPE.__dataclass_fields__},
@@ -149,7 +156,9 @@ def markdown(doc: dict[str, Any]) -> str:
             f"heights {[r['data_height'] for r in doc['reports']]}); every node re-derived "
             f"every report's skills and checkpoint bit for bit: {doc['all_reproduced']} "
             f"({len(doc['reproductions'])} reproductions); state roots agree: "
-            f"{doc['state_roots_agree']}; the replaying miner earned "
+            f"{doc['state_roots_agree']}; the validators' own audits (`Auditor`, each "
+            f"epoch in `cerberus join --role validator`): {doc['audits_reproduced']} "
+            f"reproduced, {doc['audits_mismatch']} mismatches; the replaying miner earned "
             f"{fmt_based(doc['cheat_earned'])} $BASED. The honest miners' split moves with "
             "the validators' speed weights (R) from epoch to epoch, which hides β's share "
             "here; `tests/network/test_enforcer_live.py` fixes the weights and checks each "
@@ -180,7 +189,8 @@ def main(argv: list[str] | None = None) -> int:
     write_section(KEY, "The TFT Enforcer in a live network, compressed year (issue #16; "
                   "SPEC L7, L9)", text)
     print(text)
-    return 0 if doc["all_reproduced"] and doc["cheat_earned"] == 0 else 1
+    ok = doc["all_reproduced"] and doc["cheat_earned"] == 0 and doc["audits_mismatch"] == 0
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":
