@@ -49,6 +49,11 @@ Accuracy definitions (both in [0, 1]):
   while fabricated spikes (wash activity to inflate scores) or noise land outside it. The value
   is rounded to a multiple of 1/65535 (subtensor's u16 convention) so that nodes agree on it
   despite last-bit float differences between machines.
+
+In the live network (issue #16) :func:`enforcer_skill` retrains the Enforcer each epoch and
+turns :func:`miner_accuracy` into each miner's *skill* in bps; the on-chain Accuracy(TFT) is
+that skill times the share of validator stake that verified the miner
+(:mod:`ledger.tft_report`), because predictability alone would reward a steady cheater.
 """
 
 from __future__ import annotations
