@@ -201,7 +201,11 @@ class Enforcer:
         epoch = self.due(height)
         if epoch is None:
             return None
-        tx = self.build(height)
+        try:
+            tx = self.build(height)
+        except (KeyError, ValueError) as e:  # a block not stored yet: try again next tick
+            log.warning("tft_report for epoch %d not built: %s", epoch, e)
+            return None
         reason = self.view.submit(tx)
         if reason is not None:
             self.tries += 1
