@@ -49,9 +49,10 @@ class Chain:
         self.genesis = genesis
         self.store: Store = store if store is not None else MemoryStore()
         self.sigs = SigCache()
-        # block hash → (the block, the state after it), from check_block / produce_block on
-        # the head ``_checked_on``: apply_block adopts it instead of running the block again
-        self._checked: dict[str, tuple[Block, State]] = {}
+        # block hash → (the block, the state after it, whether its header was checked), from
+        # check_block / produce_block on the head ``_checked_on``: apply_block adopts that
+        # state instead of running the block again
+        self._checked: dict[str, tuple[Block, State, bool]] = {}
         self._checked_on = ""
         stored = self.store.genesis()
         if stored is None:
@@ -197,7 +198,7 @@ class Chain:
         after.commit()
         header = Header(height, self.head_hash, root, tx_root(kept), time, proposer.address)
         block = Block(sign_header(header, proposer, self.genesis.chain_id), tuple(kept))
-        self._keep_checked(block, after)
+        self._keep_checked(block, after, header_checked=False)
         return block, rejected
 
     def check_block(self, block: Block) -> None:
@@ -206,13 +207,13 @@ class Chain:
         ``apply_block`` of this block, once it is final, needs no second run of its txs."""
         with self.sigs.active():
             after = apply_block(self.state, block, self.genesis, self.head_hash)
-        self._keep_checked(block, after)
+        self._keep_checked(block, after, header_checked=True)
 
-    def _keep_checked(self, block: Block, after: State) -> None:
+    def _keep_checked(self, block: Block, after: State, header_checked: bool) -> None:
         """Remember the state after ``block`` on the current head (bounded)."""
         if self._checked_on != self.head_hash:
             self._checked, self._checked_on = {}, self.head_hash
-        self._checked[block.block_hash()] = (block, after)
+        self._checked[block.block_hash()] = (block, after, header_checked)
         while len(self._checked) > MAX_CHECKED:
             del self._checked[next(iter(self._checked))]
 
@@ -221,17 +222,18 @@ class Chain:
         (state and store unchanged) if anything is wrong.
 
         A block this chain checked or produced on this head (``check_block``,
-        ``produce_block``) is not run again: its header is checked (cheap: signature,
-        size, tx root, …) and the state after it, computed then by the same rules from the
-        same state, is adopted (issue #16: every node ran each block's txs twice, once to
-        vote and once to apply)."""
+        ``produce_block``) is not run again: the state after it, computed then by the same
+        rules from the same state, is adopted — after the header checks (signature, size,
+        tx root, …) for a block this chain produced, which nothing checked yet (issue #16:
+        every node ran each block's txs twice, once to vote and once to apply)."""
         bh = block.block_hash()
         checked = self._checked.pop(bh, None) if self._checked_on == self.head_hash else None
         # the hash covers the header only: the txs must be the very ones checked too
         if checked is not None and (checked[0] is block or checked[0] == block):
-            after = checked[1]
-            with self.sigs.active():
-                check_header(self.state, block, self.genesis, self.head_hash)
+            _, after, header_checked = checked
+            if not header_checked:
+                with self.sigs.active():
+                    check_header(self.state, block, self.genesis, self.head_hash)
             upserts, deletes = after.take_dirty()
             self.store.commit_block(block, upserts, deletes)  # raises: nothing changed
             # take over its contents, not the object: callers hold ``chain.state``

@@ -48,7 +48,7 @@ import grpc
 
 from ledger.block import Block
 from ledger.chain import Chain
-from ledger.encoding import canonical, is_int
+from ledger.encoding import canonical, is_int, sha256
 from ledger.genesis import Genesis
 from ledger.keys import Wallet
 from ledger.tx import Tx, TxFormatError
@@ -312,7 +312,8 @@ class Node:
         out: list[tuple[int, str | None]] = []
         with self._lock, self.chain.sigs.active():
             for i, tx in enumerate(txs):
-                h = tx.tx_hash()
+                payload = canonical(tx.to_dict())  # what it is gossiped as; its hash is the id
+                h = sha256(payload)
                 new = h not in self.mempool
                 reason = self.mempool.admit(tx, h)
                 out.append((i, reason))
@@ -320,7 +321,7 @@ class Node:
                     if self._outbox_len >= MAX_OUTBOX:
                         self.counters["dropped_out"] += 1
                         continue
-                    self._outbox.setdefault(origin, []).append(canonical(tx.to_dict()))
+                    self._outbox.setdefault(origin, []).append(payload)
                     self._outbox_len += 1
         return out
 

@@ -266,6 +266,11 @@ def test_block_size_comes_from_genesis(tmp_path: Path) -> None:
         with pytest.raises(InvalidBlock, match="more than 7 txs"):
             chain.apply_block(forge(replace(big, header=replace(
                 big.header, parent=small.genesis_hash())), list(big.txs), first))
+        # this chain's own oversized block too (its header is checked before adoption)
+        own, _ = chain.produce_block(transfers(1), first, int(time.time()))
+        with pytest.raises(InvalidBlock, match="more than 7 txs"):
+            chain.apply_block(own)
+        assert chain.height == 0
     finally:
         node.stop()
 
