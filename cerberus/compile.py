@@ -39,8 +39,7 @@ from cerberus.artefact import (
 )
 from cerberus.calibration import calibration_batches, random_batches
 from cerberus.errors import CompileError
-from cerberus.fhe.packed import PackedParams
-from cerberus.fhe.pricing import Link, choose
+from cerberus.fhe.pricing import Link, choose, packed_params
 from cerberus.frontends.canonical import CanonicalTransformer, TransformerConfig
 from cerberus.frontends.hub import resolve_model
 from cerberus.frontends.huggingface import from_hf_module, load_pretrained
@@ -386,9 +385,9 @@ def _choose_backends(opts: CompileOptions, cfg: TransformerConfig,
         out[name] = {"backend": backend, "requested": opts.linear_backend,
                      "link": {"mbps": link.mbps, "rtt_ms": link.rtt_ms},
                      "predicted": prices}
-        if backend == "packed":
-            out[name]["packed"] = PackedParams(int(n_in), int(n_out), opts.bits,
-                                               wbits).to_dict()
+        if backend == "packed":  # the parameter set its price was for
+            out[name]["packed"] = packed_params(int(n_in), int(n_out), rows, link,
+                                                bits=opts.bits, weight_bits=wbits).to_dict()
     chosen = sorted({d["backend"] for d in out.values()})
     log.info("linear backends (%s, %.0f Mbit/s, %.0f ms RTT): %s", opts.linear_backend,
              link.mbps, link.rtt_ms, ", ".join(chosen))

@@ -6,8 +6,10 @@ An artefact's manifest names each program's backend (``manifest["fhe"][NAME]["ba
 * ``lwe``: a concrete-python program (``cerberus.fhe.program``); one ciphertext per row,
   evaluation keys uploaded once per client;
 * ``packed``: a coefficient-encoded BFV linear (``cerberus.fhe.packed``); all the rows of a
-  call in one message, no evaluation keys. The client rebuilds its parameters from the
-  manifest; the miner encodes its weights from its integer graph (``miner/programs/NAME``).
+  call in one message; evaluation keys only when its replies are packed (Galois keys,
+  uploaded once per client like lwe's, capped by the parameters' key size). The client
+  rebuilds its parameters from the manifest; the miner encodes its weights from its
+  integer graph (``miner/programs/NAME``).
 
 ``ClientPrograms`` (keys, encryption, decryption) and ``MinerPrograms`` (running, size
 limits) speak in *calls*: ``encrypt(name, xs)`` takes one call's rows ``xs[i]`` (each a
@@ -24,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from cerberus.errors import CerberusError, CompileError
-from cerberus.fhe.packed import PackedClient, PackedLinear, PackedParams
+from cerberus.fhe.packed import PackedClient, PackedKeys, PackedLinear, PackedParams
 from cerberus.ir import IntGraph
 
 log = logging.getLogger("cerberus.fhe")
@@ -80,13 +82,15 @@ class ClientPrograms:
                       time.perf_counter() - t0)
 
     def evaluation_keys(self) -> dict[str, bytes]:
-        """What the miner must hold, per program that needs keys (lwe only)."""
-        if self.lwe is None:
-            return {}
-        return {n: self.lwe.evaluation_keys(n) for n in self.lwe.clients}
+        """What the miner must hold, per program that needs keys (lwe, packing)."""
+        keys = {n: c.evaluation_keys() for n, c in self.packed.items() if c.params.pack}
+        if self.lwe is not None:
+            keys.update({n: self.lwe.evaluation_keys(n) for n in self.lwe.clients})
+        return keys
 
     def key_bytes(self) -> int:
-        return self.lwe.key_bytes() if self.lwe is not None else 0
+        packed = sum(len(c.evaluation_keys()) for c in self.packed.values() if c.params.pack)
+        return packed + (self.lwe.key_bytes() if self.lwe is not None else 0)
 
     def encrypt(self, name: str, xs: np.ndarray) -> list[bytes]:
         """One call's rows → the ciphertexts of one request."""
@@ -145,13 +149,23 @@ class MinerPrograms:
 
     def needs_keys(self) -> list[str]:
         """Programs whose evaluation keys a client must upload."""
-        return sorted(self.lwe.servers) if self.lwe is not None else []
+        lwe = list(self.lwe.servers) if self.lwe is not None else []
+        return sorted(lwe + [n for n, p in self.packed.items() if p.params.pack])
 
     def key_bytes(self, name: str) -> int:
         """The most key bytes a client may upload for program ``name`` (0: it takes none)."""
+        if name in self.packed:
+            return self.packed[name].params.key_bytes()
         if self.lwe is None or name not in self.lwe.servers:
             return 0
         return self.lwe.key_bytes(name)
+
+    def load_keys(self, name: str, data: bytes) -> PackedKeys:
+        """A packed program's uploaded Galois keys, parsed and checked once, as the key
+        cache holds them (lwe keys are concrete's, parsed by the runtime)."""
+        if name not in self.packed:
+            raise CerberusError(f"program {name} is not packed")
+        return self.packed[name].load_keys(data)
 
     def memory_bytes(self) -> int:
         return sum(p.memory_bytes() for p in self.packed.values())
@@ -178,7 +192,12 @@ class MinerPrograms:
     def run(self, name: str, cts: list[bytes], keys: dict | None) -> list[bytes]:
         """Run one request; ``keys``: the client's evaluation keys by program (lwe)."""
         if self.backend[name] == PACKED:
-            return [self.packed[name].run(cts[0])]
+            linear = self.packed[name]
+            if not linear.params.pack:
+                return [linear.run(cts[0])]
+            if keys is None or name not in keys:
+                raise CerberusError(f"no Galois keys for program {name}")
+            return [linear.run(cts[0], keys[name])]
         assert self.lwe is not None
         if keys is None or name not in keys:
             raise CerberusError(f"no evaluation keys for program {name}")

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from cerberus.artefact import Artefact, load_client
+from cerberus.errors import CerberusError
 from cerberus.fhe.backends import ClientPrograms
 from cerberus.fhe.packed import PackedClient, PackedParams
 from cerberus.ir import evaluate
@@ -183,3 +184,60 @@ def test_bad_messages_are_invalid_argument_and_the_miner_keeps_serving(
     assert np.array_equal(acc, np.ones((1, own.params.n_in), dtype=np.int64) @ w)
     info = s.Info(pb.InfoRequest(), metadata=MD, timeout=30)
     assert {p.backend for p in info.programs} == {"packed"}
+
+
+@pytest.fixture(scope="module")
+def packing_artefact(tmp_path_factory: pytest.TempPathFactory) -> Artefact:
+    """tiny-gpt priced for a 1 Mbit/s link: auto packs the replies of the linears where
+    bytes outweigh key switches (N=4096, Galois keys) and keeps N=2048 for the others."""
+    from cerberus.artefact import load_artefact
+    from cerberus.compile import CompileOptions, compile_model
+    from cerberus.paths import shipped_model
+
+    out = tmp_path_factory.mktemp("packing-art") / "tiny.cerb"
+    compile_model(shipped_model(), out, CompileOptions(seq_len=8, fhe=True, link_mbps=1.0))
+    return load_artefact(out)
+
+
+@pytest.mark.slow  # a second tiny-gpt compile (~40 s)
+def test_packing_through_a_real_miner(packing_artefact: Artefact, tmp_path: Path) -> None:
+    """Generation equals the simulator with packed replies; the client uploads its Galois
+    keys once (within the manifest's cap); keys that are not Galois keys of these
+    parameters, or another client's, get a clear refusal."""
+    fhe = packing_artefact.manifest["fhe"]
+    packing = sorted(n for n, d in fhe.items() if d["packed"].get("pack"))
+    assert packing and len(packing) < len(fhe)  # both parameter sets in one artefact
+    m = Miner(packing_artefact.path, tmp_path)
+    try:
+        prompt = packing_artefact.tokenizer("def add(a, b):").input_ids
+        want = packing_artefact.generate(prompt, 6)
+        with MinerClient(m.address, cache_dir=tmp_path / "c") as c:
+            out = c.generate(prompt, 6)
+            uploaded = c.key_bytes()
+            mine = c._fhe  # noqa: SLF001 - the test reuses the SDK's keys
+        assert out.ids == want
+        assert 0 < uploaded <= sum(fhe[n]["packed"]["key_bytes"] for n in packing)
+        s = pb_grpc.MinerStub(grpc.insecure_channel(m.address))
+        sha = load_client(packing_artefact.path).sha256
+        chunks = [pb.KeyChunk(artefact_sha256=sha, program=n, data=b"\x00" * 100)
+                  for n in packing]
+        with pytest.raises(grpc.RpcError) as e:
+            s.UploadKeys(iter(chunks), metadata=MD, timeout=60)
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "not Galois keys of these parameters" in e.value.details()
+        # another client's keys: the miner cannot tell, the client can
+        other = ClientPrograms(packing_artefact.path, packing_artefact.manifest, key_cache=None)
+        other.keygen()
+        kid = s.UploadKeys(iter([pb.KeyChunk(artefact_sha256=sha, program=n, data=d)
+                                 for n, d in sorted(other.evaluation_keys().items())]),
+                           metadata=MD, timeout=60).key_id
+        name = packing[0]
+        n_in = mine.packed[name].params.n_in
+        x = np.ones((1, n_in), dtype=np.int64)
+        reply = s.Infer(pb.InferRequest(key_id=kid, program=name,
+                                        ciphertexts=mine.encrypt(name, x[None])),
+                        metadata=MD, timeout=60)
+        with pytest.raises(CerberusError, match="other Galois keys"):
+            mine.decrypt(name, list(reply.ciphertexts), 1)
+    finally:
+        assert m.stop() == 0
