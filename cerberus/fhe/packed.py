@@ -93,10 +93,12 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 import struct
 import tempfile
 import threading
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -478,6 +480,14 @@ class PackedKeys:
 
     galois: seal.GaloisKeys
     digest: bytes
+
+
+@lru_cache(maxsize=1)
+def _pool() -> ThreadPoolExecutor:
+    """The miner's threads for one call's products and packing halves (SEAL releases the
+    GIL: two threads run ~1.6× faster on two cores)."""
+    return ThreadPoolExecutor(max_workers=max(1, os.cpu_count() or 1),
+                              thread_name_prefix="packed")
 
 
 @lru_cache(maxsize=32)
@@ -992,37 +1002,46 @@ class PackedLinear:
     def _products(self, cts: list[seal.Ciphertext], weights: list[list[seal.Plaintext | None]],
                   groups: int) -> list[seal.Ciphertext | None]:
         """Σ_b x̂_(g,b)·ŵ_(b,c) for every (row group g, output block c), out of NTT form;
-        ``None`` where every block of W is zero."""
-        blocks_in, out = len(weights), []
-        for g in range(groups):
-            for c in range(len(weights[0])):
-                acc = None
-                for b in range(blocks_in):
-                    plain = weights[b][c]
-                    if plain is None:
-                        continue
-                    term = seal.Ciphertext()
-                    self.evaluator.multiply_plain(cts[g * blocks_in + b], plain, term)
-                    if acc is None:
-                        acc = term
-                    else:
-                        self.evaluator.add_inplace(acc, term)
-                if acc is not None:
-                    self.evaluator.transform_from_ntt_inplace(acc)
-                out.append(acc)
-        return out
+        ``None`` where every block of W is zero. On every core: SEAL releases the GIL."""
+        tasks = [(g, c) for g in range(groups) for c in range(len(weights[0]))]
+        return list(_pool().map(lambda gc: self._product(cts, weights, *gc), tasks))
+
+    def _product(self, cts: list[seal.Ciphertext], weights: list[list[seal.Plaintext | None]],
+                 g: int, c: int) -> seal.Ciphertext | None:
+        blocks_in, acc = len(weights), None
+        for b in range(blocks_in):
+            plain = weights[b][c]
+            if plain is None:
+                continue
+            term = seal.Ciphertext()
+            self.evaluator.multiply_plain(cts[g * blocks_in + b], plain, term)
+            if acc is None:
+                acc = term
+            else:
+                self.evaluator.add_inplace(acc, term)
+        if acc is not None:
+            self.evaluator.transform_from_ntt_inplace(acc)
+        return acc
 
     def _pack(self, items: list[seal.Ciphertext | None], level: int,
               keys: PackedKeys) -> seal.Ciphertext | None:
         """Chen–Dai–Kim–Song's PackLWEs, for ciphertexts whose outputs sit on multiples of
         ``len(items)·2^level``: item ``j`` moves to offset ``j·2^level``, times ``len(items)``,
-        and everything off those multiples cancels. One merge, one automorphism:
-        ``(E + X^s·O) + σ(E − X^s·O)``, ``s = 2^level``, ``σ: X → X^(N/s + 1)`` (fixes
-        X^(2s), negates X^s)."""
+        and everything off those multiples cancels. The top level's halves run on two
+        threads (only the caller waits, never a pool thread)."""
         if len(items) == 1:
             return items[0]
-        even = self._pack(items[0::2], level + 1, keys)
-        odd = self._pack(items[1::2], level + 1, keys)
+        if level == 0:
+            future = _pool().submit(self._pack, items[0::2], 1, keys)
+            odd = self._pack(items[1::2], 1, keys)
+            return self._merge(future.result(), odd, 0, keys)
+        return self._merge(self._pack(items[0::2], level + 1, keys),
+                           self._pack(items[1::2], level + 1, keys), level, keys)
+
+    def _merge(self, even: seal.Ciphertext | None, odd: seal.Ciphertext | None, level: int,
+               keys: PackedKeys) -> seal.Ciphertext | None:
+        """One merge, one automorphism: ``(E + X^s·O) + σ(E − X^s·O)``, ``s = 2^level``,
+        ``σ: X → X^(N/s + 1)`` (fixes X^(2s), negates X^s)."""
         if even is None and odd is None:
             return None
         if odd is not None:
