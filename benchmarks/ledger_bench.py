@@ -89,7 +89,9 @@ def _full_brain_chain() -> tuple[Chain, int]:
     miners = [Wallet.from_seed(f"bench-m{i}") for i in range(MAX_MINERS)]
     balances = {w.address: 1_000 * BASED for w in vals + miners}
     balances[OPERATOR.address] = 1_000 * BASED
-    g = Genesis(CHAIN_ID, OPERATOR.address, BRIDGE.address, balances, tempo=8)
+    # every miner registers in one block, beyond the default block size (issue #16)
+    g = Genesis(CHAIN_ID, OPERATOR.address, BRIDGE.address, balances, tempo=8,
+                max_block_txs=20_000)
     chain = Chain(g)
     rng = np.random.default_rng(0)
 
