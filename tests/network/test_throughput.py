@@ -7,6 +7,7 @@ the smoke test); they assert correctness only, never speed.
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from collections import Counter
@@ -424,4 +425,76 @@ def test_the_node_databases_stay_durable(tmp_path: Path) -> None:
             assert db.execute("PRAGMA synchronous").fetchone()[0] == 2
             assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     finally:
+        node.stop()
+
+
+def test_fuzzed_txs_batches_and_submit_batches_get_a_status(tmp_path: Path) -> None:
+    """Hypothesis against the two batch paths (a "txs" envelope, a SubmitTxs call): valid
+    batches with one tx replaced by any JSON, one field of one tx replaced, or bytes cut
+    and flipped. Each gets a status (OK, INVALID_ARGUMENT or RESOURCE_EXHAUSTED), never
+    an internal error; afterwards the node answers and holds only correctly signed txs."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    # the rate limit raised so the messages reach the parsers (it has its own tests)
+    node = Node(NodeConfig(tmp_path / "fuzzed", genesis(), None, block_interval=1000.0,
+                           rate=1e6, burst=1e6))
+    node.start()
+    c = NodeClient(node.listen)
+    good = [make_tx(w, "transfer", 0, CHAIN_ID, to=USER.address, amount=1).to_dict()
+            for w in SENDERS[:3]]
+    anything = st.recursive(
+        st.none() | st.booleans() | st.floats(allow_nan=False) | st.text(max_size=12)
+        | st.integers(-(2**70), 2**70), lambda inner: st.lists(inner, max_size=3)
+        | st.dictionaries(st.text(max_size=6), inner, max_size=3), max_leaves=8)
+
+    @st.composite
+    def batches(draw: st.DrawFn) -> bytes:
+        items = [dict(t) for t in good[:draw(st.integers(1, 3))]]
+        i = draw(st.integers(0, len(items) - 1))
+        how = draw(st.sampled_from(["item", "field", "bytes"]))
+        if how == "item":
+            items[i] = draw(anything)
+        elif how == "field":
+            items[i][draw(st.sampled_from(sorted(items[i])))] = draw(anything)
+        raw = bytearray(json.dumps(items).encode())
+        if how == "bytes":
+            cut = draw(st.integers(0, len(raw)))
+            raw = raw[:cut] + bytes(draw(st.binary(max_size=4)))
+            for pos in draw(st.lists(st.integers(0, max(0, len(raw) - 1)), max_size=3)):
+                if raw:
+                    raw[pos] ^= 0x41
+        return bytes(raw)
+
+    ok = {grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT,
+          grpc.StatusCode.RESOURCE_EXHAUSTED}
+    stub = node_pb2_grpc.NodeStub(c.channel)
+
+    @settings(max_examples=1_000, deadline=None, derandomize=True,
+              suppress_health_check=list(HealthCheck))
+    @given(payload=batches())
+    def fuzz(payload: bytes) -> None:
+        try:  # SubmitTxs gets the batch's items one by one when it still parses
+            items = json.loads(payload)
+            each = [json.dumps(x).encode() for x in items] if isinstance(items, list) \
+                and items else [payload]
+        except ValueError:
+            each = [payload]
+        for call in (lambda: stub.Gossip(node_pb2.Envelope(kind="txs", payload=payload),
+                                         timeout=10),
+                     lambda: stub.SubmitTxs(node_pb2.TxsRequest(txs=each), timeout=10)):
+            try:
+                call()
+                code = grpc.StatusCode.OK
+            except grpc.RpcError as e:
+                code = e.code()
+            assert code in ok, code
+
+    try:
+        fuzz()
+        assert c.status()["height"] == 0
+        held = node.read(lambda _: node.mempool.txs())
+        assert held and all(tx.verify_signature(CHAIN_ID) for tx in held)
+    finally:
+        c.close()
         node.stop()
