@@ -654,11 +654,11 @@ class _Servicer(node_pb2_grpc.NodeServicer):
         reasons: list[str | None] = []
         for raw in request.txs:  # a malformed tx is refused alone, the rest still judged
             try:
-                obj = parse_payload(bytes(raw), "tx")
-                tx = Tx.from_dict(obj)
+                tx = Tx.from_dict(parse_payload(bytes(raw), "tx"))
+                tx.check_format()  # before anything encodes it (a float fee cannot be)
                 txs.append(tx)
                 reasons.append(None)
-            except (Rejected, TxFormatError) as e:
+            except (Rejected, TxFormatError, TypeError, AttributeError) as e:
                 txs.append(None)
                 reasons.append(str(e)[:500])
         try:
