@@ -47,6 +47,18 @@ def round_half_up(x: np.ndarray) -> np.ndarray:
     return np.floor(np.asarray(x, dtype=np.float64) + 0.5)
 
 
+def clipped_scale(ref: np.ndarray, peak_scale: float, lo_q: int, hi_q: int) -> float:
+    """The scale in [0.3, 1] × ``peak_scale`` whose rounding and clipping to [lo_q, hi_q]
+    loses the least squared error on ``ref`` (the calibration's float values)."""
+    best, best_err = peak_scale, math.inf
+    for f in np.linspace(0.3, 1.0, 29):
+        sc = peak_scale * float(f)
+        err = float(np.square(np.clip(round_half_up(ref / sc), lo_q, hi_q) * sc - ref).sum())
+        if err < best_err:
+            best, best_err = sc, err
+    return best
+
+
 def gelu_tanh(x: np.ndarray) -> np.ndarray:
     return 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3)))
 
@@ -100,6 +112,12 @@ class LoweringOptions:
     # The input carries a key mask column (1 = real token, 0 = padding) after the d
     # embedding columns: encoders and padded batches (issue #13; Builder.attention).
     key_mask: bool = False
+    # Attention with its clear weights inside the encrypted products
+    # (``Builder.attention_folded``): fewer requantizations; pays for one head or few.
+    fold_attention: bool = False
+    # Requantizing lookups take the scale that minimises the squared error on calibration
+    # (clipping the tails) instead of the peak's: narrow values lose less to rare outliers.
+    clip: bool = False
 
 
 class Builder:
@@ -230,6 +248,8 @@ class Builder:
             mag = np.abs(ref) if signed else np.maximum(ref, 0.0)
             peak = float(mag.max()) if mag.size else 0.0
             scale = peak / hi_q if peak > 0 else 1.0
+            if self.opts.clip and peak > 0:
+                scale = clipped_scale(ref, scale, lo_q, hi_q)
         if lsbs is None:
             lsbs = self.lookup_lsbs(x.lo, x.hi)
         offset = int(round_lsbs(np.int64(x.lo), lsbs))
@@ -451,7 +471,6 @@ class Builder:
         t = x.data.shape[-2]
         mask = np.tril(np.ones((t, t))) if causal else np.ones((t, t))
         gates = blk.gates.detach().double().numpy()
-        bits = self.opts.bits
         heads = []
         for h in range(blk.n_kept):
             hn = f"{name}.h{blk.cfg.heads_kept[blk.layer][h]}"
@@ -469,31 +488,7 @@ class Builder:
                                      np.float64(s.lo * s.scale), s.scale)
                 s = self._emit("add", f"{hn}.scores.keys", [s, pen], s.data + pen.data,
                                s.ref + pen.ref, s.scale, s.lo, s.hi)
-            # softmax(s) = softmax(s − max): the exp table sees max − s ≥ 0 only, so its
-            # whole (unsigned) index range covers what matters; the scale c goes in it too
-            m, masked, slop = self.row_max(f"{hn}.max", s, mask)
-            z = self._emit("sub", f"{hn}.shift", [m, masked], m.data - masked.data,
-                           m.ref - masked.ref, s.scale, -slop, s.hi - s.lo + slop)
-            z = self.add_const(f"{hn}.offset", z, np.asarray(slop * s.scale))
-            exp: Fn = lambda v, o=slop * s.scale, c=c: np.exp(-np.maximum(v - o, 0.0) * c)  # noqa: E731
-            e_scale = 1.0 / qmax(bits, False)
-            lsbs = None
-            if pad is not None:  # fold the bit into the exp lookup's index
-                shift, lsbs, exp = self.zero_shift(z, exp, e_scale)
-                z = self.add(f"{hn}.offset.keys", z, self.mul_const(
-                    f"{hn}.pad.exp", pad, np.int64(shift), np.float64(shift * z.scale), z.scale))
-            e = self.lut(f"{hn}.exp", z, exp, signed=False, scale=e_scale, lsbs=lsbs)
-            if pad is not None:
-                e.ref = e.ref * (1.0 - pad.ref)  # the model's weight of a padded key: 0
-            em = self.mul_const(f"{hn}.mask", e, mask.astype(np.int64), mask)
-            z = self.sum(f"{hn}.rowsum", em, exact=True)
-            # sized by the rows that see a key: a row of padding alone sums to 0
-            seen = z.ref[z.ref > 0]
-            inv = self.lut(f"{hn}.recip", z, lambda r: 1.0 / np.maximum(r, 1e-9), signed=False,
-                           scale=float((1.0 / seen).max()) / qmax(bits, False)
-                           if seen.size else None)
-            p = self.requant(f"{hn}.probs", self.mul(f"{hn}.softmax", em, inv),
-                             lambda r, g=gates[h]: r * g, signed=False)
+            p = self.softmax(hn, s, c, mask, gates[h], pad)
             heads.append(self.requant(f"{hn}.ctx", self.matmul(f"{hn}.pv", p, vh),
                                       bits=self.opts.wide_bits))
         if len({hh.scale for hh in heads}) > 1:  # one scale for the concatenation
@@ -502,6 +497,99 @@ class Builder:
                 f"{hh.name}.align", hh, scale=common, bits=self.opts.wide_bits) for hh in heads]
         ctx = heads[0] if len(heads) == 1 else self.concat(f"{name}.concat", heads)
         return self.linear(f"{name}.o", ctx, w(blk.o), bias(blk.o))
+
+    def softmax(self, hn: str, s: Val, c: float, mask: np.ndarray, gate: float,
+                pad: Val | None = None, scale: float | None = None) -> Val:
+        """``gate · softmax(c·s)`` over the unmasked keys, requantized to ``bits`` unsigned.
+
+        softmax(s) = softmax(s − max): the exp table sees max − s ≥ 0 only, so its whole
+        (unsigned) index range covers what matters; the scale c goes in it too. ``pad``:
+        the padding bit of each key as a row (``attention``'s key mask); ``scale``: the
+        probabilities' unit (default: from their calibrated peak).
+        """
+        bits = self.opts.bits
+        m, masked, slop = self.row_max(f"{hn}.max", s, mask)
+        z = self._emit("sub", f"{hn}.shift", [m, masked], m.data - masked.data,
+                       m.ref - masked.ref, s.scale, -slop, s.hi - s.lo + slop)
+        z = self.add_const(f"{hn}.offset", z, np.asarray(slop * s.scale))
+        exp: Fn = lambda v, o=slop * s.scale, c=c: np.exp(-np.maximum(v - o, 0.0) * c)  # noqa: E731
+        e_scale = 1.0 / qmax(bits, False)
+        lsbs = None
+        if pad is not None:  # fold the bit into the exp lookup's index
+            shift, lsbs, exp = self.zero_shift(z, exp, e_scale)
+            z = self.add(f"{hn}.offset.keys", z, self.mul_const(
+                f"{hn}.pad.exp", pad, np.int64(shift), np.float64(shift * z.scale), z.scale))
+        e = self.lut(f"{hn}.exp", z, exp, signed=False, scale=e_scale, lsbs=lsbs)
+        if pad is not None:
+            e.ref = e.ref * (1.0 - pad.ref)  # the model's weight of a padded key: 0
+        em = self.mul_const(f"{hn}.mask", e, mask.astype(np.int64), mask)
+        z = self.sum(f"{hn}.rowsum", em, exact=True)
+        # sized by the rows that see a key: a row of padding alone sums to 0
+        seen = z.ref[z.ref > 0]
+        inv = self.lut(f"{hn}.recip", z, lambda r: 1.0 / np.maximum(r, 1e-9), signed=False,
+                       scale=float((1.0 / seen).max()) / qmax(bits, False)
+                       if seen.size else None)
+        return self.requant(f"{hn}.probs", self.mul(f"{hn}.softmax", em, inv),
+                            lambda r, g=gate: r * g, signed=False, scale=scale)
+
+    def attention_folded(self, name: str, x: Val, blk: Block, causal: bool) -> Val:
+        """Multi-head attention with the output projection folded into the values.
+
+        ``Σ_h P_h (x W_v,hᵀ + b_v,h) W_o,hᵀ + b_o = Σ_h P_h V′_h + b`` with
+        ``V′_h = x·(W_o,h W_v,h)ᵀ`` one clear linear per head and, since a softmax row sums
+        to one (times the head's gate), ``b = b_o + Σ_h g_h W_o,h b_v,h`` added once at the
+        end. Saved: the context requantization (1 + lsbs PBS per element) and the output
+        projection's accumulator. The scores keep their own q and k lookups: an operand
+        of an encrypted product must not be read by a clear linear too, since concrete
+        gives a linear's input its output's width and the product's lookups would run at
+        that width (measured: ×10 complexity with ``A = x·W_qᵀW_k`` against ``x``).
+
+        q and k are balanced per channel (SmoothQuant's α = 1/2, free in the weights):
+        ``q_c k_c = (α_c q_c)(k_c / α_c)`` with ``α_c = sqrt(max|k_c| / max|q_c|)`` on
+        calibration, so both operands of the narrow product span one range per channel.
+
+        Returns the output accumulator (``Σ_h P_h V′_h`` + biases), not requantized.
+        """
+        hd = blk.cfg.head_dim
+        w = lambda lin: lin.weight.detach().double().numpy()  # noqa: E731
+        bias = lambda lin: lin.bias.detach().double().numpy()  # noqa: E731
+        if blk.n_kept == 0:
+            raise CompileError(f"node {name}: attention with no head kept")
+        t = x.data.shape[-2]
+        mask = np.tril(np.ones((t, t))) if causal else np.ones((t, t))
+        gates = blk.gates.detach().double().numpy()
+        c = 1.0 if blk.cfg.attn_scale_folded else 1.0 / math.sqrt(hd)
+        wq, wk, wv, wo = w(blk.q), w(blk.k), w(blk.v), w(blk.o)
+        bq, bk, bv, bo = bias(blk.q), bias(blk.k), bias(blk.v), bias(blk.o)
+        chan = np.ones(x.ref.shape[-1]) if x.chan is None else x.chan
+        real = x.ref / chan  # the input's real values, for the balance below
+        out_bias = bo.copy()
+        # one unit for every head's P and V′, so their products add as they are
+        heads = [slice(h * hd, (h + 1) * hd) for h in range(blk.n_kept)]
+        p_scale = float(gates.max()) / qmax(self.opts.bits, False)
+        v_scale = max(float(np.abs(real @ (wo[:, r] @ wv[r]).T).max()) for r in heads) \
+            / qmax(self.opts.bits) or 1.0
+        acc: Val | None = None
+        for h in range(blk.n_kept):
+            hn = f"{name}.h{blk.cfg.heads_kept[blk.layer][h]}"
+            rows = slice(h * hd, (h + 1) * hd)
+            peak = lambda lw, lb: np.abs(real @ lw.T + lb).reshape(-1, hd).max(0)  # noqa: E731
+            alpha = np.sqrt(np.maximum(peak(wk[rows], bk[rows]), 1e-12)
+                            / np.maximum(peak(wq[rows], bq[rows]), 1e-12))
+            q = self.requant(f"{hn}.q", self.linear(f"{hn}.q.lin", x, wq[rows] * alpha[:, None],
+                                                    bq[rows] * alpha))
+            k = self.requant(f"{hn}.k", self.linear(f"{hn}.k.lin", x, wk[rows] / alpha[:, None],
+                                                    bk[rows] / alpha))
+            s = self.matmul(f"{hn}.scores", q, self.transpose(f"{hn}.kT", k))
+            one = blk.n_kept == 1  # alone, a head keeps its own calibrated units
+            p = self.softmax(hn, s, c, mask, gates[h], scale=None if one else p_scale)
+            out_bias += gates[h] * (wo[:, rows] @ bv[rows])
+            v = self.requant(f"{hn}.vo", self.linear(f"{hn}.vo.lin", x, wo[:, rows] @ wv[rows],
+                                                     None), scale=None if one else v_scale)
+            pv = self.matmul(f"{hn}.pv", p, v)
+            acc = pv if acc is None else self.add(f"{hn}.sum", acc, pv)
+        assert acc is not None
+        return self.add_const(f"{name}.bias", acc, out_bias)
 
     def shared_bit(self, name: str, keys: Val, fn: Fn) -> Val:
         """One lookup ``fn`` of the mask column for the whole graph, made where first used.
@@ -616,15 +704,23 @@ def lower_blocks(
     else:
         inp = x = bld.input(calib)
     causal = model.cfg.kind == "causal-lm"
+    if opts.fold_attention and opts.key_mask:
+        raise CompileError("fold_attention takes no key mask")
+
+    def attend(name: str, h: Val, blk: Block) -> Val | None:
+        if opts.fold_attention:
+            return bld.attention_folded(name, h, blk, causal) if blk.n_kept else None
+        return bld.attention(name, h, blk, causal, keys)
+
     for i, blk in enumerate(model.blocks):
         p = f"l{i}"
         if model.cfg.pre_ln:  # x + attn(ln1 x); x + mlp(ln2 x)
             h = bld.layernorm(f"{p}.ln1", x, blk.ln1, feeds_linear=True)
-            x = bld.residual(f"{p}.res1", x, bld.attention(f"{p}.attn", h, blk, causal, keys))
+            x = bld.residual(f"{p}.res1", x, attend(f"{p}.attn", h, blk))
             h = bld.layernorm(f"{p}.ln2", x, blk.ln2, feeds_linear=True)
             x = bld.residual(f"{p}.res2", x, bld.mlp(f"{p}.mlp", h, blk))
         else:  # ln1(x + attn x); ln2(x + mlp x)
-            x = bld.residual(f"{p}.res1", x, bld.attention(f"{p}.attn", x, blk, causal, keys))
+            x = bld.residual(f"{p}.res1", x, attend(f"{p}.attn", x, blk))
             x = bld.layernorm(f"{p}.ln1", x, blk.ln1, feeds_linear=False)
             x = bld.residual(f"{p}.res2", x, bld.mlp(f"{p}.mlp", x, blk))
             x = bld.layernorm(f"{p}.ln2", x, blk.ln2, feeds_linear=False)
@@ -635,4 +731,33 @@ def lower_blocks(
             "seq_len": t, "d_model": int(inp.data.shape[-1]), "key_mask": opts.key_mask}
     graph = IntGraph(bld.nodes, "input", x.name, meta)
     graph.calibration_ref = x.ref  # float reference of the output, for reports and tests
+    return graph
+
+
+def lower_attention(
+    blk: Block, calib: np.ndarray, opts: LoweringOptions | None = None, *,
+    causal: bool = False,
+) -> IntGraph:
+    """Lower one block's attention alone, on an input the client has normalised (SPEC C6).
+
+    The program a client runs when it computes ``z = LN(x)`` itself and the miner only
+    the attention ``attn(z)`` (``Builder.attention_folded``): the split of concrete-ml's
+    attention circuits, compared in benchmarks/fhe_compare_block.py. The input ``[T, d]``
+    is quantized to ``opts.wide_bits`` (only clear linears read it); the output is
+    the attention's accumulator, which the client rescales by ``meta["output_scale"]``.
+    """
+    opts = opts or LoweringOptions()
+    if opts.key_mask:
+        raise CompileError("lower_attention takes no key mask")
+    calib = np.asarray(calib, dtype=np.float64)
+    n, t, d = calib.shape
+    bld = Builder(opts)
+    x = bld.input(calib)
+    out = bld.attention_folded(f"l{blk.layer}.attn", x, blk, causal)
+    meta = {"input_scale": x.scale, "input_bits": opts.wide_bits, "output_scale": out.scale,
+            "bits": opts.bits, "wide_bits": opts.wide_bits, "weight_bits": opts.weight_bits,
+            "max_lookup_bits": opts.max_lookup_bits, "seq_len": t, "d_model": d,
+            "key_mask": False}
+    graph = IntGraph(bld.nodes, "input", out.name, meta)
+    graph.calibration_ref = out.ref
     return graph
