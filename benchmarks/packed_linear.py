@@ -483,10 +483,13 @@ def main(argv: list[str] | None = None) -> None:
     table, cache = [], {}
 
     def kept(backend: str, n_in: int, n_out: int) -> list[dict]:
-        rows = [dict(r, earlier=since) for r in earlier.get("table", [])
+        """That run's rows, each marked with the commit it was measured at (a row it had
+        itself kept keeps its own mark)."""
+        rows = [{"earlier": since, **r} for r in earlier.get("table", [])
                 if r["backend"] == backend and r["shape"] == [n_in, n_out]]
-        if rows:
-            print(f"{backend} {n_in}×{n_out}: kept from the run at commit {since}", flush=True)
+        for r in rows:
+            print(f"{backend} {n_in}×{n_out}: kept from the run at commit {r['earlier']}",
+                  flush=True)
         return rows
 
     def packed(n_in: int, n_out: int, rows: int, pack: bool = False) -> dict:
@@ -516,7 +519,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"concrete-ml HybridFHEModel {n_in}×{n_out}", flush=True)
             hybrid_models.append(measure_hybrid_model(args.cml_python, n_in, n_out))
         else:
-            hybrid_models += [dict(r, earlier=since) for r in earlier.get("hybrid_model", [])
+            hybrid_models += [{"earlier": since, **r} for r in earlier.get("hybrid_model", [])
                               if r["shape"] == [n_in, n_out]]
         table += [packed(n_in, n_out, 1), packed(n_in, n_out, 16),
                   packed(n_in, n_out, 1, True), packed(n_in, n_out, 16, True)]
@@ -566,9 +569,10 @@ def main(argv: list[str] | None = None) -> None:
         "slow links packing does. glwe runs with `bits_reserved_for_computation` = "
         "accumulator bits + 1: its errors are its approximate outputs (low bits stored at 26 "
         "bits), not a failure of this run.")
-    if any("earlier" in r for r in table + hybrid_models):
-        notes += (f" Rows marked _(run at {since})_ were kept from the run at commit {since} "
-                  "(their venvs are absent here, or `--no-lwe`), not measured again.")
+    marks = sorted({r["earlier"] for r in table + hybrid_models if "earlier" in r})
+    if marks:
+        notes += (f" Rows marked _(run at {', '.join(marks)})_ were kept from the run at that "
+                  "commit (their venvs are absent here, or `--no-lwe`), not measured again.")
     result = {"table": table, "designs": designs, "extrapolations": extrapolations,
               "hybrid_model": hybrid_models, "command": command, "notes": notes}
     write_json(KEY, result)
