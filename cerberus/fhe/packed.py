@@ -949,7 +949,7 @@ class PackedLinear:
 
     def dense(self, ciphertext: bytes, eval_keys: bytes | PackedKeys) -> list[seal.Ciphertext]:
         """The packed ciphertexts of a reply before the switch down (``None`` for all-zero
-        weights): what ``noise_budget`` tests measure against the derived bound."""
+        weights): what the tests measure (``PackedClient.dense_noise_bits``)."""
         keys = self._keys(eval_keys)
         rows, part, cts = self._parse(ciphertext)
         return [ct for ct, _ in self._dense(rows, part, cts, keys)]
