@@ -39,7 +39,10 @@ from ledger.tx import Tx
 # ``dry_run`` returns so the next tx of the same sender is judged without replaying the run
 Overlay = dict[tuple[str, Any], Any]
 ABSENT: Any = object()
-MAX_CHECKED = 4  # states after checked or produced blocks kept for apply_block (per head)
+# states after checked or produced blocks kept for apply_block, on the current head only:
+# one is the usual case (one proposal per height); each is a shallow copy of every table,
+# so the bound is what a large state costs in memory
+MAX_CHECKED = 2
 
 
 class Chain:
