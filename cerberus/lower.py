@@ -92,6 +92,9 @@ class Val:
     # Per-channel factor the value carries (LayerNorm equalisation); the next linear
     # divides its weight columns by it, so the product is unchanged.
     chan: np.ndarray | None = None
+    # Zero point: the integers are ``real / scale + zero`` (``Builder.lut``'s ``zero``), so
+    # a signed value can enter an encrypted product unsigned (``Builder.product``).
+    zero: int = 0
 
 
 @dataclass(frozen=True)
@@ -237,9 +240,10 @@ class Builder:
         return lsbs
 
     def lut(self, name: str, x: Val, fn: Fn, *, signed: bool = True, scale: float | None = None,
-            bits: int | None = None, lsbs: int | None = None) -> Val:
+            bits: int | None = None, lsbs: int | None = None, zero: int = 0) -> Val:
         """Table lookup of ``fn`` on the rounded input, requantized to ``bits``; ``lsbs``
-        forces the rounding (default: ``lookup_lsbs``)."""
+        forces the rounding (default: ``lookup_lsbs``); ``zero`` is added to every entry
+        (a signed ``bits``-bit value with ``zero = qmax(bits)`` is stored unsigned)."""
         bits = bits or self.opts.bits
         ref = fn(x.ref)
         hi_q = qmax(bits, signed)
@@ -256,10 +260,12 @@ class Builder:
         top = int(round_lsbs(np.int64(x.hi), lsbs))
         index = np.arange(offset, top + 1, dtype=np.int64)
         real = fn(index.astype(np.float64) * (2**lsbs) * x.scale)
-        table = np.clip(round_half_up(real / scale), lo_q, hi_q).astype(np.int64)
+        table = np.clip(round_half_up(real / scale), lo_q, hi_q).astype(np.int64) + zero
         data = table[round_lsbs(x.data, lsbs) - offset]
-        return self._emit("lut", name, [x], data, ref, scale, int(table.min()), int(table.max()),
-                          table=table, lsbs=lsbs, offset=offset)
+        out = self._emit("lut", name, [x], data, ref, scale, int(table.min()), int(table.max()),
+                         table=table, lsbs=lsbs, offset=offset)
+        out.zero = zero
+        return out
 
     def requant(self, name: str, x: Val, fn: Fn | None = None, **kw) -> Val:
         """Requantize (and optionally apply ``fn``): one lookup fused, two unfused."""
@@ -276,6 +282,43 @@ class Builder:
         corners = [a.lo * b.lo, a.lo * b.hi, a.hi * b.lo, a.hi * b.hi]
         return self._emit("mul", name, [a, b], a.data * b.data, a.ref * b.ref,
                           a.scale * b.scale, min(corners), max(corners))
+
+    def product(self, name: str, a: Val, b: Val, op: str = "mul") -> Val:
+        """``a * b`` (``op`` "mul") or ``a @ b`` ("matmul") of an unsigned ``a`` and a ``b``
+        stored with a zero point (``b = b_u − zero``), computed as ``a·b_u − zero·Σa``.
+
+        Why not ``mul``/``matmul`` of the signed value as it is: concrete multiplies mixed
+        signs wrongly, so the backend centres one operand and adds a correction of the
+        *other* operand's sums (``cerberus.ops._product``); concrete then gives that operand
+        the output's width, and the product's lookups run at that width (measured on the
+        d16 block: ×16 complexity for P·V). Here both operands are unsigned and the
+        correction ``zero·Σa`` comes from a twin lookup of ``a`` (its table times
+        ``zero``: one more PBS per element of ``a``, whose rounding it shares), so no
+        operand is widened. ``a`` must be a lookup's output; the result is exact.
+        """
+        node = next(n for n in reversed(self.nodes) if n.name == a.name)
+        if node.op != "lut" or a.lo < 0 or a.zero or b.lo < 0:
+            raise CompileError(f"node {name}: product needs an unsigned lookup output and an "
+                               "unsigned operand with a zero point")
+        matrix = op == "matmul"
+        c = int(b.zero)
+        data = a.data @ b.data if matrix else a.data * b.data
+        real = a.ref @ b.ref if matrix else a.ref * b.ref
+        if not c:
+            return self._emit(op, name, [a, b], data, real, a.scale * b.scale)
+        prod = self._emit(op, f"{name}.u", [a, b], data, real, a.scale * b.scale)
+        src = self.vals[node.inputs[0]]
+        table = node.attrs["table"] * c
+        twin = next((self.vals[n.name] for n in self.nodes  # concrete runs one of the same
+                     if n.op == "lut" and n.inputs == node.inputs and n.attrs["lsbs"] ==
+                     node.attrs["lsbs"] and np.array_equal(n.attrs["table"], table)), None)
+        if twin is None:
+            twin = self._emit("lut", f"{name}.zero", [src], a.data * c, a.ref * c, a.scale,
+                              int(a.lo) * c, int(a.hi) * c, table=table,
+                              lsbs=node.attrs["lsbs"], offset=node.attrs["offset"])
+        corr = self.sum(f"{name}.zero.sum", twin, exact=True) if matrix else twin
+        return self._emit("sub", name, [prod, corr], prod.data - corr.data, real,
+                          a.scale * b.scale)
 
     def mul_const(self, name: str, x: Val, const: np.ndarray, real: np.ndarray,
                   const_scale: float = 1.0) -> Val:
@@ -350,8 +393,10 @@ class Builder:
                           x.ref.sum(-1, keepdims=True), x.scale, lo, hi)
 
     def slice(self, name: str, x: Val, start: int, stop: int) -> Val:
-        return self._emit("slice", name, [x], x.data[..., start:stop], x.ref[..., start:stop],
-                          x.scale, x.lo, x.hi, start=start, stop=stop)
+        out = self._emit("slice", name, [x], x.data[..., start:stop], x.ref[..., start:stop],
+                         x.scale, x.lo, x.hi, start=start, stop=stop)
+        out.zero = x.zero
+        return out
 
     def concat(self, name: str, xs: list[Val]) -> Val:
         if len({v.scale for v in xs}) != 1:
@@ -361,8 +406,10 @@ class Builder:
                           min(v.lo for v in xs), max(v.hi for v in xs))
 
     def transpose(self, name: str, x: Val) -> Val:
-        return self._emit("transpose", name, [x], np.swapaxes(x.data, -1, -2),
-                          np.swapaxes(x.ref, -1, -2), x.scale, x.lo, x.hi)
+        out = self._emit("transpose", name, [x], np.swapaxes(x.data, -1, -2),
+                         np.swapaxes(x.ref, -1, -2), x.scale, x.lo, x.hi)
+        out.zero = x.zero
+        return out
 
     # -- transformer pieces ---------------------------------------------------------
     def layernorm(self, name: str, x: Val, ln: torch.nn.LayerNorm, *, feeds_linear: bool) -> Val:
@@ -401,9 +448,9 @@ class Builder:
         # Σ (d(x−μ))² = d³·var, so 1/σ = 1/sqrt(ss/d³ + ε)
         inv = self.lut(f"{name}.rsqrt", ss, lambda v: 1.0 / np.sqrt(np.maximum(v, 0) / d**3 + eps),
                        signed=False)
-        cq = self.requant(f"{name}.cq", c)
+        cq = self.requant(f"{name}.cq", c, zero=qmax(self.opts.bits))
         # c·(1/σ) = d·(x−μ)/σ: the 1/d goes into the requantization below
-        xn = self.mul(f"{name}.norm", cq, inv)
+        xn = self.product(f"{name}.norm", inv, cq)
         gamma = ln.weight.detach().double().numpy()
         beta = ln.bias.detach().double().numpy()
         wide = self.opts.wide_bits
@@ -460,11 +507,13 @@ class Builder:
         if blk.n_kept == 0:
             return None
         q = self.requant(f"{name}.q", self.linear(f"{name}.q.lin", x, w(blk.q), bias(blk.q)))
-        k = self.requant(f"{name}.k", self.linear(f"{name}.k.lin", x, w(blk.k), bias(blk.k)))
-        v = self.requant(f"{name}.v", self.linear(f"{name}.v.lin", x, w(blk.v), bias(blk.v)))
+        k = self.requant(f"{name}.k", self.linear(f"{name}.k.lin", x, w(blk.k), bias(blk.k)),
+                         zero=0 if keys is None else qmax(self.opts.bits))
+        v = self.requant(f"{name}.v", self.linear(f"{name}.v.lin", x, w(blk.v), bias(blk.v)),
+                         zero=qmax(self.opts.bits))
         if keys is not None:
-            k = self.mul(f"{name}.k.keys", k, self.shared_bit("input.keep", keys,
-                                                             lambda b: b > 0.5))
+            k = self.product(f"{name}.k.keys", self.shared_bit("input.keep", keys,
+                                                               lambda b: b > 0.5), k)
             if "input.pad" not in self.vals:  # the padding bit of each key, as a row
                 self.transpose("input.pad", self.shared_bit("input.pad.col", keys,
                                                            lambda b: b < 0.5))
@@ -489,7 +538,7 @@ class Builder:
                 s = self._emit("add", f"{hn}.scores.keys", [s, pen], s.data + pen.data,
                                s.ref + pen.ref, s.scale, s.lo, s.hi)
             p = self.softmax(hn, s, c, mask, gates[h], pad)
-            heads.append(self.requant(f"{hn}.ctx", self.matmul(f"{hn}.pv", p, vh),
+            heads.append(self.requant(f"{hn}.ctx", self.product(f"{hn}.pv", p, vh, "matmul"),
                                       bits=self.opts.wide_bits))
         if len({hh.scale for hh in heads}) > 1:  # one scale for the concatenation
             common = max(hh.scale for hh in heads)
@@ -585,8 +634,9 @@ class Builder:
             p = self.softmax(hn, s, c, mask, gates[h], scale=None if one else p_scale)
             out_bias += gates[h] * (wo[:, rows] @ bv[rows])
             v = self.requant(f"{hn}.vo", self.linear(f"{hn}.vo.lin", x, wo[:, rows] @ wv[rows],
-                                                     None), scale=None if one else v_scale)
-            pv = self.matmul(f"{hn}.pv", p, v)
+                                                     None), scale=None if one else v_scale,
+                             zero=qmax(self.opts.bits))
+            pv = self.product(f"{hn}.pv", p, v, "matmul")
             acc = pv if acc is None else self.add(f"{hn}.sum", acc, pv)
         assert acc is not None
         return self.add_const(f"{name}.bias", acc, out_bias)

@@ -135,7 +135,8 @@ def test_all_real_mask_costs_only_the_key_products(tiny_gpt) -> None:
     into the exp index costs nothing: with an all-real mask the key-masked graph computes
     the unmasked graph's integers; its extra PBS are each layer's ``k ⊙ keep`` (2 per
     element of k) and, once per graph, 1 per position for each of the two 1-bit mask
-    lookups and for the rounding they share."""
+    lookups, for the rounding they share and for the keep bit's zero-point twin
+    (``Builder.product``: k enters its product unsigned)."""
     model, _ = tiny_gpt
     x = embedded(model, ids_of(24, 1))
     plain = lower_blocks(model, x)
@@ -149,7 +150,7 @@ def test_all_real_mask_costs_only_the_key_products(tiny_gpt) -> None:
                           evaluate(keyed, keyed_input(keyed, xt, np.ones((16, T))))["output"])
     cfg = model.cfg
     inner = cfg.n_head * cfg.head_dim
-    extra = 3 * T + cfg.n_layer * 2 * T * inner
+    extra = 4 * T + cfg.n_layer * 2 * T * inner
     assert keyed.pbs_count() - plain.pbs_count() == extra
     widths = {keyed[n].lookup_bits for n in keyed.pbs_by_node() if n not in
               {m.name for m in plain.nodes} and keyed[n].op == "lut"}

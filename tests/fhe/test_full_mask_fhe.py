@@ -65,7 +65,7 @@ def test_masked_block_under_real_encryption_is_the_simulator() -> None:
     assert graph.pbs_count() == stats["programmable_bootstrap_count"]
     ours = {node_tag(k): v for k, v in graph.pbs_by_node().items() if v}
     assert ours == dict(stats["programmable_bootstrap_count_per_tag"])
-    assert any(k.endswith("k_keys") for k in ours)  # the mask's products are live
+    assert any(k.endswith("k_keys_u") for k in ours)  # the mask's products are live
     circuit.keygen(seed=11)
     # unpadded, padded, no real token, and the range's two ends (one of them padded)
     for i in (0, 12, 24, 25, 27):
