@@ -55,6 +55,8 @@ class EnforcerView(BlockSource, Protocol):
 
     def report_basis(self, brain: int) -> dict[int, int]: ...  # uid → verified bps
 
+    def param(self, name: str) -> int: ...  # a live chain parameter (governance, SPEC L8)
+
     def nonce(self, address: str) -> int: ...
 
     def submit(self, tx: Tx) -> str | None: ...
@@ -94,6 +96,9 @@ class NodeEnforcerView:
 
     def report_basis(self, brain: int) -> dict[int, int]:
         return self.node.read(lambda c: verified_bps(c.state, brain))
+
+    def param(self, name: str) -> int:
+        return int(self.node.read(lambda c: c.state.param(name)))
 
     def nonce(self, address: str) -> int:
         return int(self.node.account(address)["pending_nonce"])
@@ -175,7 +180,7 @@ class Enforcer:
     def due(self, height: int) -> int | None:
         """The epoch to report at ``height``, or None: half an epoch after each boundary
         of the Brain (``(h + brain) % tempo == 0``), once per epoch, enough data."""
-        tempo = self.genesis.tempo
+        tempo = self.view.param("tempo")  # live: governance may change it (SPEC L8)
         epoch, phase = divmod(height + self.brain, tempo)
         if epoch <= self.reported_epoch or phase < tempo // 2:
             return None
@@ -191,7 +196,7 @@ class Enforcer:
         acc = [bounded_accuracy(k, verified[u]) for u, k in zip(uids, nums.skill_bps,
                                                                   strict=True)]
         return make_tx(self.wallet, "tft_report", self.view.nonce(self.wallet.address),
-                       self.genesis.chain_id, fee=self.genesis.min_fee, brain=self.brain,
+                       self.genesis.chain_id, fee=self.view.param("min_fee"), brain=self.brain,
                        uids=uids, accuracy_bps=acc, skill_bps=nums.skill_bps,
                        checkpoint=nums.checkpoint, data_height=height)
 

@@ -144,6 +144,9 @@ class NodeChainView:
     def submit(self, tx: Tx) -> str | None:
         return self.node.submit(tx)
 
+    def param(self, name: str) -> int:
+        return int(self.node.read(lambda c: c.state.param(name)))
+
 
 def _wait(what: str, check: Callable[[], bool], timeout: float, every: float = 0.25,
           progress: Callable[[], str] | None = None) -> None:
@@ -228,7 +231,7 @@ class Participant:
         else:
             fee = int(info["registration_fee"])
             balance = int(node.account(addr)["balance"])
-            need = fee + o.stake + 2 * self.genesis.min_fee
+            need = fee + o.stake + 2 * self.param("min_fee")
             if balance < need:
                 raise CerberusError(
                     f"wallet {addr} holds {fmt_based(balance)} $BASED; registering costs "
@@ -257,6 +260,11 @@ class Participant:
             done_file.write_text(json.dumps({"brain": o.brain, "role": o.role, "staked": 0}))
         self.joined_balance = int(node.account(addr)["balance"])
 
+    def param(self, name: str) -> int:
+        """A chain parameter's live value (governance changes them, SPEC L8)."""
+        assert self.node is not None
+        return int(self.node.read(lambda c: c.state.param(name)))
+
     def _stake_of(self, delegate: str) -> int:
         assert self.node is not None
         key = (self.opts.brain, delegate or self.wallet.address)
@@ -265,8 +273,8 @@ class Participant:
     def _send(self, kind: str, **payload: Any) -> None:
         assert self.node is not None
         nonce = int(self.node.account(self.wallet.address)["nonce"])
-        tx = make_tx(self.wallet, kind, nonce, self.genesis.chain_id, fee=self.genesis.min_fee,
-                     **payload)
+        tx = make_tx(self.wallet, kind, nonce, self.genesis.chain_id,
+                     fee=self.param("min_fee"), **payload)
         reason = self.node.submit(tx)
         if reason is not None:
             raise CerberusError(f"the network refused our {kind} tx: {reason}")
@@ -334,7 +342,7 @@ class Participant:
             self.prepare()
         assert self.artefact_path is not None
         task = (node.brain_info(o.brain) or {}).get("task", "")
-        epoch_s = self.genesis.tempo * (o.block_interval or self.genesis.block_time)
+        epoch_s = self.param("tempo") * (o.block_interval or self.genesis.block_time)
         spread = o.challenge_spread if o.challenge_spread is not None else epoch_s / 2
         # default source: this node's own host (what a real validator's machine shows)
         sources = list(o.challenge_from) or (
@@ -373,14 +381,14 @@ class Participant:
     # -- the main loop ------------------------------------------------------------------
     def epoch_of(self, height: int) -> int:
         """Brain b's epochs end at heights h with (h + b) % tempo == 0."""
-        return (height + self.opts.brain) // self.genesis.tempo
+        return (height + self.opts.brain) // self.param("tempo")
 
     def progress(self) -> str:
         node = self.node
         assert node is not None
         st = node.status()
         h = int(st["height"])
-        tempo = self.genesis.tempo
+        tempo = self.param("tempo")
         left = tempo - (h + self.opts.brain) % tempo
         bal = int(node.account(self.wallet.address)["balance"])
         line = (f"height {h} | peers {len(st['peers'])} | epoch {self.epoch_of(h)} "

@@ -287,12 +287,12 @@ def wait_scored(net: LocalNetwork, timeout: float) -> int:
 def run_epochs(net: LocalNetwork, epochs: int, timeout: float) -> list[dict[str, Any]]:
     """Wait until the validators have scored every miner, then for ``epochs`` of Brain
     #1's epoch boundaries; balances at each one."""
-    tempo = net.genesis.tempo
     out = []
     wait_scored(net, timeout)
     with net.client() as c:
         h = int(c.status()["height"])
         for _ in range(epochs):
+            tempo = int(c.status()["params"]["tempo"])  # live: governance may change it
             boundary = h + 1 + (-(h + 1 + BRAIN)) % tempo  # the next one strictly after h
             c.wait_until(lambda s, b=boundary: s["height"] >= b, timeout)
             h = boundary
@@ -354,7 +354,7 @@ def route_query(net: LocalNetwork, prompt: str, tokens: int) -> dict[str, Any]:
 
     art = load_artefact(net.artefact)
     with net.client() as c:
-        scores = trusted_endpoints(c, BRAIN, 2 * net.genesis.tempo)
+        scores = trusted_endpoints(c, BRAIN, 2 * int(c.status()["params"]["tempo"]))
     endpoints = sorted(e for e, v in scores.items() if v > 0) or sorted(scores)
     router = Router(endpoints)
     emb = embed_query(art, prompt)

@@ -365,7 +365,8 @@ class Node:
                     size += len(item) + 1
 
     def status(self) -> dict[str, Any]:
-        """Height, finalized height, state root, head hash, peers, address, evidence."""
+        """Height, finalized height, state root, head hash, peers, address, the live chain
+        parameters, evidence."""
         with self._lock:
             weights = self.rounds.weights()
             return {
@@ -382,6 +383,7 @@ class Node:
                 "known_peers": sorted(self.gossip.peers),
                 "mempool": len(self.mempool),
                 "validators": weights,
+                "params": self.chain.params(),  # live governable parameters (SPEC L8)
                 "round": self.rounds.current_round(),  # at height + 1
                 "my_vote": self.rounds.my_vote_info(PREVOTE),
                 "my_precommit": self.rounds.my_vote_info(PRECOMMIT),  # = the lock

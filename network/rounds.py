@@ -401,8 +401,8 @@ class Rounds:
         assert self.wallet is not None
         first, second, _, _ = self.reports[offender]
         nonce = self.mempool.pending_nonce(self.address)
-        tx = make_tx(self.wallet, "evidence", nonce, self.chain_id, fee=self.genesis.min_fee,
-                     first=first, second=second)
+        tx = make_tx(self.wallet, "evidence", nonce, self.chain_id,  # live fee (SPEC L8)
+                     fee=self.chain.state.param("min_fee"), first=first, second=second)
         reason = self.mempool.admit(tx)
         self.reports[offender] = (first, second, self.chain.height, tx.tx_hash())
         if reason is not None:

@@ -113,6 +113,8 @@ class ChainView(Protocol):
 
     def submit(self, tx: Tx) -> str | None: ...
 
+    def param(self, name: str) -> int: ...  # a live chain parameter (governance, SPEC L8)
+
 
 @dataclass
 class Challenge:
@@ -354,8 +356,10 @@ class Validator:
             for u, r in report.results.items()})
         if report.weights:
             uids = sorted(report.weights)
+            # governance may have raised the minimum fee since this validator started
+            fee = max(self.fee, self.chain.param("min_fee"))
             tx = make_tx(self.wallet, "set_weights", self.chain.nonce(self.address),
-                         self.chain.chain_id, fee=self.fee, brain=self.brain, uids=uids,
+                         self.chain.chain_id, fee=fee, brain=self.brain, uids=uids,
                          weights=[report.weights[u] for u in uids])
             report.tx = tx
             report.rejected = self.chain.submit(tx)

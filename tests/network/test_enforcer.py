@@ -44,6 +44,9 @@ class ChainEnforcerView:
     def report_basis(self, brain: int) -> dict[int, int]:
         return verified_bps(self.chain.state, brain)
 
+    def param(self, name: str) -> int:
+        return self.chain.state.param(name)
+
     def nonce(self, address: str) -> int:
         return self.chain.nonce(address) + sum(t.sender == address for t in self.pending)
 

@@ -151,9 +151,11 @@ def test_a_passed_change_takes_effect_at_its_height_on_every_node(net: Net) -> N
     assert (replay.state.get("prop", 1).status, replay.state.get("prop", 1).votes_against) == (
         "rejected", 2)
 
-    # after: every node's mempool refuses a fee below the new minimum, and takes one at it
+    # after: every node shows the live value (what its clients sign with), its mempool
+    # refuses a fee below the new minimum and takes one at it
     for p, w in zip(nodes, VALIDATORS, strict=True):
         with p.client() as c:
+            assert c.status()["params"]["min_fee"] == NEW_MIN_FEE, p.dir.name
             assert c.submit(transfer(p, w, 0)) == f"fee below minimum {NEW_MIN_FEE}"
             assert c.submit(transfer(p, w, NEW_MIN_FEE)) is None, p.dir.name
 

@@ -49,6 +49,9 @@ class LocalChain:
     def nonce(self, address: str) -> int:
         return self.chain.nonce(address)
 
+    def param(self, name: str) -> int:
+        return self.chain.state.param(name)
+
     def submit(self, tx: Tx) -> str | None:
         reason = self.chain.validate_tx(tx)
         if reason is None:
@@ -58,13 +61,13 @@ class LocalChain:
         return reason
 
 
-def _chain(extra: list[Wallet] | None = None) -> Chain:
+def _chain(extra: list[Wallet] | None = None, min_fee: int = 0) -> Chain:
     """Genesis, then the operator sets a zero fee and everyone registers, by signed txs;
     ``extra`` miners register after ``MINERS`` (uids 4, 5, …)."""
     miners = [*MINERS, *(extra or [])]
     people = [VALIDATOR, *miners]
     chain = Chain(Genesis(chain_id="cerberus-test", operator=OPERATOR.address,
-                          bridge=BRIDGE.address, tempo=1_000_000,
+                          bridge=BRIDGE.address, tempo=1_000_000, min_fee=min_fee,
                           balances={p.address: 1000 * BASED
                                     for p in [OPERATOR, *people]}))
     cid = chain.genesis.chain_id
@@ -74,9 +77,9 @@ def _chain(extra: list[Wallet] | None = None) -> Chain:
         assert rejected == []
         chain.apply_block(b)
 
-    block([make_tx(OPERATOR, "brain_config", 0, cid, brain=BRAIN, key="registration_fee",
-                   value="0")])
-    block([make_tx(w, "register", 0, cid, brain=BRAIN, role=role, max_fee=0)
+    block([make_tx(OPERATOR, "brain_config", 0, cid, fee=min_fee, brain=BRAIN,
+                   key="registration_fee", value="0")])
+    block([make_tx(w, "register", 0, cid, fee=min_fee, brain=BRAIN, role=role, max_fee=0)
            for w, role in [(VALIDATOR, "validator"), *[(m, "miner") for m in miners]]])
     return chain
 
@@ -227,3 +230,15 @@ def test_challenges_come_from_private_randomness(packed_artefact: Artefact,
     assert len(set(prompts)) > 1, f"the same challenge every time: {prompts[0]!r}"
     public = set(CHALLENGES) | set(shipped_prompts())
     assert any(p not in public for p in prompts), "every challenge is a public constant"
+
+
+def test_weights_pay_the_chains_live_minimum_fee(packed_artefact: Artefact,
+                                                  tmp_path: Path) -> None:
+    """Governance can raise the minimum fee while a validator runs (SPEC L8): its weights
+    tx pays the chain's live minimum, not the fee it was started with, or it is refused."""
+    view = LocalChain(_chain(min_fee=7), {})  # no endpoints: every miner weighs 0
+    v = Validator(VALIDATOR, BRAIN, Path(packed_artefact.path), view, CHALLENGES, tokens=2,
+                  timeout=5, cache_dir=tmp_path / "v")
+    report = v.run_epoch(1)
+    assert report.rejected is None and report.tx is not None and report.tx.fee == 7
+    assert view.chain.state.get("wrow", (BRAIN, 0)) is not None  # the row landed
