@@ -14,16 +14,25 @@ boundary (validators set their weights at the boundary), the Enforcer
    (``ledger.tft_report.verified_bps``, read from its node's state) and posts a signed
    ``tft_report`` carrying skills, accuracies, the checkpoint's hash and the data height.
 
-Every node checks the report's integer rule while applying the block (``ledger.tft_report``);
-:func:`reproduce` is how any node re-derives the float part (skills and checkpoint) from the
-public blocks, off the block-apply path, and :class:`Auditor` is the loop a validator runs
-for it (``cerberus join --role validator`` audits every report that lands and says whether it
-reproduced).
+Every node checks the report's integer rule while applying the block (``ledger.tft_report``:
+deterministic, no torch). The float part (skills and checkpoint) is checked at the consensus
+level instead: a node's :class:`Reproducer` re-derives it (:func:`derive`) from the node's own
+blocks, on one worker thread off the node's lock, and caches the verdict by tx hash; the
+mempool admits a report only once it reproduced (``network.node``), and a validator prevotes
+a block holding a report only once it reproduced (``network.rounds``). So a report with
+made-up skills never finalizes while more than a third of the voting stake is honest.
+:class:`Auditor` is the loop a validator also runs (``cerberus join --role validator``) that
+says, for every report that lands, whether it reproduced here.
+
+torch is imported only when a report is first derived, so a node that never sees one (and
+the ledger) never loads it.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -32,12 +41,15 @@ from ledger.block import Block
 from ledger.genesis import Genesis
 from ledger.keys import Wallet
 from ledger.series import miner_series, series_of_blocks
-from ledger.tft import enforcer_skill
 from ledger.tft_report import RECIPE, Recipe, bounded_accuracy, verified_bps
 from ledger.tx import Tx, make_tx
 
 log = logging.getLogger("network.enforcer")
 RETRIES = 3  # submissions per epoch (a weight row landing meanwhile changes the bound)
+# One derivation at a time per process: training forks torch's global RNG and sets its
+# thread count, so two at once (the Enforcer's loop and its node's Reproducer, say) would
+# disturb each other's bits.
+_TRAINING = threading.Lock()
 
 
 class BlockSource(Protocol):
@@ -129,8 +141,11 @@ def derive(source: BlockSource, genesis: Genesis, brain: int, uids: list[int],
         prev_time = genesis.time
     if [b.header.height for b in blocks] != list(range(lo, data_height + 1)):
         raise ValueError(f"blocks {lo}..{data_height} are not all available")
-    checkpoint, skill = enforcer_skill(series_of_blocks(blocks, prev_time),
-                                       miner_series(blocks, brain, uids), recipe)
+    from ledger.tft import enforcer_skill  # torch: loaded on the first derivation only
+
+    with _TRAINING:
+        checkpoint, skill = enforcer_skill(series_of_blocks(blocks, prev_time),
+                                           miner_series(blocks, brain, uids), recipe)
     return Numbers(checkpoint, skill)
 
 
@@ -164,6 +179,135 @@ def landed_reports(source: BlockSource, lo: int, hi: int) -> list[tuple[int, Tx]
     """``(height, tx)`` of every ``tft_report`` in blocks ``lo..hi``."""
     return [(b.header.height, tx) for b in source.blocks(lo, hi) for tx in b.txs
             if tx.kind == "tft_report"]
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """Whether a ``tft_report`` reproduced on this node; ``reason`` says why not."""
+
+    ok: bool
+    reason: str = ""
+
+
+MAX_VERDICTS = 256  # verdicts kept by tx hash (an epoch brings one report per Brain)
+MAX_QUEUED = 8  # reports waiting for the worker; a request beyond is refused for now
+
+
+def judge(source: BlockSource, genesis: Genesis, tx: Tx, recipe: Recipe = RECIPE) -> Verdict:
+    """Derive ``tx``'s skills and checkpoint from ``source``'s blocks and compare (the
+    report's integer rule is the ledger's business; this is the float part)."""
+    p = tx.payload
+    prefix = "tft_report not reproduced: "
+    try:
+        derived = derive(source, genesis, p["brain"], list(p["uids"]), p["data_height"],
+                         recipe)
+    except (KeyError, ValueError) as e:  # blocks missing, data height out of range
+        return Verdict(False, f"{prefix}{e}")
+    except Exception as e:  # a peer's report must never stop the worker
+        log.exception("deriving tft_report %s failed", tx.tx_hash().hex()[:12])
+        return Verdict(False, f"{prefix}derivation failed: {e!r}")
+    reported = Numbers(p["checkpoint"], list(p["skill_bps"]))
+    if derived == reported:
+        return Verdict(True)
+    return Verdict(False, f"{prefix}it reports skill_bps {reported.skill_bps} and checkpoint "
+                          f"{reported.checkpoint[:16]}; the blocks up to "
+                          f"{p['data_height']} give skill_bps {derived.skill_bps} and "
+                          f"checkpoint {derived.checkpoint[:16]}")
+
+
+class Reproducer:
+    """A node's verdicts on ``tft_report``s, derived on one worker thread, cached by tx hash.
+
+    Why a worker: a derivation retrains the TFT (about a second, more on a loaded machine)
+    and the node must keep voting and gossiping meanwhile, so it never runs under the node's
+    lock — the worker reads the blocks it needs through ``source`` (which takes the lock
+    only to read them) and trains without it. Bounded: at most ``max_queued`` reports wait
+    (:meth:`request` refuses more; the caller asks again later) and at most
+    ``max_verdicts`` verdicts are kept, the least recently used dropped first (one dropped
+    is derived again if asked). ``on_done(tx, tx_hash, verdict)`` runs on the worker after
+    each derivation. The thread starts with the first request.
+    """
+
+    def __init__(self, genesis: Genesis, source: BlockSource, *, recipe: Recipe = RECIPE,
+                 max_verdicts: int = MAX_VERDICTS, max_queued: int = MAX_QUEUED,
+                 on_done: Callable[[Tx, bytes, Verdict], None] | None = None) -> None:
+        self.genesis, self.source, self.recipe = genesis, source, recipe
+        self.max_verdicts, self.max_queued = max_verdicts, max_queued
+        self.on_done = on_done
+        self._cond = threading.Condition()
+        self._verdicts: OrderedDict[bytes, Verdict] = OrderedDict()
+        self._queue: deque[tuple[bytes, Tx]] = deque()  # the head is being derived
+        self._stopped = False
+        self._thread: threading.Thread | None = None
+        self.derived = 0  # derivations done (a cache hit does none)
+
+    def __len__(self) -> int:
+        with self._cond:
+            return len(self._verdicts)
+
+    def verdict(self, tx_hash: bytes) -> Verdict | None:
+        """The cached verdict, or None when there is none (not asked, or not done yet)."""
+        with self._cond:
+            v = self._verdicts.get(tx_hash)
+            if v is not None:
+                self._verdicts.move_to_end(tx_hash)
+            return v
+
+    def request(self, tx: Tx, tx_hash: bytes) -> bool:
+        """Make sure a verdict on ``tx`` comes: True when it is cached, queued or being
+        derived; False when the queue is full or the reproducer stopped (ask again later)."""
+        with self._cond:
+            if tx_hash in self._verdicts or any(h == tx_hash for h, _ in self._queue):
+                return True
+            if self._stopped or len(self._queue) >= self.max_queued:
+                return False
+            self._queue.append((tx_hash, tx))
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._work, name="tft-reproducer",
+                                                daemon=True)
+                self._thread.start()
+            self._cond.notify_all()
+            return True
+
+    def wait(self, tx_hash: bytes, timeout: float) -> Verdict | None:
+        """The verdict on a requested report, waiting up to ``timeout`` seconds for it."""
+        with self._cond:
+            self._cond.wait_for(lambda: tx_hash in self._verdicts or self._stopped
+                                or not any(h == tx_hash for h, _ in self._queue), timeout)
+        return self.verdict(tx_hash)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Refuse new requests, drop the queue and wait for a derivation in progress."""
+        with self._cond:
+            self._stopped = True
+            self._cond.notify_all()
+            thread = self._thread
+        if thread is not None:
+            thread.join(timeout)
+
+    def _work(self) -> None:
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: self._queue or self._stopped)
+                if self._stopped:
+                    self._queue.clear()
+                    self._cond.notify_all()
+                    return
+                tx_hash, tx = self._queue[0]
+            verdict = judge(self.source, self.genesis, tx, self.recipe)
+            with self._cond:
+                self._queue.popleft()
+                self.derived += 1
+                if not self._stopped:
+                    self._verdicts[tx_hash] = verdict
+                    while len(self._verdicts) > self.max_verdicts:
+                        self._verdicts.popitem(last=False)
+                self._cond.notify_all()
+            if self.on_done is not None and not self._stopped:
+                try:
+                    self.on_done(tx, tx_hash, verdict)
+                except Exception:  # the caller's hook must not end the worker
+                    log.exception("after reproducing tft_report %s", tx_hash.hex()[:12])
 
 
 class Enforcer:
@@ -236,9 +380,12 @@ class Enforcer:
 class Auditor:
     """Re-derives every ``tft_report`` that lands after it starts (a validator runs one).
 
-    A mismatch cannot be refused on chain (see ``ledger.tft_report``); the auditor makes it
-    public: each outcome is said and kept. Bounded: each :meth:`step` reads only the blocks
-    since the last one (at most ``max_blocks``) and reproduces at most ``max_reports``.
+    Nodes already refuse a report they cannot reproduce (mempool, prevotes: see
+    :class:`Reproducer`), so a mismatch here means validators with ≥ 2/3 of the stake
+    reproduced a report this machine does not (a different CPU's float rounding, say); the
+    auditor makes each outcome public: said and kept. Bounded: each :meth:`step` reads only
+    the blocks since the last one (at most ``max_blocks``) and reproduces at most
+    ``max_reports``.
     """
 
     def __init__(self, genesis: Genesis, view: EnforcerView, say: Callable[[str], None] = print,

@@ -15,6 +15,10 @@ every part runs under, and wires the parts together, each given only what it nee
 * ``network.sync.Sync`` — catch-up by GetBlocks with a backoff per peer; it hands each
   block to ``Rounds.apply_synced``, which checks the certificate.
 * ``network.mempool.Mempool`` — admission against a pending-state overlay.
+* ``network.enforcer.Reproducer`` — re-derives each ``tft_report`` (the TFT Enforcer's
+  float part, which the ledger cannot check) on a worker thread; a report is admitted only
+  once it reproduced here (``_reproduction``), and ``Rounds`` prevotes a block holding one
+  only then (SPEC L9).
 * ``network.cli`` — ``python -m network.cli``: run one node.
 
 The node itself keeps the lifecycle (gRPC server, loop and sender threads), the public API
@@ -51,7 +55,9 @@ from ledger.chain import Chain
 from ledger.encoding import canonical, is_int, sha256
 from ledger.genesis import Genesis
 from ledger.keys import Wallet
+from ledger.tft_report import report_problem
 from ledger.tx import Tx, TxFormatError
+from network.enforcer import NodeEnforcerView, Reproducer, Verdict
 from network.finality import PRECOMMIT, PREVOTE, Announcement, Vote
 from network.gossip import (
     CHANNEL_OPTIONS,
@@ -86,6 +92,8 @@ MAX_REGOSSIP = 64  # pending mempool txs re-sent per announce_interval
 TXS_PER_TOKEN = 16  # a SubmitTxs call costs one rate-limit token per this many txs
 MAX_OUTBOX = 4 * MAX_TX_BATCH  # admitted txs waiting for the next batch (more: dropped,
 # counted; the mempool's re-gossip sends them later)
+REPRODUCE_WAIT = 30.0  # seconds a client's submit waits for its tft_report's derivation
+MAX_AWAITING = 16  # tft_reports held for admission until their derivation is done
 
 
 @dataclass
@@ -164,10 +172,18 @@ class Node:
         self.mempool = Mempool(self.chain, max_size=config.max_mempool or max(5_000,
                                                                              4 * block_txs),
                                max_block_txs=block_txs, ttl=config.mempool_ttl, clock=clock)
+        # tft_reports refused or admitted by their derivation here (SPEC L9); blocks are
+        # read under the lock, the TFT trains on the reproducer's thread without it
+        self.reproducer = Reproducer(config.genesis, NodeEnforcerView(self),
+                                     on_done=self._reproduced)
+        # tx hash → (report, origin): reports that arrived while their derivation was not
+        # done, admitted (and gossiped on) by ``_reproduced`` if it reproduces
+        self._awaiting: dict[bytes, tuple[Tx, str]] = {}
         self.rounds = Rounds(chain=self.chain, store=self.store, mempool=self.mempool,
                              genesis=config.genesis, wallet=self.wallet,
                              interval=self.interval, timing=config,
-                             clock=clock, publish=self.gossip.publish, send=self._send)
+                             clock=clock, publish=self.gossip.publish, send=self._send,
+                             reproducer=self.reproducer)
         self.sync = Sync(peers=lambda: self.gossip.peers.values(),
                          height=lambda: self.chain.height, apply=self.rounds.apply_synced,
                          hello_interval=config.hello_interval, lock=self._lock,
@@ -257,6 +273,7 @@ class Node:
     def stop(self) -> None:
         """Stop serving and close the databases (idempotent)."""
         self._stop.set()
+        self.reproducer.stop()
         if self._server is not None:
             self._server.stop(grace=0.5).wait(2.0)
             self._server = None
@@ -274,17 +291,21 @@ class Node:
         with self._lock:
             return fn(self.chain)
 
-    def submit(self, tx: Tx) -> str | None:
-        """Admit ``tx`` to the mempool and gossip it; returns the reason if rejected."""
-        return self.submit_many([tx])[0]
+    def submit(self, tx: Tx, wait: float = REPRODUCE_WAIT) -> str | None:
+        """Admit ``tx`` to the mempool and gossip it; returns the reason if rejected
+        (``wait``: see ``submit_many``)."""
+        return self.submit_many([tx], wait)[0]
 
-    def submit_many(self, txs: Sequence[Tx]) -> list[str | None]:
+    def submit_many(self, txs: Sequence[Tx], wait: float = REPRODUCE_WAIT
+                    ) -> list[str | None]:
         """Admit a client's ``txs`` in order (each judged after the ones before it) and
         gossip the admitted ones with the next batch; per tx, None or the reason.
 
         Signatures are checked in order through the chain's cache, and the first bad one
         ends the checking: the txs after it are refused unchecked, so a batch of forged
-        signatures costs this node one check, not a thousand."""
+        signatures costs this node one check, not a thousand. A ``tft_report`` waits up to
+        ``wait`` seconds for its derivation (outside the node's lock), so the client learns
+        whether it reproduced; one not done by then is admitted when it is."""
         reasons: list[str | None] = []
         forged = False
         with self.chain.sigs.active():
@@ -301,17 +322,24 @@ class Node:
                 forged = not tx.verify_signature(self.chain_id)
                 reasons.append("bad tx signature" if forged else None)
         ok = [(i, tx) for i, tx in enumerate(txs) if reasons[i] is None]
-        for i, reason in self._admit([tx for _, tx in ok], ""):
+        for i, reason in self._admit([tx for _, tx in ok], "", wait):
             reasons[ok[i][0]] = reason
         return reasons
 
-    def _admit(self, txs: Sequence[Tx], origin: str) -> list[tuple[int, str | None]]:
+    def _admit(self, txs: Sequence[Tx], origin: str, wait: float = 0.0
+               ) -> list[tuple[int, str | None]]:
         """Mempool admission of checked txs (format and signature) from ``origin`` (a
         peer's listen address, "" for a client); the new ones join the gossip outbox.
-        Returns (index, reason) per tx."""
+        Returns (index, reason) per tx. A ``tft_report`` must reproduce first
+        (``_reproduction``, which may wait up to ``wait`` seconds, outside the lock)."""
+        early = {i: self._reproduction(tx, origin, wait) for i, tx in enumerate(txs)
+                 if tx.kind == "tft_report"}
         out: list[tuple[int, str | None]] = []
         with self._lock, self.chain.sigs.active():
             for i, tx in enumerate(txs):
+                if early.get(i) is not None:
+                    out.append((i, early[i]))
+                    continue
                 payload = canonical(tx.to_dict())  # what it is gossiped as; its hash is the id
                 h = sha256(payload)
                 new = h not in self.mempool
@@ -324,6 +352,51 @@ class Node:
                     self._outbox.setdefault(origin, []).append(payload)
                     self._outbox_len += 1
         return out
+
+    def _reproduction(self, tx: Tx, origin: str, wait: float) -> str | None:
+        """Why the ``tft_report`` ``tx`` may not enter the mempool now, or None once its
+        skills and checkpoint reproduced here (SPEC L9). Runs without the node's lock held
+        while it waits: the node keeps voting and gossiping during a derivation.
+
+        Order: a cached verdict; else the ledger's integer rule on the head's state (cheap:
+        a report the ledger refuses anyway costs no training); else the derivation is
+        queued on the reproducer, and waited for up to ``wait`` seconds (a client's submit;
+        gossip passes 0: a peer's call must not wait on training). A report not judged by
+        then is held and admitted, and gossiped on, when its verdict is good
+        (``_reproduced``)."""
+        h = tx.tx_hash()
+        v = self.reproducer.verdict(h)
+        if v is None:
+            with self._lock:
+                if h in self.mempool:
+                    return None
+                problem = report_problem(self.chain.state, tx.sender, tx.payload,
+                                         self.chain.height + 1)
+            if problem is not None:
+                return problem
+            if not self.reproducer.request(tx, h):
+                return ("tft_report not reproduced yet: this node is busy reproducing "
+                        "others; submit it again later")
+            if wait > 0:
+                v = self.reproducer.wait(h, wait)
+            if v is None:
+                with self._lock:
+                    if h not in self._awaiting and len(self._awaiting) < MAX_AWAITING:
+                        self._awaiting[h] = (tx, origin)
+                return "tft_report is being reproduced; this node admits it once it is"
+        return None if v.ok else v.reason
+
+    def _reproduced(self, tx: Tx, tx_hash: bytes, verdict: Verdict) -> None:
+        """The reproducer's hook (its thread): admit a held report that reproduced."""
+        with self._lock:
+            held = self._awaiting.pop(tx_hash, None)
+        if not verdict.ok:
+            log.warning("tft_report %s refused: %s", tx_hash.hex()[:12], verdict.reason)
+        elif held is not None:
+            [(_, reason)] = self._admit([held[0]], held[1])
+            if reason is not None:
+                log.info("reproduced tft_report %s not admitted: %s", tx_hash.hex()[:12],
+                         reason)
 
     def _unknown(self, items: list[Any]) -> list[Any]:
         """A peer's "txs" batch less the txs this node already has — final (a used nonce)
@@ -588,6 +661,13 @@ class Node:
             yield node_pb2.BlockWithVotes(block=record[1], votes=json.dumps(votes).encode())
 
 
+def _wait(context: grpc.ServicerContext) -> float:
+    """How long a client's call may wait for a tft_report's derivation: ``REPRODUCE_WAIT``,
+    less if the call's deadline comes first (a second is left to answer)."""
+    left = context.time_remaining()
+    return REPRODUCE_WAIT if left is None else max(0.0, min(REPRODUCE_WAIT, left - 1.0))
+
+
 class _Servicer(node_pb2_grpc.NodeServicer):
     """gRPC face of a ``Node``: rate limit, then map ``Rejected`` to INVALID_ARGUMENT."""
 
@@ -638,7 +718,7 @@ class _Servicer(node_pb2_grpc.NodeServicer):
         try:
             with self.node.chain.sigs.active():  # checked here once, found in submit
                 tx = parse_tx(parse_payload(bytes(request.tx), "tx"), self.node.chain_id)
-            reason = self.node.submit(tx)
+            reason = self.node.submit(tx, _wait(context))
         except Exception as e:  # any failure on a client's tx is a rejection (#15)
             self._reject(context, e)
             raise
@@ -665,7 +745,8 @@ class _Servicer(node_pb2_grpc.NodeServicer):
                 reasons.append(str(e)[:500])
         try:
             ok = [(i, tx) for i, tx in enumerate(txs) if tx is not None]
-            for (i, _), reason in zip(ok, self.node.submit_many([tx for _, tx in ok]),
+            for (i, _), reason in zip(ok, self.node.submit_many([tx for _, tx in ok],
+                                                                _wait(context)),
                                       strict=True):
                 reasons[i] = reason
         except Exception as e:  # any failure on a client's txs is a rejection (#15)

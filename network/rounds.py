@@ -15,7 +15,13 @@ ledger needs no fork choice and every applied block is final):
 
 1. A *proposal* for height h = head + 1 is a signed block whose proposer is in the voting
    set of h (``network.finality``). Valid = the ledger's full check against the head
-   passes (dry run) and its time is not in the future by more than ``MAX_DRIFT`` seconds.
+   passes (dry run), its time is not in the future by more than ``MAX_DRIFT`` seconds,
+   and every ``tft_report`` in it reproduced on this node (SPEC L9: the skills and
+   checkpoint this node derives from its own blocks, ``network.enforcer.Reproducer``).
+   That last part is not the ledger's: it is decided off the lock on the reproducer's
+   thread, so a block whose report is still being derived is not valid *yet* — this node
+   does not prevote or precommit it until the verdict is in (usually at once: the report
+   reached its mempool by gossip first), and votes for it in the round where it is.
 2. *Rounds*. Round 0 of h opens at ``anchor + block_interval`` (anchor = when this node
    applied the parent, or started); round r+1 begins when round r has lasted
    ``round_timeout`` on the local clock. A node that has seen votes of height h from
@@ -87,7 +93,8 @@ from ledger.chain import Chain, InvalidBlock
 from ledger.encoding import canonical
 from ledger.genesis import Genesis
 from ledger.keys import Wallet
-from ledger.tx import make_tx
+from ledger.tx import Tx, make_tx
+from network.enforcer import Reproducer
 from network.finality import (
     MAX_ROUND,
     PHASES,
@@ -133,8 +140,9 @@ class Rounds:
 
     def __init__(self, *, chain: Chain, store: NodeStore, mempool: Mempool, genesis: Genesis,
                  wallet: Wallet | None, interval: float, timing: Timing, clock: Clock,
-                 publish: Send, send: Send) -> None:
+                 publish: Send, send: Send, reproducer: Reproducer) -> None:
         self.chain, self.store, self.mempool = chain, store, mempool
+        self.reproducer = reproducer
         self.genesis, self.chain_id = genesis, genesis.chain_id
         self.wallet = wallet
         self.address = wallet.address if wallet else ""
@@ -143,6 +151,8 @@ class Rounds:
         # height → hash → block (heights head+1 .. head+VOTE_WINDOW)
         self.proposals: dict[int, dict[str, Block]] = {}
         self.validity: dict[str, str | None] = {}  # hash → None (valid) or reason
+        # hash → the (tx hash, tx) of each tft_report in the block (rule 1's last part)
+        self.tft_reports: dict[str, list[tuple[bytes, Tx]]] = {}
         self.by_proposer: dict[tuple[int, str], list[str]] = {}
         self.equivocators: dict[int, set[str]] = {}  # height → proposers of two blocks
         # height → (round, phase) → hash → voter → vote
@@ -273,10 +283,32 @@ class Rounds:
                         second.height)
 
     def check_proposal(self, block: Block, ranking: list[str]) -> str | None:
-        """Why this node must not vote for ``block`` at head+1, or None (cached by hash)."""
+        """Why this node must not vote for ``block`` at head+1, or None: the ledger's
+        verdict (cached by hash), then the reproduction of its ``tft_report``s."""
         bh = block.block_hash()
-        if bh in self.validity:
-            return self.validity[bh]
+        reason = self.validity[bh] if bh in self.validity else self.check_ledger(block, bh,
+                                                                                 ranking)
+        return reason if reason is not None else self.unreproduced(block, bh)
+
+    def unreproduced(self, block: Block, bh: str) -> str | None:
+        """Why ``block``'s ``tft_report``s do not let this node vote for it, or None: one
+        did not reproduce here, or its derivation is not done — then it is started (or
+        queued) now, and the block waits for it (rule 1). Not cached: the verdict comes."""
+        reports = self.tft_reports.get(bh)
+        if reports is None:
+            reports = self.tft_reports[bh] = [(t.tx_hash(), t) for t in block.txs
+                                              if t.kind == "tft_report"]
+        for tx_hash, tx in reports:
+            v = self.reproducer.verdict(tx_hash)
+            if v is None:
+                self.reproducer.request(tx, tx_hash)
+                return f"tft_report {tx_hash.hex()[:12]} is being reproduced"
+            if not v.ok:
+                return v.reason
+        return None
+
+    def check_ledger(self, block: Block, bh: str, ranking: list[str]) -> str | None:
+        """The ledger's part of rule 1 (and the voting set, the clock), cached by hash."""
         reason: str | None = None
         if block.header.proposer not in ranking:
             reason = "proposer is not in the voting set"
@@ -481,6 +513,7 @@ class Rounds:
         self.by_proposer = {k: v for k, v in self.by_proposer.items() if k[0] > head}
         self.proposed = {h for h in self.proposed if h > head}
         self.validity.clear()
+        self.tft_reports.clear()
         # the new height starts at round 0, or where > 1/3 of the new voting set already
         # is (peers that finalized first); POLs buffered for it count under the new set
         self.jump = (-1, 0.0)

@@ -1,16 +1,18 @@
 """Nodes refuse a ``tft_report`` they cannot reproduce (SPEC L9, N1; issue #16).
 
-Two honest validator nodes in this process (real gRPC on 127.0.0.1, real SQLite), started
-on a chain whose history — three staked validators, three miners, weight rows — was built
+The reproducer's bounded cache is tested on its own, on an in-memory chain. Then two
+honest validator nodes in this process (real gRPC on 127.0.0.1, real SQLite), started on
+a chain whose history — three staked validators, three miners, weight rows — was built
 block by block with ``test_enforcer.Net`` and written into each node's ``chain.db``. The
-third validator (``VALIDATORS[0]``) runs no node: the test signs a block with its key
-when it is the first proposer of a height, so that block is the one the honest nodes
-would prevote in round 0. Brain #2's owner is ``OPERATOR``.
+third validator (``VALIDATORS[0]``) runs no node: the test signs a block with its key when
+it is the first proposer of a height, so that block is the one the honest nodes would
+prevote in round 0. Brain #2's owner is ``OPERATOR``.
 """
 
 from __future__ import annotations
 
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,7 +21,16 @@ from typing import Any, TypeVar
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_enforcer import BRAIN, HONEST_ROW, OPERATOR, VALIDATORS, Net  # noqa: E402
+from test_enforcer import (  # noqa: E402
+    BRAIN,
+    HONEST_ROW,
+    OPERATOR,
+    STRANGER,
+    VALIDATORS,
+    ChainEnforcerView,
+    Net,
+)
+from test_enforcer import report as chain_report  # noqa: E402
 
 from ledger.block import Block  # noqa: E402
 from ledger.chain import Chain  # noqa: E402
@@ -27,7 +38,13 @@ from ledger.encoding import canonical  # noqa: E402
 from ledger.tft_report import bounded_accuracy  # noqa: E402
 from ledger.tx import Tx, make_tx  # noqa: E402
 from ledger.units import BPS  # noqa: E402
-from network.enforcer import NodeEnforcerView, Numbers, derive  # noqa: E402
+from network.enforcer import (  # noqa: E402
+    NodeEnforcerView,
+    Numbers,
+    Reproducer,
+    Verdict,
+    derive,
+)
 from network.finality import PREVOTE  # noqa: E402
 from network.node import Node, NodeConfig  # noqa: E402
 from network.protos import node_pb2  # noqa: E402
@@ -46,6 +63,66 @@ def wait_for(fn: Callable[[], T | None], what: str, timeout: float = WAIT) -> T:
             return got
         time.sleep(0.05)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+class GatedView(ChainEnforcerView):
+    """A chain's blocks, served only once the test opens the gate (so the test knows
+    which reports are still queued when it asks; every wait bounded)."""
+
+    def __init__(self, chain: Chain) -> None:
+        super().__init__(chain)
+        self.gate = threading.Event()
+
+    def blocks(self, lo: int, hi: int) -> list[Block]:
+        assert self.gate.wait(WAIT), "gate never opened"
+        return super().blocks(lo, hi)
+
+
+def test_the_reproducer_caches_verdicts_by_tx_hash_within_its_bounds() -> None:
+    net = Net(3, [HONEST_ROW] * 3)
+    net.run_to(14)
+    view = GatedView(net.chain)
+    done: list[tuple[bytes, bool]] = []
+    rep = Reproducer(net.genesis, view, max_verdicts=2, max_queued=2,
+                     on_done=lambda tx, h, v: done.append((h, v.ok)))
+    honest = chain_report(net)
+    other = chain_report(net, wallet=STRANGER)  # same numbers, another tx hash
+    fake = chain_report(net, skill_bps=[BPS, 0, BPS], accuracy_bps=[BPS, 0, 0])
+    assert fake.payload["skill_bps"] != honest.payload["skill_bps"]
+    h_honest, h_other, h_fake = (t.tx_hash() for t in (honest, other, fake))
+    try:
+        # the queue holds two (the one being derived counts): a third is refused for now
+        assert rep.request(honest, h_honest) and rep.request(fake, h_fake)
+        assert rep.request(honest, h_honest)  # already queued: not queued twice
+        assert not rep.request(other, h_other)
+        assert rep.verdict(h_honest) is None and rep.wait(h_honest, 0.05) is None
+        view.gate.set()
+        assert rep.wait(h_honest, WAIT) == Verdict(True)
+        v = rep.wait(h_fake, WAIT)
+        assert v is not None and not v.ok and "tft_report not reproduced" in v.reason
+        assert str(honest.payload["skill_bps"]) in v.reason  # what the blocks give
+        assert str(fake.payload["skill_bps"]) in v.reason  # what it reports
+        assert rep.derived == 2 and done == [(h_honest, True), (h_fake, False)]
+        # cached: asking again derives nothing
+        assert rep.request(honest, h_honest) and rep.verdict(h_honest) == Verdict(True)
+        assert rep.derived == 2
+        # at most two verdicts: a third drops the least recently used (fake; honest was
+        # just read), which is derived again when asked
+        assert rep.request(other, h_other) and rep.wait(h_other, WAIT) == Verdict(True)
+        assert len(rep) == 2 and rep.verdict(h_fake) is None
+        assert rep.verdict(h_honest) == Verdict(True)
+        assert rep.request(fake, h_fake)
+        again = rep.wait(h_fake, WAIT)
+        assert again == v and rep.derived == 4
+        # a report over blocks this chain does not have: refused, the worker lives on
+        ahead = chain_report(net, data_height=net.chain.height + 5)
+        assert rep.request(ahead, ahead.tx_hash())
+        bad = rep.wait(ahead.tx_hash(), WAIT)
+        assert bad is not None and not bad.ok and "tft_report not reproduced" in bad.reason
+    finally:
+        view.gate.set()
+        rep.stop()
+    assert not rep.request(other, b"x" * 32)  # stopped: nothing new is queued
 
 
 @pytest.fixture
