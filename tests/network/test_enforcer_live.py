@@ -29,7 +29,7 @@ from ledger.consensus import beta_schedule  # noqa: E402
 from ledger.genesis import Genesis  # noqa: E402
 from ledger.keys import Wallet  # noqa: E402
 from ledger.tx import make_tx  # noqa: E402
-from ledger.units import BASED  # noqa: E402
+from ledger.units import BASED, BPS  # noqa: E402
 from network.client import NodeClient  # noqa: E402
 from network.enforcer import ClientBlocks, landed_reports, reproduce  # noqa: E402
 
@@ -41,6 +41,7 @@ YEAR = 12  # blocks: β = 0 for h ≤ 24, 0.9·(h − 24)/24 up to 48, then 1
 LAST = 69  # the run ends after Brain 1's epoch at height 69
 MINERS = [Wallet.from_seed(f"enf-live-miner-{j}") for j in range(3)]
 ROWS = [30_000, 10_000, 0]  # every validator: miners 0, 1 verified, miner 2 failed
+ROWS_VERIFIED = [BPS, BPS, 0]  # so each miner's verified share (ledger.tft_report)
 WAIT = 240.0
 
 
@@ -113,8 +114,9 @@ class Run:
             self.send(c, w, "set_weights", brain=BRAIN, uids=[0, 1, 2], weights=ROWS)
 
     def forge(self, c: NodeClient) -> None:
-        """Reports no node may accept: a failed miner's accuracy raised, and one signed by
-        a key that does not own Brain #2."""
+        """Reports no node may accept: a failed miner's accuracy raised, one signed by a key
+        that does not own Brain #2, and one by the owner whose skills are made up (the
+        integer rule kept: only reproducing it shows it is false)."""
         blocks = ClientBlocks(c)
         head = int(c.status()["height"])
         [(_, last)] = landed_reports(blocks, head - TEMPO + 1, head)[-1:]
@@ -124,7 +126,14 @@ class Run:
                         self.genesis.chain_id, **p)
         stranger = make_tx(USER, "tft_report", c.nonce(USER.address), self.genesis.chain_id,
                            **dict(last.payload))
+        q = dict(last.payload)
+        q["skill_bps"] = [(k + 1_234) % (BPS + 1) for k in q["skill_bps"]]
+        q["accuracy_bps"] = [k * ROWS_VERIFIED[j] // BPS for j, k in enumerate(q["skill_bps"])]
+        made_up = make_tx(OPERATOR, "tft_report", c.nonce(OPERATOR.address),
+                          self.genesis.chain_id, **q)
         self.forged = {"inflated": c.submit(owner), "stranger": c.submit(stranger)}
+        with NodeClient(self.nodes[1].listen, timeout=120) as patient:  # waits for training
+            self.forged["made_up"] = patient.submit(made_up)
 
     def drive(self) -> None:
         """New weight rows after every boundary, two forgeries mid-run; up to ``LAST``."""
@@ -223,6 +232,7 @@ def test_forged_reports_are_rejected(run: Run) -> None:
     assert run.forged, "the run never reached the forging point"
     assert "accuracy_bps of uid 2" in str(run.forged["inflated"])
     assert "only the owner of Brain #2" in str(run.forged["stranger"])
+    assert "tft_report not reproduced" in str(run.forged["made_up"]), run.forged["made_up"]
 
 
 def test_incentives_follow_beta_and_the_failed_miner_earns_nothing(run: Run) -> None:
