@@ -174,7 +174,8 @@ def test_every_node_reproduces_the_report_from_public_blocks(net: Net) -> None:
     rep = reproduce(ChainEnforcerView(other), net.genesis, landed, height)
     assert rep.ok and rep.derived.skill_bps == tx.payload["skill_bps"]
     assert rep.derived.checkpoint == tx.payload["checkpoint"]
-    # a report whose (unenforceable on chain) skills were made up is flagged
+    # a report whose skills were made up still applies on a bare chain (the ledger checks
+    # only the integer rule) but does not reproduce; nodes refuse it (test_tft_reject.py)
     fake = report(net, skill_bps=[BPS, 0, BPS], accuracy_bps=[BPS, 0, 0])
     net.tx(fake)
     assert not reproduce(net.view, net.genesis, fake, net.chain.height).ok

@@ -243,6 +243,9 @@ def test_made_up_skills_are_refused_and_an_honest_report_finalizes(
     start = height(a)
     wait_for(lambda: all(honest.tx_hash() in final_reports(n, start, height(n))
                          for n in (a, b)), "the honest report to finalize")
+    # b had it by gossip (held until reproduced, then admitted) or in a proposal: either
+    # way it reproduced it before voting
+    assert all(n.reproducer.verdict(honest.tx_hash()) == Verdict(True) for n in (a, b))
     rows: list[Any] = [n.read(lambda c: c.state.get("tft", BRAIN)[1]) for n in (a, b)]
     assert [list(r) for r in rows] == [honest.payload["accuracy_bps"]] * 2
     for node in (a, b):  # neither made-up report ever landed
