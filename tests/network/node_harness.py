@@ -17,11 +17,14 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
+from ledger.encoding import canonical
 from ledger.genesis import Genesis
 from ledger.keys import Wallet
 from ledger.units import BASED
 from network.client import NodeClient
+from network.protos import node_pb2
 from network.wallet import save
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -129,3 +132,25 @@ def block_at(node: NodeProc, height: int) -> tuple[str, str]:
     with node.client() as c:
         [(block, _votes)] = c.blocks(height, height)
     return block.block_hash(), block.header.state_root
+
+
+def env(kind: str, obj: dict[str, Any]) -> node_pb2.Envelope:
+    """A gossip envelope of ``kind`` carrying ``obj`` canonically encoded."""
+    return node_pb2.Envelope(kind=kind, payload=canonical(obj))
+
+
+class Clock:
+    """Stands in for the ``time`` module inside ``network.node`` in in-process tests:
+    rounds move only when the test moves ``now``."""
+
+    def __init__(self) -> None:
+        self.now = float(int(time.time()))
+
+    def time(self) -> float:
+        return self.now
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def time_ns(self) -> int:
+        return int(self.now * 1e9)

@@ -22,13 +22,12 @@ from typing import Any
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from node_harness import CHAIN_ID, make_genesis  # noqa: E402
+from node_harness import CHAIN_ID, Clock, env, make_genesis  # noqa: E402
 
 import network.node  # noqa: E402
 from ledger.block import Block  # noqa: E402
 from ledger.chain import Chain  # noqa: E402
 from ledger.economics import slash_amount  # noqa: E402
-from ledger.encoding import canonical  # noqa: E402
 from ledger.genesis import Genesis  # noqa: E402
 from ledger.keys import Wallet  # noqa: E402
 from ledger.tx import make_tx  # noqa: E402
@@ -40,27 +39,9 @@ from network.protos import node_pb2  # noqa: E402
 FOUR = [Wallet.from_seed(f"byz-validator-{i}") for i in range(4)]
 
 
-def env(kind: str, obj: dict[str, Any]) -> node_pb2.Envelope:
-    return node_pb2.Envelope(kind=kind, payload=canonical(obj))
-
 
 ROUND = 10.0  # round timeout on the test's clock
 
-
-class Clock:
-    """Stands in for the ``time`` module inside ``network.node``: only the test moves it."""
-
-    def __init__(self) -> None:
-        self.now = float(int(time.time()))
-
-    def time(self) -> float:
-        return self.now
-
-    def monotonic(self) -> float:
-        return self.now
-
-    def time_ns(self) -> int:
-        return int(self.now * 1e9)
 
 
 def z_vote(wallet: Wallet, phase: str, block_hash: str, round_: int) -> node_pb2.Envelope:

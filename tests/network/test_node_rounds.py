@@ -20,11 +20,10 @@ from typing import Any, TypeVar
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from node_harness import CHAIN_ID, VALIDATORS, make_genesis  # noqa: E402
+from node_harness import CHAIN_ID, VALIDATORS, Clock, env, make_genesis  # noqa: E402
 
 import network.node  # noqa: E402
 from ledger.chain import Chain  # noqa: E402
-from ledger.encoding import canonical  # noqa: E402
 from ledger.genesis import Genesis  # noqa: E402
 from ledger.keys import Wallet  # noqa: E402
 from network.client import NodeClient  # noqa: E402
@@ -59,30 +58,12 @@ def make_node(root: Path, name: str, g: Genesis, wallet: Wallet | None) -> Node:
                            hello_interval=0.2))
 
 
-def env(kind: str, obj: dict[str, Any]) -> node_pb2.Envelope:
-    return node_pb2.Envelope(kind=kind, payload=canonical(obj))
-
 
 def vote(wallet: Wallet, block_hash: str, round_: int, height: int = 1,
          phase: str = PRECOMMIT) -> node_pb2.Envelope:
     return env("vote", Vote.make(wallet, CHAIN_ID, height, block_hash, round_, phase)
                .to_dict())
 
-
-class Clock:
-    """Stands in for ``time`` inside ``network.node``: rounds move only when a test says."""
-
-    def __init__(self) -> None:
-        self.now = float(int(time.time()))
-
-    def time(self) -> float:
-        return self.now
-
-    def monotonic(self) -> float:
-        return self.now
-
-    def time_ns(self) -> int:
-        return int(self.now * 1e9)
 
 
 def my_vote(node: Node) -> dict[str, Any] | None:
