@@ -317,8 +317,12 @@ class Builder:
                               int(a.lo) * c, int(a.hi) * c, table=table,
                               lsbs=node.attrs["lsbs"], offset=node.attrs["offset"])
         corr = self.sum(f"{name}.zero.sum", twin, exact=True) if matrix else twin
+        lo = hi = None
+        if not matrix:  # exactly the signed product's range, as ``mul`` gives it
+            corners = [x * (y - c) for x in (a.lo, a.hi) for y in (b.lo, b.hi)]
+            lo, hi = min(corners), max(corners)
         return self._emit("sub", name, [prod, corr], prod.data - corr.data, real,
-                          a.scale * b.scale)
+                          a.scale * b.scale, lo, hi)
 
     def mul_const(self, name: str, x: Val, const: np.ndarray, real: np.ndarray,
                   const_scale: float = 1.0) -> Val:
