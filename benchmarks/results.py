@@ -72,7 +72,7 @@ def write_section(key: str, title: str, markdown: str) -> Path:
     pattern = re.compile(rf"<!-- {re.escape(key)}:begin -->.*?<!-- {re.escape(key)}:end -->", re.S)
     if pattern.search(text):
         text = pattern.sub(lambda _: body, text)
-    else:
-        text = text.rstrip() + "\n\n" + body
+    else:  # a new section, with the anchor README's links use (#key)
+        text = text.rstrip() + f'\n\n<a id="{key}"></a>\n' + body
     RESULTS_MD.write_text(text.rstrip() + "\n", encoding="utf-8")
     return RESULTS_MD
