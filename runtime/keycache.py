@@ -22,8 +22,9 @@ log = logging.getLogger("runtime.keycache")
 class KeySet:
     """One client's evaluation keys, one entry per FHE program.
 
-    ``nbytes`` is their serialized size, what the cache budgets; deserialized keys take
-    about as much memory, so the budget bounds the miner's key memory.
+    ``nbytes`` is what they hold in memory, what the cache budgets: concrete's keys take
+    about their serialized size; a packed program's Galois keys arrive seeded and take
+    about twice that once loaded, so they count at their loaded bound (``key_bytes``).
     """
 
     key_id: str

@@ -479,7 +479,15 @@ class MinerService(pb_grpc.MinerServicer):
                             f"evaluation keys for {name} do not decode "
                             f"({str(e).splitlines()[0][:120]})") from e
         kid = key_id(self.sha256, raw)
-        self.cache.put(KeySet(kid, keys, total))
+        # what the keys hold in memory: loaded Galois keys are SEAL's full key-switching
+        # keys, about twice their seeded upload (bounded by key_bytes); concrete's as sent
+        held = sum(self.fhe.key_bytes(n) if self.fhe.backend[n] == "packed" else len(d)
+                   for n, d in raw.items())
+        if held > self.cache.limit_bytes:
+            raise Abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                        f"keys need {held} B in memory, over this miner's key cache "
+                        f"({self.cache.limit_bytes} B)")
+        self.cache.put(KeySet(kid, keys, held))
         extra.update(key_id=kid[:16], bytes=total)
         return pb.KeyId(key_id=kid, bytes=total)
 

@@ -218,6 +218,11 @@ def test_packing_through_a_real_miner(packing_artefact: Artefact, tmp_path: Path
         assert out.ids == want
         assert 0 < uploaded <= sum(fhe[n]["packed"]["key_bytes"] for n in packing)
         s = pb_grpc.MinerStub(grpc.insecure_channel(m.address))
+        # the key cache budgets loaded Galois keys at their loaded bound, not the seeded
+        # upload (about half of it)
+        health = s.Health(pb.HealthRequest(), metadata=MD, timeout=30)
+        assert health.cached_keys == 1
+        assert health.cache_bytes == sum(fhe[n]["packed"]["key_bytes"] for n in packing)
         sha = load_client(packing_artefact.path).sha256
         chunks = [pb.KeyChunk(artefact_sha256=sha, program=n, data=b"\x00" * 100)
                   for n in packing]
