@@ -15,6 +15,7 @@ import json
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -42,8 +43,9 @@ WAIT = 60.0
 OK_CODES = {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND,
             grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.RESOURCE_EXHAUSTED,
             grpc.StatusCode.OUT_OF_RANGE}
-GOSSIP = ("tx", "vote", "announce", "block")
-RPCS = ("Hello", "GetBlocks", "SubmitTx", "Account", "Brain", "Directory", "Status")
+GOSSIP = ("tx", "txs", "vote", "announce", "block")
+RPCS = ("Hello", "GetBlocks", "SubmitTx", "SubmitTxs", "Account", "Brain", "Directory",
+        "Status")
 
 
 class Net:
@@ -60,9 +62,11 @@ class Net:
         with self.target.client() as c:
             c.wait_until(lambda s: s["height"] >= 2, WAIT)
             [(block, votes)] = c.blocks(1, 1)
-        self.samples = {
+        self.samples: dict[str, Any] = {
             "tx": make_tx(USER, "transfer", 0, CHAIN_ID, to=OPERATOR.address,
                           amount=1).to_dict(),
+            "txs": [make_tx(USER, "transfer", n, CHAIN_ID, to=OPERATOR.address,
+                            amount=1).to_dict() for n in (0, 1)],
             "vote": Vote.make(VALIDATORS[1], CHAIN_ID, 10**6, "ab" * 32).to_dict(),
             "announce": Announcement.make(USER, CHAIN_ID, 1, "127.0.0.1:9", 1).to_dict(),
             "block": block.to_dict(),
@@ -98,15 +102,17 @@ JSON = st.recursive(
     max_leaves=12)
 
 
-def replace_field(sample: dict) -> st.SearchStrategy[dict]:
-    """``sample`` with one (possibly nested) field replaced by any JSON, or dropped."""
+def replace_field(sample: Any) -> st.SearchStrategy[Any]:
+    """``sample`` with one (possibly nested) field or list item replaced by any JSON, or
+    dropped."""
     paths: list[tuple] = []
 
     def walk(obj: object, path: tuple) -> None:
-        if isinstance(obj, dict):
-            for k, v in obj.items():
-                paths.append((*path, k))
-                walk(v, (*path, k))
+        items = obj.items() if isinstance(obj, dict) else (
+            enumerate(obj) if isinstance(obj, list) else ())
+        for k, v in items:
+            paths.append((*path, k))
+            walk(v, (*path, k))
 
     walk(sample, ())
 
@@ -117,14 +123,14 @@ def replace_field(sample: dict) -> st.SearchStrategy[dict]:
         for k in path[:-1]:
             node = node[k]
         if drop:
-            node.pop(path[-1], None)
+            node.pop(path[-1])
         else:
             node[path[-1]] = value
         return doc
     return st.tuples(st.sampled_from(paths), JSON, st.booleans()).map(apply)
 
 
-def payloads(sample: dict) -> st.SearchStrategy[bytes]:
+def payloads(sample: Any) -> st.SearchStrategy[bytes]:
     raw = json.dumps(sample).encode()
     cut = st.integers(0, len(raw) - 1).map(lambda i: raw[:i])
 
@@ -148,6 +154,8 @@ def rpc_calls(net: Net, method: str) -> st.SearchStrategy:
                            listen=st.one_of(text, st.just("127.0.0.1:1")), height=u64),
         "GetBlocks": st.builds(node_pb2.BlocksRequest, from_height=u64, to_height=u64),
         "SubmitTx": payloads(net.samples["tx"]).map(lambda b: node_pb2.TxRequest(tx=b)),
+        "SubmitTxs": st.lists(payloads(net.samples["tx"]), max_size=4).map(
+            lambda bs: node_pb2.TxsRequest(txs=bs)),
         "Account": st.builds(node_pb2.AccountRequest, address=text),
         "Brain": st.builds(node_pb2.BrainRequest, brain=u32),
         "Directory": st.builds(node_pb2.BrainRequest, brain=u32),
