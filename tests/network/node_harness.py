@@ -16,6 +16,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,7 @@ from ledger.genesis import Genesis
 from ledger.keys import Wallet
 from ledger.units import BASED
 from network.client import NodeClient
+from network.node import Node, NodeConfig
 from network.protos import node_pb2
 from network.wallet import save
 
@@ -154,3 +157,17 @@ class Clock:
 
     def time_ns(self) -> int:
         return int(self.now * 1e9)
+
+
+@contextmanager
+def observer_node(root: Path, genesis: Genesis) -> Iterator[tuple[Node, NodeClient]]:
+    """A started in-process node without a wallet and with no validator to talk to: nothing
+    is ever finalized, so its mempool changes only through what a test submits."""
+    node = Node(NodeConfig(root, genesis, None, block_interval=1000.0))
+    node.start()
+    client = NodeClient(node.listen)
+    try:
+        yield node, client
+    finally:
+        client.close()
+        node.stop()

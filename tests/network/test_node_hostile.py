@@ -16,7 +16,15 @@ import grpc
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from node_harness import CHAIN_ID, OPERATOR, START, USER, VALIDATORS, make_genesis  # noqa: E402
+from node_harness import (  # noqa: E402
+    CHAIN_ID,
+    OPERATOR,
+    START,
+    USER,
+    VALIDATORS,
+    make_genesis,
+    observer_node,
+)
 
 from ledger.block import Block  # noqa: E402
 from ledger.chain import Chain  # noqa: E402
@@ -101,14 +109,8 @@ def test_a_malformed_block_does_not_stop_a_validator_voting(voter: tuple[Node, G
 def observer(tmp_path: Path) -> Iterator[tuple[Node, NodeClient]]:
     """A started node without a wallet and no validator to talk to: nothing is ever
     finalized, so its mempool only changes through what a test submits."""
-    node = Node(NodeConfig(tmp_path / "obs", make_genesis(), None, block_interval=1000.0))
-    node.start()
-    client = NodeClient(node.listen)
-    try:
-        yield node, client
-    finally:
-        client.close()
-        node.stop()
+    with observer_node(tmp_path / "obs", make_genesis()) as pair:
+        yield pair
 
 
 def transfer(nonce: int, amount: int, fee: int = 0, sender: Wallet = USER) -> Tx:

@@ -27,6 +27,7 @@ from node_harness import (  # noqa: E402
     NodeProc,
     block_at,
     make_genesis,
+    observer_node,
 )
 
 import ledger.keys as keys  # noqa: E402
@@ -207,14 +208,8 @@ def test_a_peer_block_with_a_forged_tx_signature_is_refused(
 def observer(tmp_path: Path) -> Iterator[tuple[Node, NodeClient]]:
     """A started node with no validator to talk to: nothing is finalized, so its mempool
     changes only through what a test submits."""
-    node = Node(NodeConfig(tmp_path / "obs", genesis(), None, block_interval=1000.0))
-    node.start()
-    client = NodeClient(node.listen)
-    try:
-        yield node, client
-    finally:
-        client.close()
-        node.stop()
+    with observer_node(tmp_path / "obs", genesis()) as pair:
+        yield pair
 
 
 def test_submit_many_judges_in_order_and_stops_at_a_forged_signature(
