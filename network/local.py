@@ -251,6 +251,19 @@ def balances(net: LocalNetwork) -> dict[str, int]:
             "operator": c.balance(net.operator.address)}
 
 
+def latest_weights(c: Any, brain: int, lo: int, hi: int) -> dict[str, dict[int, int]]:
+    """Each sender's latest ``set_weights`` row for ``brain`` (uid → weight) in final
+    blocks ``lo..hi``, read 128 blocks a call."""
+    latest: dict[str, dict[int, int]] = {}
+    for start in range(lo, hi + 1, 128):
+        for block, _ in c.blocks(start, min(hi, start + 127)):
+            for tx in block.txs:
+                if tx.kind == "set_weights" and tx.payload["brain"] == brain:
+                    latest[tx.sender] = dict(zip(tx.payload["uids"], tx.payload["weights"],
+                                                 strict=True))
+    return latest
+
+
 def wait_scored(net: LocalNetwork, timeout: float) -> int:
     """Wait until every validator's weights on chain cover every miner of Brain #1; the
     height where the last of them landed.
@@ -263,20 +276,15 @@ def wait_scored(net: LocalNetwork, timeout: float) -> int:
     """
     validators = {p.wallet.address for p in net.procs if p.role == "validator"}
     deadline = time.monotonic() + timeout
-    latest: dict[str, set[int]] = {}  # validator → the uids of its latest weights
+    latest: dict[str, dict[int, int]] = {}  # validator → its latest weights
     seen = 0
     with net.client() as c:
         while True:
             uids = {int(u) for u in (c.brain(BRAIN) or {"miners": {}})["miners"]}
             head = int(c.status()["height"])
-            for start in range(seen + 1, head + 1, 128):
-                for block, _ in c.blocks(start, min(head, start + 127)):
-                    for tx in block.txs:
-                        if (tx.kind == "set_weights" and tx.sender in validators
-                                and tx.payload["brain"] == BRAIN):
-                            latest[tx.sender] = set(tx.payload["uids"])
+            latest |= latest_weights(c, BRAIN, seen + 1, head)
             seen = max(seen, head)
-            if uids and all(uids <= latest.get(v, set()) for v in validators):
+            if uids and all(uids <= set(latest.get(v, {})) for v in validators):
                 return head
             if time.monotonic() > deadline:
                 raise CerberusError(f"validators had not scored every miner after "
@@ -328,14 +336,7 @@ def trusted_endpoints(c: Any, brain: int, lookback: int) -> dict[str, int]:
     stake = status["validators"]
     info = c.brain(brain) or {"miners": {}}
     head = int(status["height"])
-    latest: dict[str, dict[int, int]] = {}
-    lo = max(1, head - lookback + 1)
-    for start in range(lo, head + 1, 128):
-        for block, _ in c.blocks(start, min(head, start + 127)):
-            for tx in block.txs:
-                if tx.kind == "set_weights" and tx.payload["brain"] == brain:
-                    latest[tx.sender] = dict(zip(tx.payload["uids"], tx.payload["weights"],
-                                                 strict=True))
+    latest = latest_weights(c, brain, max(1, head - lookback + 1), head)
     score: dict[str, int] = {}
     endpoints = c.directory(brain)
     for uid, addr in info["miners"].items():
