@@ -82,6 +82,22 @@ never add) and a level-``l`` key switch's by at most ``2^l``: the dense noise is
 ``2^(k1−b−1)``; ``PackedParams`` refuses a shape whose bound does not fit, and the tests
 measure both (``dense_noise_bits``, ``noise_bits``) at random and extreme inputs.
 
+**Sparse input** (``sparse=True``, packing only). At one row an input ciphertext still
+carries all N coefficients of c0 (64 bits each, ~33 KB) for GPT-2's 768 inputs. The client
+instead encrypts itself (``PackedClient._encrypt_sparse``): c1 is the SHAKE-256 expansion of
+a fresh seed, and c0 is computed and sent only where inputs sit, each value with its low
+``d = input_drop_bits`` dropped (the miner puts back the midpoint; the noise bound takes
+``2^(d−1)·‖w‖₁`` for it, worst case). The miner rebuilds a SEAL ciphertext with zeros in
+c0's other coefficients, so the phase there is garbage. A product can then hold only one
+output cleanly (an output's window of inputs must avoid every unsent coefficient, so its
+weights fill the window): ``m_w = 1``, output ``k`` of row ``i`` at ``i·n_w`` with
+``n_w = N/r_w``, and the garbage stays off the multiples of n_w that the packing keeps. The
+weights are scaled by ``r_w`` so that every cut's dense message is ``N·acc`` under one
+``t = 2^(b + log2 N)``. Bytes up fall to ``rows·n_in·(64 − d)`` bits plus a seed per row
+group (~7 B per value); the price is one key switch per output instead of one per ``m_w``.
+Each sent value is a coefficient of an RLWE sample, rounded, so it reveals no more than the
+sample. Parsing checks the exact size and every value against q before SEAL sees it.
+
 What integration needs (done by ``cerberus.fhe.backends``, ``cerberus.fhe.pricing`` and the
 runtime): the manifest's ``packed`` entry names the parameter set; ``UploadKeys`` carries the
 Galois keys of packing programs (capped by ``PackedParams.key_bytes``); the miner holds the
@@ -137,6 +153,9 @@ PACK_PRIME_BITS = (32, 32, 45)
 # (see the module docstring for the budget).
 PACK_C1_MARGIN, PACK_C0_MARGIN = 10, 3
 PACK_VERSION = 2
+# Sparse input (``sparse=True``): the client sends only the c0 coefficients that hold its
+# inputs, each with its low ``input_drop_bits`` dropped, and a seed the miner expands into c1.
+SPARSE_MAGIC, SEED_BYTES = b"CPKS", 32
 # SEAL's encryption noise is a centred binomial, a sum of 21 terms in [−1, 1]: sub-Gaussian
 # with variance proxy 21 (Hoeffding's lemma). Tails are taken at 2^−64 per coefficient:
 # a sub-Gaussian sum passes σ·TAIL with probability ≤ 2^−64.
@@ -152,6 +171,8 @@ _IN_HEADER = struct.Struct("<4sB8s7I")
 # Output: magic, version, fingerprint, rows, n_out, r_w, n_w, m_w, ciphertext count; then per
 # ciphertext c1's N coefficients and c0's r_w·m_w output-bearing ones, k bits each, packed.
 _OUT_HEADER = struct.Struct("<4sB8s6I")
+# SEAL 4.x's serialization header: magic, header size, version, compression (0: none), size
+_SEAL_HEADER = struct.Struct("<HBBBBHQ")
 
 
 @dataclass(frozen=True)
@@ -185,15 +206,30 @@ class PackedParams:
     # packing's n_w, a power of two (0: the input's width rounded up, at most N); fixed per
     # linear because SEAL's plaintext modulus depends on it
     width: int = 0
+    # packing only: the client sends just the c0 coefficients that hold its inputs (see
+    # ``PackedClient._encrypt_sparse``); one output per product, so n_w = N/r_w, and the
+    # reply packs up to N of them dense (Galois keys for every level, t·N)
+    sparse: bool = False
     coeff_modulus: tuple[int, ...] = field(init=False)
 
     def __post_init__(self) -> None:
         if self.n_in < 1 or self.n_out < 1:
             raise CompileError(f"packed linear: shape {self.n_in}×{self.n_out} is empty")
         object.__setattr__(self, "row_packs", tuple(sorted({1, *map(int, self.row_packs)})))
+        if self.sparse and not self.pack:
+            raise CompileError("packed linear: sparse input is a packing parameter (pack=True)")
         if self.pack:
             object.__setattr__(self, "poly_degree", PACK_POLY_DEGREE)
             width = self.width or min(1 << (self.n_in - 1).bit_length(), self.poly_degree)
+            if self.sparse:
+                if self.width not in (0, self.poly_degree) or self.n_in > self.poly_degree:
+                    raise CompileError(
+                        f"packed linear {self.n_in}×{self.n_out}: sparse input needs "
+                        f"n_in ≤ N = {self.poly_degree} and packs at width N")
+                if any(r & (r - 1) for r in self.row_packs):
+                    raise CompileError(f"packed linear: sparse input's row packs must be "
+                                       f"powers of two, got {self.row_packs}")
+                width = self.poly_degree
             if width & (width - 1) or not 1 <= width <= self.poly_degree:
                 raise CompileError(f"packed linear: width {width} is not a power of two in "
                                    f"1..{self.poly_degree}")
@@ -210,7 +246,8 @@ class PackedParams:
             raise CompileError("packed linear: the client decrypts with one prime; "
                                f"N={self.poly_degree} has {len(self.coeff_modulus)}")
         if self.q_bits - self.plain_bits < MIN_NOISE_BITS or (
-                self.pack and self.noise_margin_bits() <= 0):
+                self.pack and self.noise_margin_bits() <= 0) or (
+                self.sparse and self.input_drop_bits < 1):
             raise CompileError(
                 f"packed linear {self.n_in}×{self.n_out}: its accumulator needs a "
                 f"{self.plain_bits}-bit plaintext modulus, too wide for a {self.q_bits}-bit q at "
@@ -253,12 +290,21 @@ class PackedParams:
         2^level. E ≤ √21·‖w‖₂·TAIL + ‖w‖₁/2 (fresh noise and BFV's rounding of q/t·m
         against one output's weights: n_in·m_w of them); K ≤ √21·2^32·√(2N)·TAIL/p + the
         switch's rounding (SEAL decomposes mod each 32-bit prime, then divides by the
-        special prime p)."""
+        special prime p).
+
+        Sparse input: the weights are scaled by r_w (so every dense message is N·acc), which
+        n_w = N/r_w makes N·(E + K) again; a dropped input bit adds at most
+        2^(d−1)·‖w‖₁ ≤ 2^(d−1)·2^(w−1)·n_in to E (worst case, no probability)."""
+        return self._noise_bound(self.input_drop_bits if self.sparse else 0)
+
+    def _noise_bound(self, drop: int) -> float:
         if not self.pack:
             raise CerberusError("packed linear: noise_bound is the packing's")
         terms = self.n_in * min(self.n_out, self.poly_degree // self.width)
         top = 2.0 ** (self.weight_bits - 1)
         e = math.sqrt(NOISE_PROXY) * top * math.sqrt(terms) * TAIL + top * terms / 2
+        if drop:
+            e += 2.0 ** (drop - 1) * top * self.n_in
         digits = math.sqrt(NOISE_PROXY) * 2.0 ** 32 * math.sqrt(2 * self.poly_degree) * TAIL
         k = digits / self.coeff_modulus[-1] + self.rounding_tail() + 1
         return self.width * (e + k)
@@ -268,10 +314,27 @@ class PackedParams:
         multiple of 2^(k1−b) by at most its c1's rounding against s, its c0's rounding
         (2^(k1−k0−1)), and the noise switched down (noise·2^k1/q); exact while that stays
         under half a step, 2^(k1−b−1). Positive: exact (failure ≤ 2^−64 per output)."""
+        return self._margin_bits(self.input_drop_bits if self.sparse else 0)
+
+    def _margin_bits(self, drop: int) -> float:
         k1, k0 = self.out_bits, self.c0_bits
         used = (self.rounding_tail() + 2.0 ** (k1 - k0 - 1) + 0.5
-                + self.noise_bound() * 2.0 ** k1 / self.q)
+                + self._noise_bound(drop) * 2.0 ** k1 / self.q)
         return (k1 - self.t_bits - 1) - math.log2(used)
+
+    @property
+    def input_drop_bits(self) -> int:
+        """Sparse input: the low bits of each sent c0 coefficient the client drops (the miner
+        puts back the midpoint), as many as the noise bound still leaves exact; 0 when
+        even one does not fit."""
+        if not self.sparse:
+            return 0
+        return next((d for d in range(24, 0, -1) if self._margin_bits(d) > 0), 0)
+
+    @property
+    def input_value_bits(self) -> int:
+        """Bits per sent input coefficient (sparse input): q's, less the dropped ones."""
+        return self.q_bits - self.input_drop_bits
 
     def galois_elements(self) -> list[int]:
         """The automorphisms X → X^g the packing applies: g = N/2^l + 1, l < log2(n_w)."""
@@ -325,9 +388,16 @@ class PackedParams:
         text = f"bfv-coeff/N={self.poly_degree}/q={self.q}/t={self.t}/k={self.out_bits}"
         if self.pack:
             text += f"/pack/primes={self.coeff_modulus}/n_w={self.pack_width}/k0={self.c0_bits}"
+        if self.sparse:
+            text += f"/sparse/d={self.input_drop_bits}"
         return hashlib.sha256(text.encode()).digest()[:8]
 
     def partition(self, rows: int) -> Partition:
+        if self.sparse:  # r_w rows at stride N/r_w ≥ n_in, one output per product
+            n = self.poly_degree
+            r_w = max(r for r in self.row_packs if r <= max(rows, 1) and n // r >= self.n_in
+                      or r == 1)
+            return Partition(r_w, n // r_w, 1)
         if self.pack:  # n_w is fixed (one t per linear); as many rows per ciphertext as fit
             n_w = self.pack_width
             r_w = max(r for r in self.row_packs if r <= max(rows, 1)
@@ -338,7 +408,7 @@ class PackedParams:
 
     def packed_count(self, rows: int) -> int:
         """Dense ciphertexts in a packed reply: n_w output ciphertexts go into each."""
-        return -(-self.counts(rows)[1] // self.pack_width)
+        return -(-self.counts(rows)[1] // self.partition(rows).n_w)
 
     def counts(self, rows: int) -> tuple[int, int]:
         """(input ciphertexts, output ciphertexts) of a call on ``rows`` rows."""
@@ -347,7 +417,12 @@ class PackedParams:
         return groups * -(-self.n_in // part.n_w), groups * -(-self.n_out // part.m_w)
 
     def input_bytes(self, rows: int) -> int:
-        """An upper bound of the client's message for ``rows`` rows (what a miner accepts)."""
+        """An upper bound of the client's message for ``rows`` rows (what a miner accepts);
+        sparse input: its exact size."""
+        if self.sparse:
+            groups = self.counts(rows)[0]
+            return (_IN_HEADER.size + groups * SEED_BYTES
+                    + math.ceil(rows * self.n_in * self.input_value_bits / 8))
         per = 4 + 8 * self.poly_degree * len(self.data_primes) + CT_SLACK
         return _IN_HEADER.size + self.counts(rows)[0] * per
 
@@ -370,13 +445,16 @@ class PackedParams:
         if self.pack:  # absent in artefacts from before packing: they load unpacked
             d.update(pack=True, width=self.width, c0_bits=self.c0_bits,
                      galois_elements=self.galois_elements(), key_bytes=self.key_bytes())
+        if self.sparse:
+            d.update(sparse=True, input_drop_bits=self.input_drop_bits)
         return d
 
     @classmethod
     def from_dict(cls, d: dict) -> PackedParams:
         return cls(int(d["n_in"]), int(d["n_out"]), int(d["bits"]), int(d["weight_bits"]),
                    int(d["poly_degree"]), tuple(int(r) for r in d["row_packs"]),
-                   bool(d.get("pack", False)), int(d.get("width", 0)))
+                   bool(d.get("pack", False)), int(d.get("width", 0)),
+                   bool(d.get("sparse", False)))
 
 
 @lru_cache(maxsize=256)
@@ -508,16 +586,65 @@ def _words(ct: seal.Ciphertext) -> np.ndarray:
                     dtype=np.uint64).reshape(shape)
 
 
+def _crt(r1: np.ndarray, r2: np.ndarray, primes: tuple[int, ...]) -> np.ndarray:
+    """``c mod q`` in ``[0, q)`` from its residues mod two primes (q = their product < 2^64),
+    exact in uint64 (every intermediate stays below q)."""
+    q1, q2 = (np.uint64(p) for p in primes)
+    inv = np.uint64(pow(int(q1), -1, int(q2)))
+    u = ((r2 + q2 - r1 % q2) % q2) * inv % q2
+    return r1 + q1 * u
+
+
 def _switch_down(words: np.ndarray, primes: tuple[int, int], k: int) -> np.ndarray:
     """``round(c·2^k/q) mod 2^k`` for ``c`` given by its residues mod two primes ``[..., 2, N]``
     (q = their product < 2^64). CRT in uint64 is exact; the float64 scaling adds < 2^(k−53)."""
-    q1, q2 = (np.uint64(p) for p in primes)
-    r1, r2 = words[..., 0, :], words[..., 1, :]
-    inv = np.uint64(pow(int(q1), -1, int(q2)))
-    u = ((r2 + q2 - r1 % q2) % q2) * inv % q2
-    c = r1 + q1 * u
-    scaled = np.rint(c.astype(np.float64) * (2.0 ** k / (float(q1) * float(q2))))
+    c = _crt(words[..., 0, :], words[..., 1, :], primes)
+    scaled = np.rint(c.astype(np.float64) * (2.0 ** k / (float(primes[0]) * float(primes[1]))))
     return scaled.astype(np.uint64) % np.uint64(1 << k)
+
+
+def _expand_mask(seed: bytes, primes: tuple[int, ...], n: int) -> np.ndarray:
+    """A sparse input's c1, ``[primes, N]``, uniform mod each prime: SHAKE-256 of the seed
+    and the prime, 32-bit words below the prime kept in order (rejection sampling). Client
+    and miner derive the same polynomial, so it never crosses the wire."""
+    out = np.empty((len(primes), n), dtype=np.uint64)
+    for i, prime in enumerate(primes):
+        stream = hashlib.shake_256(seed + struct.pack("<Q", prime)).digest(8 * n)
+        words = np.frombuffer(stream, dtype="<u4").astype(np.uint64)
+        kept = words[words < np.uint64(prime)]
+        if kept.size < n:  # 2N draws for N words: ~2^−60000 for an honest seed
+            raise CerberusError("packed linear: a seed that expands to too few mask words")
+        out[i] = kept[:n]
+    return out
+
+
+def _centred_binomial(count: int) -> np.ndarray:
+    """SEAL's encryption noise, from the OS's randomness: per coefficient the difference of
+    two sums of 21 random bits (variance 10.5, sub-Gaussian with variance proxy 21)."""
+    bits = np.unpackbits(np.frombuffer(os.urandom(count * 6), dtype=np.uint8)).reshape(count, 48)
+    return bits[:, :21].sum(axis=1, dtype=np.int64) - bits[:, 21:42].sum(axis=1, dtype=np.int64)
+
+
+def _times_secret(a: np.ndarray, s: np.ndarray, prime: int) -> np.ndarray:
+    """``a·s mod (X^N + 1, prime)`` for ``a`` below a 32-bit prime and ternary ``s``: the
+    integer product is below 2^32·N < 2^47 in size, exact mod 2^48, then reduced."""
+    prod = negacyclic_mod(a, s, 48).astype(np.int64)
+    prod = np.where(prod >= 1 << 47, prod - (1 << 48), prod)
+    return (prod % prime).astype(np.uint64)
+
+
+def _ciphertext_bytes(words: np.ndarray, parms_id: list[int]) -> bytes:
+    """SEAL's uncompressed serialization of a size-2 BFV ciphertext with these RNS words
+    ``[2, primes, N]``: its header, then Ciphertext's members (parms_id, NTT flag, size, N,
+    prime count, scale, correction factor) and the word array with its own header. SEAL's
+    ``load`` then checks every word against its prime."""
+    data = np.ascontiguousarray(words, dtype="<u8").tobytes()
+    array = struct.pack("<Q", words.size) + data
+    array = _SEAL_HEADER.pack(0xA15E, 16, 4, 3, 0, 0, _SEAL_HEADER.size + len(array)) + array
+    body = (struct.pack("<4Q", *parms_id) + b"\x00"
+            + struct.pack("<QQQdQ", words.shape[0], words.shape[2], words.shape[1], 1.0, 1)
+            + array)
+    return _SEAL_HEADER.pack(0xA15E, 16, 4, 3, 0, 0, _SEAL_HEADER.size + len(body)) + body
 
 
 def negacyclic_mod(a: np.ndarray, s: np.ndarray, k: int) -> np.ndarray:
@@ -638,6 +765,8 @@ class PackedClient:
         if x.ndim != 2 or x.shape[1] != p.n_in:
             raise CerberusError(f"packed linear: input of shape {x.shape}, expected [rows, "
                                 f"{p.n_in}]")
+        if p.sparse:
+            return self._encrypt_sparse(x)
         rows = x.shape[0]
         part = p.partition(rows)
         groups, blocks = -(-rows // part.r_w), -(-p.n_in // part.n_w)
@@ -658,6 +787,64 @@ class PackedClient:
                                  part.r_w, part.n_w, part.m_w, len(chunks))
         return header + b"".join(chunks)
 
+    def _encrypt_sparse(self, x: np.ndarray) -> bytes:
+        """Sparse input: per row group a fresh seed (c1 = its expansion) and, for the
+        coefficients holding inputs only, ``c0 = round(q·m/t) + e − c1·s`` mod q with its low
+        ``d`` bits dropped (``m``: row ``i`` at ``i·n_w``). The other coefficients of c0 are
+        never computed: the miner's zeros there leave garbage in the phase, which no output
+        reads (one output per product, at the row's start, from the row's own inputs), and
+        which the packing's traces only move to coefficients no client reads. Each sent
+        value is a coefficient of an RLWE sample, rounded: no more than the full sample
+        reveals."""
+        assert self._secret is not None
+        p, rows = self.params, x.shape[0]
+        part, n, primes = p.partition(rows), p.poly_degree, p.data_primes
+        plain, drop = p.plain_bits, p.input_drop_bits
+        q_hi, q_lo = p.q >> plain, p.q & ((1 << plain) - 1)
+        seeds, values = [], []
+        for g in range(-(-rows // part.r_w)):
+            block = x[g * part.r_w:(g + 1) * part.r_w]
+            pos = (np.arange(block.shape[0])[:, None] * part.n_w
+                   + np.arange(p.n_in)[None, :]).ravel()
+            m = block.ravel()
+            scaled = m * q_hi + ((m * q_lo + (1 << (plain - 1))) >> plain)  # round(q·m/t)
+            noise = _centred_binomial(pos.size)
+            while True:
+                seed = os.urandom(SEED_BYTES)
+                try:
+                    mask = _expand_mask(seed, primes, n)
+                    break
+                except CerberusError:
+                    continue
+            residues = [((scaled + noise) % prime).astype(np.uint64)
+                        + np.uint64(prime) - _times_secret(mask[i], self._secret, prime)[pos]
+                        for i, prime in enumerate(primes)]
+            residues = [r % np.uint64(prime) for r, prime in zip(residues, primes, strict=True)]
+            seeds.append(seed)
+            values.append(_crt(residues[0], residues[1], primes) >> np.uint64(drop))
+        header = _IN_HEADER.pack(SPARSE_MAGIC, VERSION, p.fingerprint(), rows, p.n_in, p.n_out,
+                                 part.r_w, part.n_w, part.m_w, len(seeds))
+        return (header + b"".join(seeds)
+                + _pack_bits(np.concatenate(values), p.input_value_bits))
+
+    def _sparse_rows(self, data: bytes) -> np.ndarray:
+        """A sparse input message back to its rows: the phase at the sent coefficients, c0
+        put back as the miner does."""
+        assert self._secret is not None
+        p = self.params
+        rows, part, groups = _sparse_fields(data, p)
+        q = p.q
+        out = []
+        for pos, c0, mask in groups:
+            residues = [(c0 % np.uint64(prime) + _times_secret(mask[i], self._secret,
+                                                               prime)[pos]) % np.uint64(prime)
+                        for i, prime in enumerate(p.data_primes)]
+            phase = _crt(residues[0], residues[1], p.data_primes)
+            m = [((int(v) << p.plain_bits) + q // 2) // q % p.t for v in phase]
+            m = np.array([v - p.t if v >= p.t // 2 else v for v in m], dtype=np.int64)
+            out.append(m.reshape(-1, p.n_in))
+        return np.concatenate(out)[:rows]
+
     def decrypt_rows(self, data: bytes) -> np.ndarray:
         """An input message back to its rows ``[rows, n_in]``: a client's audit of what it
         sent. Only the key that encrypted it opens it; under another key the coefficients
@@ -665,6 +852,8 @@ class PackedClient:
         if self._decryptor is None:
             raise CerberusError("packed linear: keygen() before decrypting")
         p = self.params
+        if p.sparse:
+            return self._sparse_rows(data)
         _, _, fp, rows, n_in, n_out, r_w, n_w, m_w, count = _read_header(data, _IN_HEADER,
                                                                          IN_MAGIC)
         if (n_in, n_out) != (p.n_in, p.n_out) or fp != p.fingerprint():
@@ -822,6 +1011,43 @@ def _read_packed_header(data: bytes, p: PackedParams, rows: int, out: int,
     return part, packed, p.counts(rows)[1]
 
 
+def _sparse_fields(data: bytes, p: PackedParams
+                   ) -> tuple[int, Partition, list[tuple[np.ndarray, np.ndarray, np.ndarray]]]:
+    """A sparse input message, checked (shape, parameters, cut, counts, exact size, every
+    value below q), as its rows, its cut and per row group the sent positions, their c0
+    (mod q, the dropped bits put back at their midpoint) and the expanded mask c1."""
+    _, _, fp, rows, n_in, n_out, r_w, n_w, m_w, count = _read_header(data, _IN_HEADER,
+                                                                     SPARSE_MAGIC)
+    if (n_in, n_out) != (p.n_in, p.n_out):
+        raise CerberusError(f"packed linear: ciphertext for a {n_in}×{n_out} linear, this "
+                            f"one is {p.n_in}×{p.n_out}")
+    if fp != p.fingerprint():
+        raise CerberusError("packed linear: ciphertext made with other parameters")
+    part = Partition(r_w, n_w, m_w)
+    if rows < 1 or part != p.partition(rows):
+        raise CerberusError(f"packed linear: {rows} rows cut as {part}; expected "
+                            f"{p.partition(max(rows, 1))}")
+    if count != -(-rows // r_w):
+        raise CerberusError(f"packed linear: {count} seeds, expected {-(-rows // r_w)}")
+    if len(data) != p.input_bytes(rows):
+        raise CerberusError(f"packed linear: message of {len(data)} bytes, expected "
+                            f"{p.input_bytes(rows)}")
+    seeds_end = _IN_HEADER.size + count * SEED_BYTES
+    values = _unpack_bits(data[seeds_end:], rows * n_in, p.input_value_bits)
+    drop = p.input_drop_bits
+    c0 = (values << np.uint64(drop)) + np.uint64(1 << (drop - 1))
+    if values.size and int(c0.max()) >= p.q:
+        raise CerberusError("packed linear: an input coefficient outside [0, q)")
+    groups = []
+    for g in range(count):
+        held = min(r_w, rows - g * r_w)
+        pos = (np.arange(held)[:, None] * n_w + np.arange(n_in)[None, :]).ravel()
+        seed = data[_IN_HEADER.size + g * SEED_BYTES:_IN_HEADER.size + (g + 1) * SEED_BYTES]
+        sent = c0[g * r_w * n_in:g * r_w * n_in + pos.size]
+        groups.append((pos, sent, _expand_mask(seed, p.data_primes, p.poly_degree)))
+    return rows, part, groups
+
+
 class PackedLinear:
     """The miner's side of ``x @ W``: weights encoded once per cut, no secret key, no
     evaluation key."""
@@ -862,7 +1088,8 @@ class PackedLinear:
             p, parms_id = self.params, self.context.first_parms_id()
             blocks_in, blocks_out = -(-p.n_in // part.n_w), -(-p.n_out // part.m_w)
             padded = np.zeros((blocks_in * part.n_w, blocks_out * part.m_w), dtype=np.int64)
-            padded[:p.n_in, :p.n_out] = self.w
+            # sparse input: times r_w, so that n_w = N/r_w merges leave N·acc in every cut
+            padded[:p.n_in, :p.n_out] = self.w * (part.r_w if p.sparse else 1)
             k, j = np.meshgrid(np.arange(part.m_w), np.arange(part.n_w), indexing="ij")
             pos = (k * part.n_w + part.n_w - 1 - j).ravel()  # [m_w·n_w], k-major
             # packing wants the outputs on multiples of n_w: ŵ·X^−(n_w−1), X^−e = −X^(N−e)
@@ -915,7 +1142,8 @@ class PackedLinear:
     def rows_of(self, ciphertext: bytes) -> int:
         """The rows a client's message claims (its header), before any parsing of
         ciphertexts: what a miner checks against its cap."""
-        return int(_read_header(ciphertext, _IN_HEADER, IN_MAGIC)[3])
+        magic = SPARSE_MAGIC if self.params.sparse else IN_MAGIC
+        return int(_read_header(ciphertext, _IN_HEADER, magic)[3])
 
     def run(self, ciphertext: bytes, eval_keys: bytes | PackedKeys | None = b"") -> bytes:
         """The client's encrypted rows → the encrypted ``x @ W``, switched down to
@@ -966,6 +1194,8 @@ class PackedLinear:
         """A client's message, checked (shape, parameters, cut, counts, framing), as its rows,
         its cut and its ciphertexts in NTT form."""
         p = self.params
+        if p.sparse:
+            return self._parse_sparse(ciphertext)
         fields = _read_header(ciphertext, _IN_HEADER, IN_MAGIC)
         _, _, fp, rows, n_in, n_out, r_w, n_w, m_w, count = fields
         if (n_in, n_out) != (p.n_in, p.n_out):
@@ -997,6 +1227,22 @@ class PackedLinear:
             offset += 4 + size
         if offset != len(ciphertext):
             raise CerberusError("packed linear: trailing bytes after the ciphertexts")
+        return rows, part, cts
+
+    def _parse_sparse(self, data: bytes) -> tuple[int, Partition, list[seal.Ciphertext]]:
+        """A sparse input message as SEAL ciphertexts in NTT form: c1 from each seed, c0 the
+        sent values at their positions and zero elsewhere."""
+        p = self.params
+        rows, part, groups = _sparse_fields(data, p)
+        parms_id, cts = list(self.context.first_parms_id()), []
+        for pos, c0, mask in groups:
+            words = np.zeros((2, len(p.data_primes), p.poly_degree), dtype=np.uint64)
+            for i, prime in enumerate(p.data_primes):
+                words[0, i, pos] = c0 % np.uint64(prime)
+            words[1] = mask
+            ct = self._scratch.load_ciphertext(self.context, _ciphertext_bytes(words, parms_id))
+            self.evaluator.transform_to_ntt_inplace(ct)
+            cts.append(ct)
         return rows, part, cts
 
     def _products(self, cts: list[seal.Ciphertext], weights: list[list[seal.Plaintext | None]],

@@ -10,8 +10,10 @@ import numpy as np
 import pytest
 
 from cerberus.errors import CerberusError, CompileError
+from cerberus.fhe.packed import _IN_HEADER as IN_HEADER
 from cerberus.fhe.packed import (
     OUTPUT_MARGIN_BITS,
+    SEED_BYTES,
     PackedClient,
     PackedKeys,
     PackedLinear,
@@ -286,6 +288,72 @@ def test_packing_keys_of_other_parameters_or_another_client_are_refused() -> Non
         client.decrypt(good, 2, 256)
     with pytest.raises(CerberusError, match="other parameters"):
         linear.run(_unpacked_message(x), keys)
+
+
+# -- sparse input: only the coefficients that hold inputs cross the wire --------------
+
+@pytest.mark.parametrize("rows", [1, 4])
+def test_sparse_input_is_exact_at_64x256(rows: int) -> None:
+    check_packing(64, 256, rows, sparse=True)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("n_in", "n_out", "rows"),
+                         [(384, 1152, 4), (768, 768, 1), (768, 3072, 1), (3072, 768, 1),
+                          (768, 2304, 1)])
+def test_sparse_input_is_exact_on_every_shape(n_in: int, n_out: int, rows: int) -> None:
+    """GPT-2 small's four linears at one row (a generated token) and MiniLM's at four."""
+    check_packing(n_in, n_out, rows, sparse=True)
+
+
+def test_sparse_input_sends_its_values_only_and_opens_under_its_own_key_only() -> None:
+    client, linear, w, keys = packing(64, 256, 6, sparse=True)
+    p = linear.params
+    assert p.partition(6) == p.partition(4) and p.partition(6).r_w == 4  # 2 groups, 1 partial
+    x = np.random.default_rng(3).integers(LO, HI + 1, (6, 64))
+    message = client.encrypt_rows(x)
+    # header, one seed per row group, then every input value at q's bits less the dropped
+    values = math.ceil(6 * 64 * (p.q_bits - p.input_drop_bits) / 8)
+    assert len(message) == p.input_bytes(6) == IN_HEADER.size + 2 * SEED_BYTES + values
+    assert p.input_drop_bits > 0
+    np.testing.assert_array_equal(client.decrypt_rows(message), x)
+    np.testing.assert_array_equal(client.decrypt(linear.run(message, keys), 6, 256), x @ w)
+    other = PackedClient(p)
+    other.keygen()
+    assert (other.decrypt_rows(message) != x).mean() > 0.9
+    # a fresh seed and fresh noise per message: the same rows never encrypt alike
+    assert client.encrypt_rows(x)[IN_HEADER.size:] != message[IN_HEADER.size:]
+    zero = PackedLinear(np.zeros((64, 256), dtype=np.int64), p)
+    np.testing.assert_array_equal(client.decrypt(zero.run(message, keys), 6, 256),
+                                  np.zeros((6, 256)))
+
+
+def test_sparse_input_refuses_malformed_messages() -> None:
+    client, linear, _, keys = packing(64, 256, 1, sparse=True)
+    p = linear.params
+    x = np.ones((1, 64), dtype=np.int64)
+    message = client.encrypt_rows(x)
+    for bad, match in [(message[:-1], "bytes, expected"), (message + b"\x00", "bytes, expected"),
+                       (message[:20], "no header"),
+                       (b"CPKX" + message[4:], "not a packed CPKS"),
+                       (_unpacked_message(x), "not a packed CPKS")]:
+        with pytest.raises(CerberusError, match=match):
+            linear.run(bad, keys)
+    body = bytearray(message)
+    first = IN_HEADER.size + SEED_BYTES
+    body[first:first + 8] = b"\xff" * 8  # the first value: every bit set, c0 ≥ q
+    with pytest.raises(CerberusError, match=r"outside \[0, q\)"):
+        linear.run(bytes(body), keys)
+    packing_client = PackedClient(PackedParams(64, 256, pack=True))
+    packing_client.keygen()
+    with pytest.raises(CerberusError, match="not a packed CPKX"):
+        PackedLinear(linear.w, PackedParams(64, 256, pack=True)).run(message, keys)
+    with pytest.raises(CompileError, match="sparse input is a packing parameter"):
+        PackedParams(64, 256, sparse=True)
+    with pytest.raises(CompileError, match="n_in ≤ N"):
+        PackedParams(8192, 4, pack=True, sparse=True)
+    assert PackedParams.from_dict(p.to_dict()) == p and p.to_dict()["sparse"]
+    assert p.fingerprint() != PackedParams(64, 256, pack=True).fingerprint()
 
 
 def _unpacked_message(x: np.ndarray) -> bytes:
