@@ -9,8 +9,9 @@ A hybrid linear ``y = x @ W`` (``rows × n_in`` encrypted, ``n_in × n_out`` cle
   ciphertext, exact; two parameter sets, priced each: N = 2048 with no evaluation keys
   and sparse replies, or N = 4096 with replies packed dense by the client's Galois keys
   (uploaded once, not in a call's price) at one of several widths n_w (few bytes but one
-  key switch per output ciphertext, or more input ciphertexts and fewer key switches);
-  the cheapest is the one compiled (``packed_params``);
+  key switch per output ciphertext, or more input ciphertexts and fewer key switches), or
+  with sparse input (only the coefficients holding inputs are sent: the fewest bytes, one
+  key switch per output); the cheapest is the one compiled (``packed_params``);
 * ``glwe``: concrete-ml-extensions' GLWE path (concrete-ml's HybridFHEModel): the fewest
   bytes, but ~19 ms per output of packing keyswitch and inexact for wide accumulators.
   Priced here so the manifest shows why it loses; Cerberus does not serve it (its wheel
@@ -129,12 +130,14 @@ def _packed_price(p: PackedParams, rows: int, link: Link) -> Price:
     products = cts_in * -(-p.n_out // part.m_w)
     down = p.output_bytes(rows)
     if p.pack:
-        up = cts_in * p.poly_degree * PACK_IN_BYTES_PER_COEFF
+        # sparse input: its exact size (the values it sends, bit-packed, and a seed)
+        up = p.input_bytes(rows) if p.sparse else cts_in * p.poly_degree * PACK_IN_BYTES_PER_COEFF
         dense = p.packed_count(rows)
         miner = (products * PACK_MS_PER_PRODUCT + cts_out * PACK_MS_PER_OUTPUT_CT
                  + dense * PACK_MS_PER_DENSE) / 1e3
         client = (cts_in + dense) * PACK_CLIENT_MS_PER_CT / 1e3
-        variant = f"N={p.poly_degree} packed, n_w={p.width}"
+        variant = (f"N={p.poly_degree} packed, sparse input ({p.input_value_bits}-bit)"
+                   if p.sparse else f"N={p.poly_degree} packed, n_w={p.width}")
     else:
         up = cts_in * p.poly_degree * PACKED_IN_BYTES_PER_COEFF
         miner = products * PACKED_MS_PER_PRODUCT / 1e3
@@ -150,7 +153,7 @@ def packed_variants(n_in: int, n_out: int, *, bits: int = 8,
                     weight_bits: int = 8) -> list[PackedParams]:
     """Every packed parameter set this linear fits: N = 2048 unpacked, and N = 4096 packed
     at each power-of-two width from PACK_MIN_WIDTH to the input's width (whose noise bound
-    holds). Raises the unpacked set's error when none fits."""
+    holds), and N = 4096 with sparse input. Raises the unpacked set's error when none fits."""
     out, first_error = [], None
     try:
         out.append(PackedParams(n_in, n_out, bits, weight_bits))
@@ -165,6 +168,10 @@ def packed_variants(n_in: int, n_out: int, *, bits: int = 8,
         if width == 1:
             break
         width //= 2
+    try:
+        out.append(PackedParams(n_in, n_out, bits, weight_bits, pack=True, sparse=True))
+    except CompileError as e:
+        first_error = first_error or e
     if not out:
         assert first_error is not None
         raise first_error

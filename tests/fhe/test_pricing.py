@@ -96,3 +96,32 @@ def test_packed_prices_its_parameter_sets_and_takes_the_cheapest() -> None:
     packed = price("packed", *shape, 1, slow)
     assert packed.bytes_up + packed.bytes_down < (unpacked.bytes_up + unpacked.bytes_down) / 4
     assert packed.variant.startswith("N=4096")
+
+
+@pytest.mark.parametrize("rows", [1, 5])
+def test_predicted_sparse_input_bytes_are_the_bytes_sent(rows) -> None:
+    params = PackedParams(64, 192, pack=True, sparse=True)
+    rng = np.random.default_rng(rows)
+    client = PackedClient(params)
+    client.keygen()
+    message = client.encrypt_rows(rng.integers(-128, 128, (rows, 64)))
+    linear = PackedLinear(rng.integers(-127, 128, (64, 192)), params)
+    reply = linear.run(message, client.evaluation_keys())
+    p = price("packed", 64, 192, rows, Link(), params=params)
+    assert p.bytes_up == len(message) == params.input_bytes(rows)  # exact, not a bound
+    assert p.bytes_down == len(reply) == params.output_bytes(rows)
+    assert "sparse input" in p.variant
+
+
+def test_a_slow_enough_link_takes_sparse_input() -> None:
+    """Sparse input moves the fewest bytes (GPT-2's 768 inputs in ~5 KB instead of a 34 KB
+    ciphertext) for one key switch per output: the cost model takes it only where the link
+    is slow enough for that to pay."""
+    shape = (768, 768)
+    assert any(p.sparse for p in packed_variants(*shape))
+    crawl, fast = Link(mbps=0.01), Link(mbps=1000.0)
+    assert packed_params(*shape, 1, crawl).sparse
+    assert not packed_params(*shape, 1, fast).sparse
+    sparse = price("packed", *shape, 1, crawl)
+    dense = price("packed", *shape, 1, crawl, params=PackedParams(*shape, pack=True))
+    assert sparse.bytes_up < dense.bytes_up / 5 and sparse.seconds < dense.seconds
