@@ -246,3 +246,61 @@ def test_packing_through_a_real_miner(packing_artefact: Artefact, tmp_path: Path
             mine.decrypt(name, list(reply.ciphertexts), 1)
     finally:
         assert m.stop() == 0
+
+
+@pytest.fixture(scope="module")
+def sparse_artefact(tmp_path_factory: pytest.TempPathFactory) -> Artefact:
+    """tiny-gpt priced for a 10 kbit/s link: auto sends sparse input wherever bytes outweigh
+    one key switch per output."""
+    from cerberus.artefact import load_artefact
+    from cerberus.compile import CompileOptions, compile_model
+    from cerberus.paths import shipped_model
+
+    out = tmp_path_factory.mktemp("sparse-art") / "tiny.cerb"
+    compile_model(shipped_model(), out, CompileOptions(seq_len=8, fhe=True, link_mbps=0.01))
+    return load_artefact(out)
+
+
+@pytest.mark.slow  # another tiny-gpt compile (~40 s)
+def test_sparse_input_through_a_real_miner(sparse_artefact: Artefact, tmp_path: Path) -> None:
+    """Generation equals the simulator when linears take sparse input; a message at the
+    edges of the input range gives the exact accumulators through the miner; it opens
+    under the client's key to its rows and under another client's to something else."""
+    fhe = sparse_artefact.manifest["fhe"]
+    sparse = sorted(n for n, d in fhe.items() if d["packed"].get("sparse"))
+    assert sparse
+    m = Miner(sparse_artefact.path, tmp_path)
+    try:
+        prompt = sparse_artefact.tokenizer("def add(a, b):").input_ids
+        want = sparse_artefact.generate(prompt, 4)
+        with MinerClient(m.address, cache_dir=tmp_path / "c") as c:
+            assert c.generate(prompt, 4).ids == want
+            mine = c._fhe  # noqa: SLF001 - the test reuses the SDK's keys
+            kid = c._key_id  # noqa: SLF001
+        s = pb_grpc.MinerStub(grpc.insecure_channel(m.address))
+        name = sparse[0]
+        client = mine.packed[name]
+        p = client.params
+        w = _miner_weight(sparse_artefact, name)
+        col = w[:, int(np.abs(w).sum(axis=0).argmax())]
+        lo, hi = -(2 ** (p.bits - 1)), 2 ** (p.bits - 1) - 1
+        x = np.stack([np.where(col > 0, hi, lo), np.where(col > 0, lo, hi),
+                      np.full(p.n_in, hi), np.full(p.n_in, lo)])
+        message = mine.encrypt(name, x[:, None])
+        reply = s.Infer(pb.InferRequest(key_id=kid, program=name, ciphertexts=message),
+                        metadata=MD, timeout=60)
+        got = mine.decrypt(name, list(reply.ciphertexts), 4).reshape(4, -1)
+        np.testing.assert_array_equal(got, x @ w)
+        np.testing.assert_array_equal(client.decrypt_rows(message[0]), x)
+        other = PackedClient(p)
+        other.keygen()
+        assert (other.decrypt_rows(message[0]) != x).mean() > 0.9
+    finally:
+        assert m.stop() == 0
+
+
+def _miner_weight(art: Artefact, name: str) -> np.ndarray:  # noqa: N802
+    """The miner's integer weights of program ``name`` (what the miner multiplies by)."""
+    from cerberus.ir import IntGraph
+
+    return IntGraph.load(art.path / "miner" / "programs" / name)["linear"].attrs["weight"]
