@@ -14,6 +14,9 @@ seed 0), checked against the plain integer product ``x @ W``:
 * ``packed``: ``cerberus.fhe.packed``, coefficient encoding (Cheetah) in BFV, N=2048.
 * ``packing``: the same with its replies packed dense (N=4096, Chen–Dai–Kim–Song's merges
   with the client's Galois keys), n_w the input's width rounded up to a power of two.
+* ``sparse``: packing with sparse input: the client sends only the c0 coefficients that hold
+  its inputs (low bits dropped, c1 from a seed) and every product yields one output, so
+  the bytes up are ~7 per input value and the miner does one key switch per output.
 * ``simd``: the other design weighed, measured on 384×1152 only: BFV batching, rows in
   slots, the Halevi–Shoup diagonal product with baby-step/giant-step rotations (as Gazelle,
   BOLT and BumbleBee do), N=8192 (the product of a batched plaintext grows noise by ~N·t,
@@ -83,7 +86,7 @@ def key_switches(params: PackedParams, rows: int) -> int:
         (even, a), (odd, b) = merges(held[0::2]), merges(held[1::2])
         return even or odd, a + b + (even or odd)
 
-    count, width = params.counts(rows)[1], params.pack_width
+    count, width = params.counts(rows)[1], params.partition(rows).n_w
     bits, total = width.bit_length() - 1, 0
     for start in range(0, count, width):
         held = [False] * width
@@ -93,9 +96,13 @@ def key_switches(params: PackedParams, rows: int) -> int:
     return total
 
 
-def measure_packed(n_in: int, n_out: int, rows: int, pack: bool = False) -> dict:
+VARIANTS = {"packed": {}, "packing": {"pack": True}, "sparse": {"pack": True, "sparse": True}}
+
+
+def measure_packed(n_in: int, n_out: int, rows: int, variant: str = "packed") -> dict:
     w, x = data(n_in, n_out, rows)
-    params = PackedParams(n_in, n_out, pack=pack)
+    params = PackedParams(n_in, n_out, **VARIANTS[variant])
+    pack = params.pack
     t0 = time.perf_counter()
     linear = PackedLinear(w, params, rows=(rows,))
     t1 = time.perf_counter()
@@ -110,7 +117,7 @@ def measure_packed(n_in: int, n_out: int, rows: int, pack: bool = False) -> dict
     y = client.decrypt(reply, rows, n_out)
     t5 = time.perf_counter()
     part = params.partition(rows)
-    return {"backend": "packing" if pack else "packed", "shape": [n_in, n_out], "rows": rows,
+    return {"backend": variant, "shape": [n_in, n_out], "rows": rows,
             "bytes_in": len(ct), "bytes_out": len(reply),
             "in_b_per_value": len(ct) / (rows * n_in),
             "out_b_per_value": len(reply) / (rows * n_out),
@@ -124,6 +131,7 @@ def measure_packed(n_in: int, n_out: int, rows: int, pack: bool = False) -> dict
             "margin_bits": params.noise_limit_bits,
             "params": {"N": params.poly_degree, "log_q": params.q_bits, "log_t": params.t_bits,
                        "out_bits": params.out_bits, "c0_bits": params.c0_bits,
+                       "input_bits": params.input_value_bits if params.sparse else params.q_bits,
                        "partition": [part.r_w, part.n_w, part.m_w]}}
 
 
@@ -404,9 +412,12 @@ def render(result: dict) -> str:
         extra = f" ({r['measured_outputs']} outputs measured)" if "measured_outputs" in r else ""
         if "version" in r:
             extra = f" (concrete-ml-extensions {r['version']}, {extra[2:]}"
-        if r["backend"] == "packing":
+        if r["backend"] in ("packing", "sparse"):
             extra = (f" (N=4096, n_w={r['params']['partition'][1]}, {r['key_switches']} key "
                      "switches)")
+            if r["backend"] == "sparse":
+                extra = (f" (N=4096, {r['params']['input_bits']}-bit inputs, "
+                         f"{r['key_switches']} key switches)")
         if "earlier" in r:
             extra += f" _(run at {r['earlier']})_"
         lines.append(
@@ -492,11 +503,11 @@ def main(argv: list[str] | None = None) -> None:
                   flush=True)
         return rows
 
-    def packed(n_in: int, n_out: int, rows: int, pack: bool = False) -> dict:
-        if (n_in, n_out, rows, pack) not in cache:
-            print(f"{'packing' if pack else 'packed'} {n_in}×{n_out}, {rows} rows", flush=True)
-            cache[(n_in, n_out, rows, pack)] = measure_packed(n_in, n_out, rows, pack)
-        return cache[(n_in, n_out, rows, pack)]
+    def packed(n_in: int, n_out: int, rows: int, variant: str = "packed") -> dict:
+        if (n_in, n_out, rows, variant) not in cache:
+            print(f"{variant} {n_in}×{n_out}, {rows} rows", flush=True)
+            cache[(n_in, n_out, rows, variant)] = measure_packed(n_in, n_out, rows, variant)
+        return cache[(n_in, n_out, rows, variant)]
 
     scaled: dict[str, dict[tuple[int, int], dict]] = {"lwe": {}, "glwe": {}}
     hybrid_models: list[dict] = []
@@ -521,18 +532,18 @@ def main(argv: list[str] | None = None) -> None:
         else:
             hybrid_models += [{"earlier": since, **r} for r in earlier.get("hybrid_model", [])
                               if r["shape"] == [n_in, n_out]]
-        table += [packed(n_in, n_out, 1), packed(n_in, n_out, 16),
-                  packed(n_in, n_out, 1, True), packed(n_in, n_out, 16, True)]
+        table += [packed(n_in, n_out, rows, variant) for variant in VARIANTS
+                  for rows in (1, 16)]
     print("simd 384×1152", flush=True)
     designs = [packed(384, 1152, 16), measure_simd(384, 1152, 16),
                packed(384, 1152, 1), measure_simd(384, 1152, 1)]
 
     extrapolations: dict[str, dict] = {"minilm": {}, "gpt2": {}}
     for name, model in (("minilm", MINILM), ("gpt2", GPT2)):
-        for backend, pack in (("packed", False), ("packing", True)):
+        for backend in VARIANTS:
             per = {}
             for n_in, n_out in model["linears"]:
-                m = dict(packed(n_in, n_out, model["rows"], pack))
+                m = dict(packed(n_in, n_out, model["rows"], backend))
                 m["seconds"] = m["client_s"] + m["miner_s"]
                 per[(n_in, n_out)] = m
             extrapolations[name][backend] = model_cost(model, per)
@@ -546,29 +557,34 @@ def main(argv: list[str] | None = None) -> None:
 
     total = {(r["backend"], r["rows"]): r["bytes_in"] + r["bytes_out"] for r in designs}
     speed = {(r["backend"], r["rows"]): r["miner_ms_per_output"] for r in designs}
-    gpt2, dense = extrapolations["gpt2"]["packed"], extrapolations["gpt2"]["packing"]
-    per_token = dense["bytes_up"] + dense["bytes_down"]
+    gpt2 = extrapolations["gpt2"]
+    per_token = {b: c["bytes_up"] + c["bytes_down"] for b, c in gpt2.items()}
+    sparse = gpt2["sparse"]
     notes = (
         "Chosen design: coefficient encoding (`cerberus/fhe/packed.py`). On 384×1152 it moves "
         f"{mb(total[('packed', 16)])} at 16 rows against SIMD's {mb(total[('simd', 16)])} "
         f"({mb(total[('packed', 1)])} vs {mb(total[('simd', 1)])} at 1 row), its miner is "
         f"{speed[('simd', 16)] / speed[('packed', 16)]:.1f}× faster at 16 rows (no rotations) "
         f"and it needs no evaluation keys (SIMD: {mb(designs[1]['eval_key_bytes'])} of Galois "
-        "keys). `packed` is its keyless parameter set (N=2048, sparse replies); `packing` "
-        "packs the replies dense (N=4096, n_w = the input's width rounded up to a power of "
-        "two, one key switch per output ciphertext, the client's Galois keys uploaded once). "
-        f"GPT-2 small per generated token: packed {mb(gpt2['bytes_up'] + gpt2['bytes_down'])}"
-        f" in {gpt2['compute_s']:.1f} s of compute; packing {mb(per_token)} "
-        f"({'over' if per_token > 2e6 else 'within'} the 2 MB target) in "
-        f"{dense['compute_s']:.1f} s, with {mb(dense['eval_key_bytes'])} of Galois keys "
-        "per client (each linear has its own plaintext modulus, so its own key). What keeps "
-        "packing above 2 MB: every call still sends at least one N = 4096 input ciphertext "
-        "(64 bits per coefficient) and gets back one dense ciphertext, while GPT-2's 768-wide "
-        "rows fill a fifth of one. The cost model (`cerberus/fhe/pricing.py`) prices both "
-        "sets and every width per linear: at 100 Mbit/s the keyless set wins on seconds, on "
-        "slow links packing does. glwe runs with `bits_reserved_for_computation` = "
-        "accumulator bits + 1: its errors are its approximate outputs (low bits stored at 26 "
-        "bits), not a failure of this run.")
+        "keys). Three parameter sets of it: `packed` is keyless (N=2048, sparse replies); "
+        "`packing` packs the replies dense (N=4096, n_w = the input's width rounded up to a "
+        "power of two, one key switch per output ciphertext, the client's Galois keys "
+        "uploaded once); `sparse` is packing with sparse input (only the c0 coefficients "
+        "that hold inputs cross the wire, their low bits dropped as far as the noise bound "
+        "allows, c1 from a seed; one output per product, so one key switch per output). "
+        "GPT-2 small per generated token: "
+        + ", ".join(f"{b} {mb(per_token[b])} in {gpt2[b]['compute_s']:.1f} s of compute"
+                    for b in VARIANTS)
+        + f"; the 2 MB target is {'met' if per_token['sparse'] <= 2e6 else 'NOT met'} by "
+        f"`sparse` ({mb(sparse['bytes_up'])} up, {mb(sparse['bytes_down'])} down, "
+        f"{mb(sparse['eval_key_bytes'])} of Galois keys per client: each linear has its own "
+        "plaintext modulus, so its own key). What the packing sets still pay per call: one "
+        "dense reply whose c1 carries all N = 4096 coefficients (out_bits each) however few "
+        "outputs it holds. The cost model (`cerberus/fhe/pricing.py`) prices every set and "
+        "width per linear: at 100 Mbit/s the keyless set wins on seconds, on slow links the "
+        "packing sets do. glwe runs with `bits_reserved_for_computation` = accumulator bits "
+        "+ 1: its errors are its approximate outputs (low bits stored at 26 bits), not a "
+        "failure of this run.")
     marks = sorted({r["earlier"] for r in table + hybrid_models if "earlier" in r})
     if marks:
         notes += (f" Rows marked _(run at {', '.join(marks)})_ were kept from the run at that "

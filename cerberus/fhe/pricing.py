@@ -54,14 +54,14 @@ PACKED_IN_BYTES_PER_COEFF = 7.62
 PACKED_MS_PER_PRODUCT = 0.095
 PACKED_CLIENT_MS_PER_CT = 0.45
 # packed and packing (N=4096, q = two 32-bit primes; RESULTS#packed_linear, the packing
-# rows): SEAL's seeded, compressed c0 per coefficient (44.4 B per value at 768 inputs); per
-# plaintext product; per output ciphertext out of NTT form and merged (a monomial product,
-# an add, a sub and one apply_galois key switch: 1.76 s for 768 at 768×3072); per dense
-# ciphertext read and switched down; client: per input ciphertext encrypted or dense one
-# decrypted (3–34 ms)
+# and sparse rows, run at f1fb636): SEAL's seeded, compressed c0 per coefficient (44.4 B per
+# value at 768 inputs); per plaintext product; per output ciphertext out of NTT form and
+# merged (a monomial product, an add, a sub and one apply_galois key switch: 0.96 s for 768
+# at 768×3072 packing, 3.67 s for 3072 with sparse input); per dense ciphertext read and
+# switched down; client: per input ciphertext encrypted or dense one decrypted (3–34 ms)
 PACK_IN_BYTES_PER_COEFF = 8.33
 PACK_MS_PER_PRODUCT = 0.07
-PACK_MS_PER_OUTPUT_CT = 2.3
+PACK_MS_PER_OUTPUT_CT = 1.2
 PACK_MS_PER_DENSE = 25.0
 PACK_CLIENT_MS_PER_CT = 10.0
 PACK_MIN_WIDTH = 16  # narrower: input ciphertexts nearly empty, never the cheapest
