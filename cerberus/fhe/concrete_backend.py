@@ -104,6 +104,46 @@ def check_widths(graph: IntGraph, max_lookup_bits: int) -> None:
             )
 
 
+# Widest value a lookup's output may flow into (through leveled ops) for concrete-python
+# 2.11 to find parameters: a lookup feeding an 18-bit clear-linear accumulator compiles
+# (13.7 GB of keys), 19 bits and up give NoParametersFound, while an encrypted *input*
+# feeding a 27-bit accumulator compiles (benchmarks/full_tiny_gpt.py, probe table).
+LOOKUP_OUTPUT_LIMIT_BITS = 18
+
+
+def lookup_output_widths(graph: IntGraph) -> dict[str, tuple[int, str]]:
+    """Per node that concrete computes with PBS (lookups, encrypted products): the widest
+    value its output flows into through leveled ops before a PBS reads it, and that value's
+    node.
+
+    Why: concrete encodes a value once, at the width of the widest leveled value computed
+    from it (a clear linear's input gets its accumulator's width, an addition's operands
+    its sum's), so the PBS producing it must output ciphertexts of that width. This, not
+    the width of any table index, is what made the full partition's programs fail with
+    NoParametersFound (tiny-gpt: ``l0.ln1.out`` feeding the 27-bit ``l0.attn.q.lin``).
+    """
+    defs = dict(zip((n.name for n in graph.nodes), _op_defs(graph), strict=True))
+    readers: dict[str, list[str]] = {n.name: [] for n in graph.nodes}
+    for n in graph.nodes:
+        for i in n.inputs:
+            readers[i].append(n.name)
+    out = {}
+    for n in graph.nodes:
+        if defs[n.name].pbs is None:
+            continue
+        best, where, todo, seen = n.bits, n.name, list(readers[n.name]), set()
+        while todo:  # bounded: each node is visited once per source
+            r = todo.pop()
+            if r in seen or defs[r].pbs is not None:
+                continue
+            seen.add(r)
+            if graph[r].bits > best:
+                best, where = graph[r].bits, r
+            todo.extend(readers[r])
+        out[n.name] = (best, where)
+    return out
+
+
 def compile_circuit(
     graph: IntGraph,
     inputset: Iterable[np.ndarray],

@@ -32,7 +32,11 @@ import numpy as np
 from concrete import fhe
 
 from cerberus.errors import CerberusError, CompileError
-from cerberus.fhe.concrete_backend import compile_circuit
+from cerberus.fhe.concrete_backend import (
+    LOOKUP_OUTPUT_LIMIT_BITS,
+    compile_circuit,
+    lookup_output_widths,
+)
 from cerberus.ir import IntGraph
 from cerberus.paths import CACHE_DIR, private_dir
 
@@ -52,14 +56,26 @@ def compile_programs(
         try:
             out[name] = compile_circuit(graph, list(inputsets[name]), CONFIGURATION)
         except RuntimeError as e:  # concrete: NoParametersFound, width too large, …
-            widest = max(graph.nodes, key=lambda n: n.bits)
-            raise CompileError(
-                f"FHE compilation of {name} failed ({str(e).splitlines()[0]}); its widest value "
-                f"is node {widest.name} at {widest.bits} bits"
-            ) from e
+            raise CompileError(f"FHE compilation of {name} failed "
+                               f"({str(e).splitlines()[0]}); {_widest(graph)}") from e
         log.info("compiled FHE program %s in %.1f s: %d PBS", name, time.perf_counter() - t0,
                  out[name].statistics["programmable_bootstrap_count"])
     return out
+
+
+def _widest(graph: IntGraph) -> str:
+    """Why concrete found no parameters, as far as we know: the lookup whose output has to
+    be widest (``lookup_output_widths``), else the widest value."""
+    outs = lookup_output_widths(graph)
+    if outs:
+        src, (bits, where) = max(outs.items(), key=lambda kv: kv[1][0])
+        if bits > LOOKUP_OUTPUT_LIMIT_BITS:
+            return (f"node {src} must output {bits}-bit ciphertexts (it feeds node {where}); "
+                    f"concrete finds parameters for lookup outputs up to about "
+                    f"{LOOKUP_OUTPUT_LIMIT_BITS} bits: narrow what it feeds (--wide-bits, "
+                    "--weight-bits, --no-per-channel)")
+    widest = max(graph.nodes, key=lambda n: n.bits)
+    return f"its widest value is node {widest.name} at {widest.bits} bits"
 
 
 def save_programs(circuits: dict[str, fhe.Circuit], root: Path) -> dict[str, dict]:

@@ -176,3 +176,56 @@ def test_products_wider_than_the_lookup_limit_are_refused() -> None:
     check_widths(graph, 6)
     with pytest.raises(CompileError, match=r"node \S+ \((mul|matmul)\) needs \d+-bit"):
         check_widths(graph, 4)
+
+
+def lookup_into_linear(acc_bits: int) -> IntGraph:
+    """input → 7-bit-index lookup ``y`` (0..255) → clear linear ``acc`` of 16 inputs whose
+    accumulator is ``acc_bits`` wide → a rounded 8-bit lookup ``out``."""
+    from cerberus.ops import round_lsbs, width
+
+    weight = np.full((16, 1), 2 ** (acc_bits - 12), dtype=np.int64)
+    hi = 255 * int(weight.sum())
+    assert width(0, hi) == acc_bits
+    lsbs = acc_bits - 8
+    top = int(round_lsbs(np.int64(hi), lsbs))
+    nodes = [
+        Node("input", "input", [], 0, 127),
+        Node("y", "lut", ["input"], 0, 255,
+             attrs={"table": (np.arange(128) * 37) % 256, "lsbs": 0, "offset": 0}),
+        Node("acc", "linear", ["y"], 0, hi, attrs={"weight": weight, "mult": None,
+                                                   "bias": None}),
+        Node("out", "lut", ["acc"], 0, 6,
+             attrs={"table": np.arange(top + 1) % 7, "lsbs": lsbs, "offset": 0}),
+    ]
+    return IntGraph(nodes, "input", "out", {"seq_len": 1, "d_model": 16})
+
+
+def test_lookup_output_width_is_the_widest_leveled_value_it_feeds() -> None:
+    """A lookup feeding a clear linear must output the accumulator's width; the next
+    lookup stops the walk; the encrypted input is no PBS output."""
+    from cerberus.fhe.concrete_backend import lookup_output_widths
+
+    assert lookup_output_widths(lookup_into_linear(21)) == {"y": (21, "acc"), "out": (3, "out")}
+    graph, _ = tiny_graph("gpt")
+    widths = lookup_output_widths(graph)
+    assert "input" not in widths
+    # the first LayerNorm's output feeds the query projection's wider accumulator
+    assert widths["l0.ln1.out"][0] >= graph["l0.attn.q.lin"].bits > graph["l0.ln1.out"].bits
+
+
+def test_no_parameters_names_the_lookup_feeding_a_wide_accumulator() -> None:
+    """concrete-python finds parameters for a lookup output feeding an 18-bit accumulator
+    and none at 19 bits (``LOOKUP_OUTPUT_LIMIT_BITS``); the compile error then names the
+    lookup and the accumulator (tiny-gpt's full partition failed this way, issue #17)."""
+    from cerberus.errors import CompileError
+    from cerberus.fhe.concrete_backend import LOOKUP_OUTPUT_LIMIT_BITS
+    from cerberus.fhe.program import compile_programs
+
+    xs = [np.random.default_rng(i).integers(0, 128, (1, 16)) for i in range(40)]
+    ok = lookup_into_linear(LOOKUP_OUTPUT_LIMIT_BITS)
+    assert compile_programs({"p": ok}, {"p": xs})["p"].graph.maximum_integer_bit_width() \
+        == LOOKUP_OUTPUT_LIMIT_BITS
+    wide = LOOKUP_OUTPUT_LIMIT_BITS + 1
+    with pytest.raises(CompileError, match=f"NoParametersFound.*node y must output {wide}-bit "
+                                           "ciphertexts \\(it feeds node acc\\)"):
+        compile_programs({"p": lookup_into_linear(wide)}, {"p": xs})
