@@ -942,14 +942,11 @@ class PackedClient:
             raise CerberusError("packed linear: keygen() before measuring noise")
         p = self.params
         words = _words(ct)  # [2 polys, primes, N]
-        # c1·s exactly (|c1_i·s| < 2^32·N < 2^46), then mod each prime; CRT to mod q
-        q, phase = p.q, [0] * p.poly_degree
-        for i, prime in enumerate(p.data_primes):
-            prod = negacyclic_mod(words[1, i], self._secret, 48).astype(np.int64)
-            prod = np.where(prod >= 1 << 47, prod - (1 << 48), prod)
-            residue = (words[0, i].astype(object) + prod.astype(object)) % prime
-            lift = q // prime * pow(q // prime, -1, prime)
-            phase = [(a + int(r) * lift) % q for a, r in zip(phase, residue, strict=True)]
+        # c0 + c1·s mod each prime, then CRT to mod q
+        q = p.q
+        residues = [(words[0, i] + _times_secret(words[1, i], self._secret, prime))
+                    % np.uint64(prime) for i, prime in enumerate(p.data_primes)]
+        phase = [int(v) for v in _crt(residues[0], residues[1], p.data_primes)]
         step = 1 << p.t_bits
         worst = max(abs(v * step - (v * step + q // 2) // q * q) for v in phase) // step
         return math.log2(max(worst, 1))
