@@ -354,8 +354,9 @@ def run_capped(spec: BlockSpec, partition: str, lookup_bits: int, n_fhe: int,
 
 
 def run_cml(spec: BlockSpec, model: CanonicalTransformer, n_fhe: int, tmp: Path,
-            timeout_s: float) -> dict[str, Any]:
-    """concrete-ml on the same weights, calibration and inputs, in ``.venv-cml``."""
+            timeout_s: float, n_bits: int = 4) -> dict[str, Any]:
+    """concrete-ml on the same weights, calibration and inputs, in ``.venv-cml``, at
+    ``n_bits`` (``rounding_threshold_bits`` 6)."""
     if not CML_PY.exists():
         return {"status": "skipped: .venv-cml missing (run with --setup)"}
     b = model.blocks[0]
@@ -364,7 +365,7 @@ def run_cml(spec: BlockSpec, model: CanonicalTransformer, n_fhe: int, tmp: Path,
     calib = float_parts(model, calibration_ids(spec))["z"]
     inputs = float_parts(model, input_ids(spec))["z"]
     np.savez(tmp / "inputs.npz", d_model=spec.d_model, calib=calib, inputs=inputs,
-             n_fhe=n_fhe, n_bits=4, rounding_threshold_bits=6, **weights)
+             n_fhe=n_fhe, n_bits=n_bits, rounding_threshold_bits=6, **weights)
     t0 = time.time()
     try:
         proc = subprocess.run([str(CML_PY), str(CML_SCRIPT), str(tmp)], capture_output=True,
@@ -400,7 +401,8 @@ def setup_cml_venv() -> None:
     subprocess.run(pip + CML_PACKAGES, check=True)
     # HybridFHEModel (benchmarks/packed_linear.py) imports concrete-ml's sklearn side too;
     # these are its own pins, without their dependencies' newer majors
-    subprocess.run(pip + ["requests", "tqdm"], check=True)
+    subprocess.run(pip + ["requests", "tqdm", "psutil", "dill", "onnxconverter-common"],
+                   check=True)
     subprocess.run(pip + ["--no-deps"] + CML_HYBRID_PINS, check=True)
     subprocess.run([str(CML_PY), "-c", "from concrete.ml.torch.compile import "
                     "compile_torch_model; from concrete.ml.torch.hybrid_model import "
