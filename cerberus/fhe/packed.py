@@ -1008,13 +1008,10 @@ def _read_packed_header(data: bytes, p: PackedParams, rows: int, out: int,
     return part, packed, p.counts(rows)[1]
 
 
-def _sparse_fields(data: bytes, p: PackedParams
-                   ) -> tuple[int, Partition, list[tuple[np.ndarray, np.ndarray, np.ndarray]]]:
-    """A sparse input message, checked (shape, parameters, cut, counts, exact size, every
-    value below q), as its rows, its cut and per row group the sent positions, their c0
-    (mod q, the dropped bits put back at their midpoint) and the expanded mask c1."""
-    _, _, fp, rows, n_in, n_out, r_w, n_w, m_w, count = _read_header(data, _IN_HEADER,
-                                                                     SPARSE_MAGIC)
+def _read_in_header(data: bytes, p: PackedParams, magic: bytes) -> tuple[int, Partition, int]:
+    """A client message's rows, cut and count (ciphertexts, or seeds), checked against this
+    linear's shape, parameters and the cut it serves for that many rows."""
+    _, _, fp, rows, n_in, n_out, r_w, n_w, m_w, count = _read_header(data, _IN_HEADER, magic)
     if (n_in, n_out) != (p.n_in, p.n_out):
         raise CerberusError(f"packed linear: ciphertext for a {n_in}×{n_out} linear, this "
                             f"one is {p.n_in}×{p.n_out}")
@@ -1024,6 +1021,16 @@ def _sparse_fields(data: bytes, p: PackedParams
     if rows < 1 or part != p.partition(rows):
         raise CerberusError(f"packed linear: {rows} rows cut as {part}; expected "
                             f"{p.partition(max(rows, 1))}")
+    return rows, part, count
+
+
+def _sparse_fields(data: bytes, p: PackedParams
+                   ) -> tuple[int, Partition, list[tuple[np.ndarray, np.ndarray, np.ndarray]]]:
+    """A sparse input message, checked (shape, parameters, cut, counts, exact size, every
+    value below q), as its rows, its cut and per row group the sent positions, their c0
+    (mod q, the dropped bits put back at their midpoint) and the expanded mask c1."""
+    rows, part, count = _read_in_header(data, p, SPARSE_MAGIC)
+    n_in, r_w, n_w = p.n_in, part.r_w, part.n_w
     if count != -(-rows // r_w):
         raise CerberusError(f"packed linear: {count} seeds, expected {-(-rows // r_w)}")
     if len(data) != p.input_bytes(rows):
@@ -1193,18 +1200,8 @@ class PackedLinear:
         p = self.params
         if p.sparse:
             return self._parse_sparse(ciphertext)
-        fields = _read_header(ciphertext, _IN_HEADER, IN_MAGIC)
-        _, _, fp, rows, n_in, n_out, r_w, n_w, m_w, count = fields
-        if (n_in, n_out) != (p.n_in, p.n_out):
-            raise CerberusError(f"packed linear: ciphertext for a {n_in}×{n_out} linear, this "
-                                f"one is {p.n_in}×{p.n_out}")
-        if fp != p.fingerprint():
-            raise CerberusError("packed linear: ciphertext made with other parameters")
-        part = Partition(r_w, n_w, m_w)
-        if rows < 1 or part != p.partition(rows):
-            raise CerberusError(f"packed linear: {rows} rows cut as {part}; expected "
-                                f"{p.partition(max(rows, 1))}")
-        groups, blocks_in = -(-rows // r_w), -(-n_in // n_w)
+        rows, part, count = _read_in_header(ciphertext, p, IN_MAGIC)
+        groups, blocks_in = -(-rows // part.r_w), -(-p.n_in // part.n_w)
         if count != groups * blocks_in:
             raise CerberusError(f"packed linear: {count} ciphertexts, expected "
                                 f"{groups * blocks_in}")

@@ -63,15 +63,20 @@ def test_predicted_packed_bytes_are_the_bytes_sent(rows) -> None:
     assert p.bytes_up == pytest.approx(len(message), rel=0.1)
 
 
-@pytest.mark.parametrize("rows", [1, 5])
-def test_predicted_packing_bytes_are_the_bytes_sent(rows) -> None:
-    params = PackedParams(64, 192, pack=True, width=32)
+def _call(params: PackedParams, rows: int) -> tuple[PackedClient, bytes, bytes]:
+    """A client, its message for ``rows`` random rows and the miner's reply."""
     rng = np.random.default_rng(rows)
     client = PackedClient(params)
     client.keygen()
-    message = client.encrypt_rows(rng.integers(-128, 128, (rows, 64)))
-    linear = PackedLinear(rng.integers(-127, 128, (64, 192)), params)
-    reply = linear.run(message, client.evaluation_keys())
+    message = client.encrypt_rows(rng.integers(-128, 128, (rows, params.n_in)))
+    linear = PackedLinear(rng.integers(-127, 128, (params.n_in, params.n_out)), params)
+    return client, message, linear.run(message, client.evaluation_keys())
+
+
+@pytest.mark.parametrize("rows", [1, 5])
+def test_predicted_packing_bytes_are_the_bytes_sent(rows) -> None:
+    params = PackedParams(64, 192, pack=True, width=32)
+    client, message, reply = _call(params, rows)
     p = price("packed", 64, 192, rows, Link(), params=params)
     assert p.bytes_down == len(reply) == params.output_bytes(rows)
     assert len(message) <= params.input_bytes(rows)
@@ -101,12 +106,7 @@ def test_packed_prices_its_parameter_sets_and_takes_the_cheapest() -> None:
 @pytest.mark.parametrize("rows", [1, 5])
 def test_predicted_sparse_input_bytes_are_the_bytes_sent(rows) -> None:
     params = PackedParams(64, 192, pack=True, sparse=True)
-    rng = np.random.default_rng(rows)
-    client = PackedClient(params)
-    client.keygen()
-    message = client.encrypt_rows(rng.integers(-128, 128, (rows, 64)))
-    linear = PackedLinear(rng.integers(-127, 128, (64, 192)), params)
-    reply = linear.run(message, client.evaluation_keys())
+    _, message, reply = _call(params, rows)
     p = price("packed", 64, 192, rows, Link(), params=params)
     assert p.bytes_up == len(message) == params.input_bytes(rows)  # exact, not a bound
     assert p.bytes_down == len(reply) == params.output_bytes(rows)
