@@ -85,18 +85,27 @@ def main(tmp: Path) -> None:
     res["pbs"] = int(circuit.statistics["programmable_bootstrap_count"])
     res["complexity"] = float(circuit.complexity)
     res["max_bits"] = int(circuit.graph.maximum_integer_bit_width())
+    # what keygen will allocate, known before it runs
+    res["bootstrap_keys_mb"] = circuit.statistics["size_of_bootstrap_keys"] / 1e6
+    res["keyswitch_keys_mb"] = circuit.statistics["size_of_keyswitch_keys"] / 1e6
     sim = qm.forward(xs, fhe="simulate")
     res["cosine_simulate"] = cosine(sim, ref)
+    np.savez(tmp / "cml.npz", ref=ref, simulate=sim)
     if n_fhe == 0:  # compile-only smoke run: no keygen, no encrypted execution
         res["status"] = "ok (simulate only)"
-        np.savez(tmp / "cml.npz", ref=ref, simulate=sim)
         (tmp / "cml.json").write_text(json.dumps(res, indent=2))
         return
+    # written before each heavy stage: a process killed there (out of memory) still
+    # leaves its compile figures and the stage it died in
+    res["stage"] = "keygen"
+    (tmp / "cml.json").write_text(json.dumps(res, indent=2))
 
     t0 = time.perf_counter()
     circuit.keygen()
     res["keygen_s"] = time.perf_counter() - t0
     res["eval_key_mb"] = len(circuit.client.evaluation_keys.serialize()) / 1e6
+    res["stage"] = "encrypted run"
+    (tmp / "cml.json").write_text(json.dumps(res, indent=2))
     outs, secs = [], []
     for x in xs[:n_fhe]:
         t0 = time.perf_counter()  # quantize + encrypt + run + decrypt + dequantize
@@ -108,6 +117,7 @@ def main(tmp: Path) -> None:
     res["cosine_fhe"] = cosine(enc, ref[:n_fhe])
     res["fhe_equals_simulate"] = bool(np.allclose(enc, sim[:n_fhe], atol=1e-6))
     res["status"] = "ok"
+    del res["stage"]
     np.savez(tmp / "cml.npz", ref=ref, simulate=sim, fhe=enc)
     (tmp / "cml.json").write_text(json.dumps(res, indent=2))
 

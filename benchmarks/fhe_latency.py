@@ -373,12 +373,15 @@ def run_cml(spec: BlockSpec, model: CanonicalTransformer, n_fhe: int, tmp: Path,
     except subprocess.TimeoutExpired:
         return {"status": f"skipped: concrete-ml side over {timeout_s:.0f} s"}
     (tmp / "cml.log").write_text(proc.stdout + proc.stderr)
+    failed = (f"failed: exit code {proc.returncode} (-9: killed, e.g. out of memory)"
+              if proc.returncode else "")
     if not (tmp / "cml.json").exists():
         last = (proc.stderr.strip().splitlines() or ["?"])[-1][:300]
-        return {"status": f"failed: exit code {proc.returncode} (-9: killed, e.g. out of "
-                          f"memory); last stderr line: {last}", "elapsed_s": time.time() - t0}
+        return {"status": f"{failed}; last stderr line: {last}", "elapsed_s": time.time() - t0}
     res = json.loads((tmp / "cml.json").read_text())
     res["elapsed_s"] = time.time() - t0
+    if failed:  # the figures it wrote before the stage it died in
+        res["status"] = f"{failed} during its {res.pop('stage', '?')}"
     if (tmp / "cml.npz").exists():  # fidelity against our float reference, not only its own
         with np.load(tmp / "cml.npz") as z:
             ref = float_parts(model, input_ids(spec))["attn"]
