@@ -121,6 +121,34 @@ def probe(acc_bits: int, from_lookup: bool) -> dict[str, Any]:
     return row
 
 
+def probe_factor(factor: int, sum_bits: int) -> dict[str, Any]:
+    """Compile ``x + factor · bit(k)`` (``bit``: a 1-bit lookup, ``x`` encrypted, the sum
+    ``sum_bits`` wide) rounded to an 8-bit lookup: a clear factor on a lookup's output
+    grows its noise before the next PBS (the key mask's score penalty was one)."""
+    from concrete import fhe
+
+    bit = fhe.LookupTable([0, 1])
+    last = fhe.LookupTable([i % 7 for i in range(2 ** 8 + 1)])
+
+    def f(x: Any, k: Any) -> Any:
+        r = fhe.round_bit_pattern(x + bit[k] * factor, lsbs_to_remove=sum_bits - 8)
+        return last[r >> (sum_bits - 8)]
+
+    rng = np.random.default_rng(0)
+    xs = [(rng.integers(0, 2 ** (sum_bits - 2), 4), rng.integers(0, 2, 4)) for _ in range(30)]
+    row: dict[str, Any] = {"factor": factor, "sum_bits": sum_bits}
+    try:
+        c = fhe.Compiler(f, {"x": "encrypted", "k": "encrypted"}).compile(
+            xs, fhe.Configuration(show_progress=False))
+    except RuntimeError as e:
+        row["status"] = str(e).splitlines()[0][:80]
+    else:
+        st = c.statistics
+        row.update(status="ok", max_bits=int(c.graph.maximum_integer_bit_width()),
+                   key_mb=(st["size_of_bootstrap_keys"] + st["size_of_keyswitch_keys"]) / 1e6)
+    return row
+
+
 # ------------------------------------------------------------------------------ tiny-gpt
 
 
@@ -270,7 +298,14 @@ def report(res: dict[str, Any], cmd: str) -> str:
               "computed from it, so a lookup feeding a wide accumulator must output "
               "ciphertexts that wide: no parameters past "
               f"{LOOKUP_OUTPUT_LIMIT_BITS} bits (`LOOKUP_OUTPUT_LIMIT_BITS`), while an "
-              "encrypted input of the same width is fine.", "",
+              "encrypted input of the same width is fine. The width is not all: a clear "
+              "factor on a lookup's output grows its noise before the next PBS. "
+              "`x + factor · bit(k)`, the sum rounded to an 8-bit lookup:", "",
+              "| factor | sum bits | status | max bits | keys MB |", "|---|---|---|---|---|"]
+    for r in res["probe_factor"]:
+        lines.append(f"| {r['factor']:,} | {r['sum_bits']} | {r['status']} | "
+                     f"{_f(r.get('max_bits'))} | {_f(r.get('key_mb'), 0)} |")
+    lines += ["",
               "### 2. tiny-gpt, `--partition full` (one 16-token window per program run)", "",
               "A generated token reruns the 16-token window (`LightClient.generate`), so PBS "
               "per window are PBS per token. concrete: the compile of the whole program, or, "
@@ -316,7 +351,9 @@ def main(argv: list[str] | None = None) -> None:
     t0 = time.time()
     res: dict[str, Any] = {"probe": [probe(b, True) for b in (14, 16, 18, 19, 20, 22)]
                            + [probe(b, False) for b in (22, 27)]}
-    print(res["probe"], flush=True)
+    res["probe_factor"] = [probe_factor(f, b) for f, b in ((4096, 18), (32768, 16),
+                                                           (32768, 18))]
+    print(res["probe"], res["probe_factor"], flush=True)
     tg = TinyGpt(args.windows)
     res.update(windows=args.windows, tokens=tg.n_tokens)
     res["settings"] = [setting_row(tg, f, o, args.concrete) for f, o in SETTINGS.items()]
