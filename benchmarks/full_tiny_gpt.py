@@ -85,6 +85,9 @@ STAGES = ["ln1.square", "ln1.rsqrt", "ln1.cq", "ln1.out", "attn.q$", "attn.k$", 
 # inputs would become huge outputs and widen what reads it
 KEEP_EXACT = re.compile(r"recip|keep|pad")
 PREFIX = "l0.res1.add"  # the first block's attention and its residual
+# where a whole program within the limit still fails: these prefixes, in order, until one
+# fails (LayerNorm, q/k/v and QKᵀ of the first head, its row max, the first attention)
+BISECT = ["l0.ln1.out", "l0.attn.h0.scores", "l0.attn.h0.max.l3.max", PREFIX]
 
 
 # ------------------------------------------------------------------------------ probe
@@ -247,7 +250,30 @@ def setting_row(tg: TinyGpt, flags: str, opts: LoweringOptions,
                 "key_mb": (st["size_of_bootstrap_keys"] + st["size_of_keyswitch_keys"]) / 1e6}
         row["concrete"]["compile_s"] = time.perf_counter() - t0
         row["concrete"]["compiled"] = "whole program" if whole else f"graph up to {PREFIX}"
+        if whole and row["concrete"]["status"] != "ok":
+            row["bisect"] = bisect(tg, graph)
     return row
+
+
+def bisect(tg: TinyGpt, graph: IntGraph) -> list[dict[str, Any]]:
+    """Compile the graph up to each of ``BISECT`` in turn until one finds no parameters."""
+    names = [n.name for n in graph.nodes]
+    out = []
+    for stop in BISECT:
+        sub = IntGraph(graph.nodes[: names.index(stop) + 1], graph.input, stop, graph.meta)
+        t0 = time.perf_counter()
+        try:
+            c = compile_circuit(sub, list(tg.ints(sub, tg.calib)))
+        except RuntimeError as e:
+            out.append({"up_to": stop, "status": str(e).splitlines()[0][:80]})
+            break
+        st = c.statistics
+        out.append({"up_to": stop, "status": "ok", "max_bits": int(
+            c.graph.maximum_integer_bit_width()), "key_mb": (
+            st["size_of_bootstrap_keys"] + st["size_of_keyswitch_keys"]) / 1e6,
+            "compile_s": time.perf_counter() - t0})
+        print(out[-1], flush=True)
+    return out
 
 
 def attribution(tg: TinyGpt, opts: LoweringOptions) -> dict[str, Any]:
@@ -322,6 +348,13 @@ def report(res: dict[str, Any], cmd: str) -> str:
                      f"{r['lookup_outputs_over_limit']} | {c['status']} | "
                      f"{c.get('compiled', '–')} | {_f(c.get('pbs'))} | {_f(c.get('complexity'))} "
                      f"| {_f(c.get('key_mb'), 0)} | {_f(c.get('compile_s'), 0)} |")
+    for r in res["settings"]:
+        if r.get("bisect"):
+            steps = "; ".join(
+                f"up to `{b['up_to']}`: {b['status']}" + (
+                    f" ({b['max_bits']} bits, {_f(b['key_mb'], 0)} MB of keys)"
+                    if b["status"] == "ok" else "") for b in r["bisect"])
+            lines += ["", f"`{r['flags']}`, the whole program failing, its prefixes: {steps}."]
     a = res["attribution"]
     lines += ["", f"### 3. Where top-1 is lost (`{res['attribution_flags']}`)", "",
               f"Integer path: {100 * a['base']:.1f}%. Every lookup near-float (index ≤ 14 "
