@@ -16,10 +16,10 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from ledger.encoding import canonical
 from ledger.genesis import Genesis
@@ -171,3 +171,17 @@ def observer_node(root: Path, genesis: Genesis) -> Iterator[tuple[Node, NodeClie
     finally:
         client.close()
         node.stop()
+
+
+T = TypeVar("T")
+
+
+def wait_for(fn: Callable[[], T | None], what: str, timeout: float = 60.0) -> T:
+    """Poll ``fn`` until it returns something truthy, and return that; bounded."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = fn()
+        if got:
+            return got
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")

@@ -13,14 +13,21 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from node_harness import CHAIN_ID, VALIDATORS, Clock, env, make_genesis  # noqa: E402
+from node_harness import (  # noqa: E402
+    CHAIN_ID,
+    VALIDATORS,
+    Clock,
+    env,
+    make_genesis,
+    wait_for,
+)
 
 import network.node  # noqa: E402
 from ledger.chain import Chain  # noqa: E402
@@ -38,19 +45,7 @@ from network.finality import (  # noqa: E402
 from network.node import Node, NodeConfig  # noqa: E402
 from network.protos import node_pb2  # noqa: E402
 
-T = TypeVar("T")
 WAIT = 60.0
-
-
-def wait_for(fn: Callable[[], T | None], what: str, timeout: float = WAIT) -> T:
-    """Poll ``fn`` until it returns something truthy; bounded."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = fn()
-        if got:
-            return got
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def make_node(root: Path, name: str, g: Genesis, wallet: Wallet | None) -> Node:

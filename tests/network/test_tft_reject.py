@@ -11,16 +11,18 @@ prevote in round 0. Brain #2's owner is ``OPERATOR``.
 
 from __future__ import annotations
 
+import functools
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from node_harness import wait_for as harness_wait_for  # noqa: E402
 from test_enforcer import (  # noqa: E402
     BRAIN,
     HONEST_ROW,
@@ -49,20 +51,11 @@ from network.finality import PREVOTE  # noqa: E402
 from network.node import Node, NodeConfig  # noqa: E402
 from network.protos import node_pb2  # noqa: E402
 
-T = TypeVar("T")
 WAIT = 90.0
 BYZANTINE = VALIDATORS[0]  # its key signs the test's block; it runs no node
 
 
-def wait_for(fn: Callable[[], T | None], what: str, timeout: float = WAIT) -> T:
-    """Poll ``fn`` until it returns something truthy; bounded."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = fn()
-        if got:
-            return got
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
+wait_for = functools.partial(harness_wait_for, timeout=WAIT)
 
 
 class GatedView(ChainEnforcerView):
