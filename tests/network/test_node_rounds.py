@@ -45,8 +45,6 @@ from network.finality import (  # noqa: E402
 from network.node import Node, NodeConfig  # noqa: E402
 from network.protos import node_pb2  # noqa: E402
 
-WAIT = 60.0
-
 
 def make_node(root: Path, name: str, g: Genesis, wallet: Wallet | None) -> Node:
     return Node(NodeConfig(root / name, g, wallet, block_interval=0.2, round_timeout=0.6,
